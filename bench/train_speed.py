@@ -1,0 +1,129 @@
+"""Training and inference speed per architecture, and time to the accuracy target.
+
+    python bench/train_speed.py                                   # shapes, both archs
+    python bench/train_speed.py --dataset mnist --data-dir ../shared/data
+    python bench/train_speed.py --no-train                        # throughput only, seconds
+
+For each architecture it prints one table row: training images/s (forward + backward + SGD
+step, recipe batch size) and inference images/s (no-grad forward, batch 512) on the chosen
+device, then trains with the dataset's recipe (``model.engine.RECIPES``) from scratch and
+reports the final test accuracy and the wall time, data loading included, at which the test
+accuracy first reached the target of ``ACCURACY_TARGETS``.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.architectures import ARCHITECTURES, build_model  # noqa: E402
+from model.datasets import DATASETS, load_dataset  # noqa: E402
+from model.engine import RECIPES, fit, make_optimizer  # noqa: E402
+from model.runtime import resolve_device, seed_everything  # noqa: E402
+
+# The accuracy each default recipe is meant to reach (issue "Foundation").
+ACCURACY_TARGETS = {("shapes", "vgg"): 0.97, ("mnist", "simple"): 0.98,
+                    ("mnist", "vgg"): 0.992, ("fashion_mnist", "vgg"): 0.91,
+                    ("cifar10", "vgg"): 0.85}
+
+
+def throughput(model, images, batch_size, train, steps=20, warmup=3):
+    """Images per second of training steps or of no-grad forward passes on one batch."""
+    inputs = images[:batch_size]
+    labels = torch.zeros(len(inputs), dtype=torch.long, device=inputs.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.train(train)
+    for step in range(warmup + steps):
+        if step == warmup:
+            if inputs.is_cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        if train:
+            loss = F.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        else:
+            with torch.no_grad():
+                model(inputs)
+    if inputs.is_cuda:
+        torch.cuda.synchronize()
+    return steps * len(inputs) / (time.perf_counter() - started)
+
+
+def bench_arch(dataset, arch, data_dir, device, train_to_target, seed):
+    """One table row for ``arch`` on ``dataset``."""
+    recipe = RECIPES[(dataset, arch)]
+    load_started = time.perf_counter()
+    train_set = load_dataset(dataset, "train", data_dir)
+    test_set = load_dataset(dataset, "test", data_dir)
+    load_s = time.perf_counter() - load_started
+    info = train_set.info
+
+    def fresh_model():
+        seed_everything(seed)
+        return build_model(arch, info.channels, len(info.classes), info.image_size,
+                           recipe.vgg_plan).to(device)
+
+    images = info.normalize(train_set.images[:512].to(device))
+    row = {"arch": arch, "dataset": dataset,
+           "train_img_s": throughput(fresh_model(), images, recipe.batch_size, train=True),
+           "infer_img_s": throughput(fresh_model(), images, 512, train=False),
+           "target": ACCURACY_TARGETS.get((dataset, arch)), "time_to_target_s": None}
+    if not train_to_target:
+        return row
+    model = fresh_model()
+    optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
+    # Like a train_cnn.py run: the clock includes loading (or generating) the data.
+    started = time.perf_counter() - load_s
+    for metrics in fit(model, optimizer, train_set, test_set, first_epoch=1,
+                       epochs=recipe.epochs, seed=seed, batch_size=recipe.batch_size,
+                       peak_lr=recipe.lr, device=device, augment=recipe.augment,
+                       progress=False):
+        reached = row["target"] is not None and metrics["test_accuracy"] >= row["target"]
+        if reached and row["time_to_target_s"] is None:
+            row["time_to_target_s"] = time.perf_counter() - started
+    row.update(epochs=recipe.epochs, final_accuracy=metrics["test_accuracy"],
+               total_s=time.perf_counter() - started)
+    return row
+
+
+def cell(value, form):
+    return "-" if value is None else form.format(value)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=DATASETS, default="shapes",
+                        help="dataset to train on (default: shapes)")
+    parser.add_argument("--archs", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES),
+                        help="architectures to measure (default: all)")
+    parser.add_argument("--data-dir", default="data",
+                        help="torchvision's dataset folder (default: data)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="measure throughput only, skip the training runs")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    print(f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print("| arch | dataset | train img/s | inference img/s | epochs | test accuracy | target "
+          "| time to target | total time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for arch in args.archs:
+        row = bench_arch(args.dataset, arch, args.data_dir, device, not args.no_train, args.seed)
+        print(f"| {arch} | {args.dataset} | {row['train_img_s']:.0f} | {row['infer_img_s']:.0f} "
+              f"| {cell(row.get('epochs'), '{}')} "
+              f"| {cell(row.get('final_accuracy'), '{:.2%}')} "
+              f"| {cell(row['target'], '{:.1%}')} "
+              f"| {cell(row['time_to_target_s'], '{:.1f} s')} "
+              f"| {cell(row.get('total_s'), '{:.1f} s')} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

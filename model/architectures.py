@@ -1,0 +1,110 @@
+"""CNN architectures with stable, readable layer names.
+
+- ``simple``: the teaching net, 16 filters in all, small enough to study every filter by hand:
+  Conv(in->8, 3x3, pad 1)+ReLU+MaxPool(2), Conv(8->8, 3x3, pad 1)+ReLU+MaxPool(2), Flatten,
+  Linear(8*H/4*W/4 -> classes).
+- ``vgg``: a small VGG-style net (Simonyan & Zisserman 2015) of Conv-BatchNorm-ReLU blocks and
+  max pools, ending in global average pooling and one Linear layer. That ending is the form
+  the original CAM needs (Zhou et al. 2016, Eq. 2: M_c = sum_k w_k^c f_k), and its max pools
+  give the switches the DeconvNet unpools with (Zeiler & Fergus 2014, sec. 2.1).
+
+Both are ``nn.Sequential`` whose children are named ``conv1, bn1, relu1, pool1, ..., gap, fc``,
+so ``--layer conv3`` names a module and ``model.conv3`` reaches it.
+"""
+from collections import OrderedDict
+
+import torch.nn as nn
+
+from .errors import UserError
+
+ARCHITECTURES = ("simple", "vgg")
+
+# VGG layer plans in torchvision's notation: an int is a 3x3 Conv-BN-ReLU block with that many
+# output channels, "M" a 2x2 max pool. "small" trains on shapes and (Fashion-)MNIST in
+# seconds to minutes on a laptop CPU; "wide" has the capacity CIFAR-10 needs.
+VGG_PLANS = {
+    "small": (16, "M", 32, "M", 64, 64),
+    "wide": (32, 32, "M", 64, 64, "M", 128, 128, 128),
+}
+
+
+def build_simple(in_channels, num_classes, image_size):
+    """The 16-filter teaching net; ``image_size`` fixes the Linear layer's input width."""
+    flat_features = 8 * (image_size // 4) * (image_size // 4)
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(in_channels, 8, kernel_size=3, padding=1)),
+        ("relu1", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(8, 8, kernel_size=3, padding=1)),
+        ("relu2", nn.ReLU()),
+        ("pool2", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(flat_features, num_classes)),
+    ]))
+
+
+def build_vgg(in_channels, num_classes, plan):
+    """A VGG-style net from a layer ``plan`` (see ``VGG_PLANS``), ending in GAP + Linear."""
+    layers = OrderedDict()
+    channels = in_channels
+    conv_count = pool_count = 0
+    for step in plan:
+        if step == "M":
+            pool_count += 1
+            layers[f"pool{pool_count}"] = nn.MaxPool2d(2)
+            continue
+        conv_count += 1
+        # The conv has no bias: the BatchNorm right after it would cancel one.
+        layers[f"conv{conv_count}"] = nn.Conv2d(channels, step, kernel_size=3, padding=1,
+                                                bias=False)
+        layers[f"bn{conv_count}"] = nn.BatchNorm2d(step)
+        layers[f"relu{conv_count}"] = nn.ReLU()
+        channels = step
+    layers["gap"] = nn.AdaptiveAvgPool2d(1)
+    layers["flatten"] = nn.Flatten()
+    layers["fc"] = nn.Linear(channels, num_classes)
+    return nn.Sequential(layers)
+
+
+def build_model(arch, in_channels, num_classes, image_size, vgg_plan="small"):
+    """Build a network from the plain arguments a checkpoint stores (``model_args``).
+
+    Args:
+        arch: one of ``ARCHITECTURES``.
+        in_channels: 1 (MNIST, Fashion-MNIST) or 3 (CIFAR-10, shapes).
+        num_classes: size of the output layer.
+        image_size: side of the square input images (28 or 32).
+        vgg_plan: key of ``VGG_PLANS`` (used by ``vgg`` only).
+
+    Returns:
+        An ``nn.Sequential`` mapping (N, in_channels, S, S) to logits (N, num_classes).
+    """
+    if arch == "simple":
+        return build_simple(in_channels, num_classes, image_size)
+    if arch == "vgg":
+        if vgg_plan not in VGG_PLANS:
+            raise UserError(f"unknown VGG plan '{vgg_plan}'; choose from {', '.join(VGG_PLANS)}")
+        return build_vgg(in_channels, num_classes, VGG_PLANS[vgg_plan])
+    raise UserError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
+
+
+def layer_names(model):
+    """Names of the model's layers in forward order (``conv1``, ``relu1``, ..., ``fc``)."""
+    return [name for name, _ in model.named_children()]
+
+
+def conv_layer_names(model):
+    """Names of the model's ``nn.Conv2d`` layers in forward order."""
+    return [name for name, module in model.named_children() if isinstance(module, nn.Conv2d)]
+
+
+def get_layer(model, name):
+    """Return the layer called ``name``.
+
+    Raises:
+        UserError: no such layer; the message lists the valid names.
+    """
+    layers = dict(model.named_children())
+    if name not in layers:
+        raise UserError(f"unknown layer '{name}'; valid layers: {', '.join(layers)}")
+    return layers[name]

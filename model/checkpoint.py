@@ -1,0 +1,166 @@
+"""Checkpoints: one self-describing file per trained model, written atomically, loaded safely.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists) so that it loads with
+``torch.load(..., weights_only=True)``, which runs no pickled code:
+
+    format, format_version   "cnn-viz-checkpoint", 1
+    model_args               keyword arguments of ``build_model`` (arch, channels, classes, ...)
+    model_state              the weights (``state_dict``)
+    dataset                  ``DatasetInfo.to_dict()``: name, classes, channels, size, mean, std
+    arch, epoch, epochs      what was trained and how far
+    test_accuracy, history   final accuracy and one dict of metrics per epoch
+    train_args               ``vars(args)`` of train_cnn.py
+    optimizer_state          for ``--resume``
+    versions, created        library versions and time, to reproduce the run
+"""
+import datetime
+import platform
+from pathlib import Path
+
+import torch
+
+from .architectures import build_model
+from .datasets import DatasetInfo
+from .errors import UserError
+from .runtime import atomic_open
+
+FORMAT = "cnn-viz-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_DIR = Path("outputs") / "checkpoints"
+REQUIRED_KEYS = ("model_args", "model_state", "dataset", "arch", "epoch", "test_accuracy")
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, unreadable, foreign or for another dataset/arch."""
+
+
+def default_checkpoint_path(dataset, arch):
+    """``outputs/checkpoints/<dataset>_<arch>.pt``: where train_cnn.py saves by default."""
+    return CHECKPOINT_DIR / f"{dataset}_{arch}.pt"
+
+
+def library_versions():
+    """Versions of Python and the libraries a checkpoint depends on."""
+    import numpy
+    import torchvision
+
+    # str(): torch.__version__ is a TorchVersion object, which the safe loader refuses.
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": str(numpy.__version__)}
+
+
+def save_checkpoint(path, *, model, model_args, info, epoch, epochs, history, train_args,
+                    optimizer=None):
+    """Write a checkpoint atomically (see the module docstring for its fields)."""
+    checkpoint = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_args": dict(model_args),
+        "model_state": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+        "dataset": info.to_dict(),
+        "arch": model_args["arch"],
+        "epoch": epoch,
+        "epochs": epochs,
+        "test_accuracy": history[-1]["test_accuracy"] if history else None,
+        "history": [dict(row) for row in history],
+        "train_args": {key: _plain(value) for key, value in train_args.items()},
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "versions": library_versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with atomic_open(path) as file:
+        torch.save(checkpoint, file)
+
+
+def _plain(value):
+    """Arguments as plain values (paths become strings) so weights_only loading accepts them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return str(value)
+
+
+def load_checkpoint(path, dataset=None, arch=None):
+    """Read and validate a checkpoint.
+
+    Args:
+        path: the file.
+        dataset, arch: when given, the checkpoint must be for this dataset / architecture.
+
+    Returns:
+        the checkpoint dict (tensors on the CPU).
+
+    Raises:
+        CheckpointError: missing (the message gives the train_cnn.py command that makes it),
+            unreadable, not a cnn-viz checkpoint, or for another dataset or architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        hint = (f"python train_cnn.py --dataset {dataset} --arch {arch}" if dataset and arch
+                else "python train_cnn.py --dataset DATASET --arch ARCH")
+        raise CheckpointError(f"no checkpoint at {path}; train one with: {hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # zip, pickle, EOF and unsafe-global errors all mean "unusable"
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated or "
+                              f"not written by torch.save): {_first_line(error)}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a cnn-viz checkpoint (no '{FORMAT}' marker)")
+    if checkpoint.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version "
+                              f"{checkpoint.get('format_version')}; this cnn-viz reads "
+                              f"version {FORMAT_VERSION}")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: it lacks {', '.join(missing)}")
+    found_dataset = checkpoint["dataset"].get("name")
+    if dataset is not None and found_dataset != dataset:
+        raise CheckpointError(f"{path} is a checkpoint for dataset '{found_dataset}', "
+                              f"not '{dataset}'")
+    if arch is not None and checkpoint["arch"] != arch:
+        raise CheckpointError(f"{path} is a checkpoint for arch '{checkpoint['arch']}', "
+                              f"not '{arch}'")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint, device="cpu"):
+    """Rebuild the network of a loaded checkpoint, in eval mode on ``device``.
+
+    Returns:
+        (model, DatasetInfo).
+
+    Raises:
+        CheckpointError: the weights do not fit the architecture the checkpoint describes.
+    """
+    model = build_model(**checkpoint["model_args"])
+    try:
+        model.load_state_dict(checkpoint["model_state"])
+    except (RuntimeError, TypeError) as error:
+        raise CheckpointError(f"checkpoint weights do not fit its architecture: "
+                              f"{_first_line(error)}") from None
+    return model.to(device).eval(), DatasetInfo.from_dict(checkpoint["dataset"])
+
+
+def load_model(path, device="cpu", dataset=None, arch=None):
+    """Load, validate and rebuild in one step: returns (model, DatasetInfo, checkpoint)."""
+    checkpoint = load_checkpoint(path, dataset, arch)
+    model, info = model_from_checkpoint(checkpoint, device)
+    return model, info, checkpoint
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def snapshot_path(path, epoch):
+    """Per-epoch snapshot of ``--save-every-epoch``: ``<stem>_epochs/epoch_003.pt`` beside it."""
+    path = Path(path)
+    return path.parent / f"{path.stem}_epochs" / f"epoch_{epoch:03d}.pt"
+
+
+def curve_path(path):
+    """The training-curve PNG written beside a checkpoint: ``<stem>_curve.png``."""
+    path = Path(path)
+    return path.parent / f"{path.stem}_curve.png"

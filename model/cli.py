@@ -1,0 +1,82 @@
+"""Command-line plumbing shared by every script: one-line errors, argument types, common flags.
+
+Every script follows the same contract: problems with the user's input raise :class:`UserError`,
+and :func:`run` turns them into one line on stderr and exit code 2 (a traceback only with
+``--debug``). Argument errors found by argparse follow the same rule.
+"""
+import argparse
+import sys
+
+from .architectures import ARCHITECTURES
+from .datasets import DATASETS
+from .errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` whose errors are one line (no usage block) and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text):
+    """argparse type: an integer > 0."""
+    value = _parse(int, text, "an integer")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    value = _parse(int, text, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite float > 0."""
+    value = _parse(float, text, "a number")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _parse(kind, text, description):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {description}, got {text!r}") from None
+
+
+def common_parser():
+    """Parent parser with the flags every script shares: dataset, arch, data, device, seed."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--dataset", choices=DATASETS, default="shapes",
+                        help="dataset the model is trained on (default: shapes)")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="vgg",
+                        help="network architecture (default: vgg)")
+    parser.add_argument("--data-dir", default="data",
+                        help="where torchvision's dataset files live or are downloaded to "
+                             "(default: data)")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda or cuda:N; auto picks CUDA when present "
+                             "(default: auto)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed for every random source (default: 0)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback instead of a one-line error")
+    return parser
+
+
+def run(command, args):
+    """Call ``command(args)``; return 0, or 2 after printing a :class:`UserError` as one line."""
+    try:
+        command(args)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

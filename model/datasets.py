@@ -1,0 +1,193 @@
+"""Datasets as in-memory uint8 tensors, with their class names, size and normalization.
+
+``cifar10``, ``mnist`` and ``fashion_mnist`` come through ``torchvision.datasets`` (downloaded
+into ``--data-dir`` when missing); ``shapes`` is generated in code (see ``model.shapes``) and
+also carries a ground-truth object mask per image. Every split becomes an
+:class:`ImageDataset` holding all images as one uint8 tensor, so batches are sliced, converted
+and normalized (and augmented) on the device in one step each, without a per-image Python
+transform pipeline.
+"""
+import functools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import shapes
+from .errors import UserError
+
+DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its data: classes, input shape and normalization."""
+
+    name: str
+    classes: tuple
+    channels: int
+    image_size: int
+    mean: tuple
+    std: tuple
+
+    def to_dict(self):
+        """Plain dict (lists, not tuples) for a checkpoint."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(name=data["name"], classes=tuple(data["classes"]),
+                   channels=int(data["channels"]), image_size=int(data["image_size"]),
+                   mean=tuple(data["mean"]), std=tuple(data["std"]))
+
+    def normalize(self, images):
+        """uint8 (N, C, H, W) in [0, 255] or float in [0, 1] -> normalized float (N, C, H, W)."""
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+    def denormalize(self, inputs):
+        """Normalized float (N, C, H, W) -> float in [0, 1] (clamped), for display."""
+        mean = torch.tensor(self.mean, device=inputs.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=inputs.device).view(1, -1, 1, 1)
+        return (inputs * std + mean).clamp(0.0, 1.0)
+
+
+DATASET_INFO = {
+    "shapes": DatasetInfo("shapes", shapes.SHAPE_CLASSES, 3, shapes.IMAGE_SIZE,
+                          (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    "mnist": DatasetInfo("mnist", tuple(str(digit) for digit in range(10)), 1, 28,
+                         (0.1307,), (0.3081,)),
+    "fashion_mnist": DatasetInfo("fashion_mnist",
+                                 ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+                                 1, 28, (0.2860,), (0.3530,)),
+    "cifar10": DatasetInfo("cifar10",
+                           ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                            "horse", "ship", "truck"),
+                           3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+class DatasetUnavailableError(UserError):
+    """A torchvision dataset is neither on disk nor downloadable."""
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """One split held in memory.
+
+    Attributes:
+        info: the :class:`DatasetInfo`.
+        images: (N, C, H, W) uint8.
+        labels: (N,) int64.
+        masks: (N, H, W) bool ground-truth object masks, or None (only ``shapes`` has them).
+    """
+
+    def __init__(self, info, images, labels, masks=None):
+        self.info, self.images, self.labels, self.masks = info, images, labels, masks
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        """(normalized image (C, H, W), label) like any torchvision dataset."""
+        return self.info.normalize(self.images[index:index + 1])[0], int(self.labels[index])
+
+    def subset(self, count):
+        """The first ``count`` images (all when ``count`` is None)."""
+        if count is None or count >= len(self):
+            return self
+        masks = None if self.masks is None else self.masks[:count]
+        return ImageDataset(self.info, self.images[:count], self.labels[:count], masks)
+
+
+@functools.lru_cache(maxsize=2)
+def _shapes_split(split):
+    """Generate a shapes split once per process (scripts and tests load it repeatedly)."""
+    count, seed = ((shapes.TRAIN_SIZE, shapes.TRAIN_SEED) if split == "train"
+                   else (shapes.TEST_SIZE, shapes.TEST_SEED))
+    return shapes.generate_shapes(count, seed)
+
+
+def _torchvision_arrays(name, root, train):
+    """Load a torchvision dataset without downloading; return (images uint8 NCHW, labels)."""
+    import torchvision.datasets as tvd
+
+    if name == "cifar10":
+        data = tvd.CIFAR10(root, train=train, download=False)
+        images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        return images, torch.tensor(data.targets, dtype=torch.int64)
+    cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
+    data = cls(root, train=train, download=False)
+    return data.data.unsqueeze(1).contiguous(), data.targets.to(torch.int64)
+
+
+def _download(name, root):
+    import torchvision.datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name]
+    cls(root, train=True, download=True)
+    cls(root, train=False, download=True)
+
+
+def expected_files(name, root):
+    """Where torchvision looks for a dataset's files, as (folder, file names)."""
+    root = Path(root)
+    if name == "cifar10":
+        return root / "cifar-10-batches-py", ["data_batch_1", "...", "data_batch_5",
+                                              "test_batch", "batches.meta"]
+    folder = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+    return folder, ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def load_dataset(name, split, data_dir="data", download=True):
+    """Load one split of a dataset into memory.
+
+    Args:
+        name: one of ``DATASETS``.
+        split: ``"train"`` or ``"test"``.
+        data_dir: torchvision's root folder (unused by ``shapes``).
+        download: fetch missing torchvision files (the real download code of torchvision).
+
+    Returns:
+        :class:`ImageDataset`.
+
+    Raises:
+        DatasetUnavailableError: the files are missing and could not be downloaded; the
+            message names the folder and files torchvision expects and suggests ``shapes``.
+    """
+    if name not in DATASET_INFO:
+        raise UserError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    info = DATASET_INFO[name]
+    if name == "shapes":
+        return ImageDataset(info, *_shapes_split(split))
+    train = split == "train"
+    try:
+        images, labels = _torchvision_arrays(name, data_dir, train)
+    except RuntimeError as missing:  # torchvision's "Dataset not found or corrupted"
+        reason = str(missing).split(".")[0].lower()
+        if download:
+            try:
+                _download(name, data_dir)
+                images, labels = _torchvision_arrays(name, data_dir, train)
+            except Exception as error:  # URLError, OSError, RuntimeError: all mean "no data"
+                reason = f"the download failed ({_one_line(error)})"
+            else:
+                return ImageDataset(info, images, labels)
+        folder, files = expected_files(name, data_dir)
+        raise DatasetUnavailableError(
+            f"{name}: {reason}; torchvision expects {', '.join(files)} in {folder}/ -- put "
+            f"them there (see README, 'Real datasets offline') or use --dataset shapes, "
+            f"which needs no download") from None
+    return ImageDataset(info, images, labels)
+
+
+def _one_line(error):
+    text = " ".join(str(error).split())
+    return text[:200] or type(error).__name__

@@ -1,0 +1,210 @@
+"""Training and evaluation loops, batch streaming, augmentation and per-dataset recipes.
+
+Batches are sliced from an :class:`~model.datasets.ImageDataset`'s uint8 tensor, moved to the
+device, then converted, augmented and normalized there. Every random choice of an epoch (order
+and augmentation) comes from a generator seeded with ``(seed, epoch)``, so an epoch is the same
+whether training ran straight through or was resumed from a checkpoint.
+"""
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .errors import UserError
+
+
+class TrainingDivergedError(UserError):
+    """The training loss became NaN or infinite, so the weights are useless."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Default training settings for one dataset (each can be overridden on the command line)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    augment: bool
+    vgg_plan: str
+
+
+# Keyed by (dataset, arch). The VGG recipes use the one-cycle peak learning rate that BatchNorm
+# tolerates; the simple net has no BatchNorm and needs a smaller one.
+RECIPES = {
+    ("shapes", "vgg"): Recipe(epochs=3, batch_size=64, lr=0.1, weight_decay=5e-4,
+                              augment=False, vgg_plan="small"),
+    ("shapes", "simple"): Recipe(epochs=10, batch_size=64, lr=0.05, weight_decay=5e-4,
+                                 augment=False, vgg_plan="small"),
+    ("mnist", "vgg"): Recipe(epochs=4, batch_size=64, lr=0.1, weight_decay=5e-4,
+                             augment=False, vgg_plan="small"),
+    ("mnist", "simple"): Recipe(epochs=5, batch_size=64, lr=0.05, weight_decay=5e-4,
+                                augment=False, vgg_plan="small"),
+    ("fashion_mnist", "vgg"): Recipe(epochs=12, batch_size=64, lr=0.1, weight_decay=5e-4,
+                                     augment=False, vgg_plan="small"),
+    ("fashion_mnist", "simple"): Recipe(epochs=10, batch_size=64, lr=0.05, weight_decay=5e-4,
+                                        augment=False, vgg_plan="small"),
+    ("cifar10", "vgg"): Recipe(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4,
+                               augment=True, vgg_plan="wide"),
+    ("cifar10", "simple"): Recipe(epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4,
+                                  augment=True, vgg_plan="small"),
+}
+
+
+def epoch_generator(seed, epoch):
+    """The generator for every random choice of one epoch, derived from (seed, epoch)."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def random_crop_flip(images, generator, padding=4):
+    """Random crop after zero padding plus random horizontal flip, per image, batched.
+
+    The standard CIFAR-10 augmentation (He et al. 2016, sec. 4.2) on a uint8 or float batch.
+
+    Args:
+        images: (N, C, H, W).
+        generator: CPU generator for the offsets and flips.
+    Returns:
+        (N, C, H, W), same dtype and device.
+    """
+    n, _, height, width = images.shape
+    padded = F.pad(images, (padding,) * 4)  # (N, C, H+2p, W+2p)
+    offset_y = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
+    offset_x = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
+    flip = torch.rand(n, 1, generator=generator) < 0.5
+    cols = torch.arange(width)[None, :]
+    cols = torch.where(flip, width - 1 - cols, cols) + offset_x  # (N, W)
+    rows = torch.arange(height)[None, :] + offset_y  # (N, H)
+    device = images.device
+    batch_index = torch.arange(n, device=device)[:, None, None]
+    crops = padded[batch_index, :, rows.to(device)[:, :, None], cols.to(device)[:, None, :]]
+    return crops.permute(0, 3, 1, 2)  # advanced indexing put channels last: (N, H, W, C)
+
+
+def iterate_batches(dataset, batch_size, device, generator=None, augment=False):
+    """Yield normalized (inputs, labels) batches on ``device``.
+
+    Args:
+        dataset: an :class:`~model.datasets.ImageDataset`.
+        generator: shuffles (and drives augmentation) when given; None keeps the order.
+        augment: apply :func:`random_crop_flip` (needs ``generator``).
+    """
+    count = len(dataset)
+    order = torch.randperm(count, generator=generator) if generator is not None else None
+    for start in range(0, count, batch_size):
+        index = order[start:start + batch_size] if order is not None else slice(
+            start, start + batch_size)
+        images = dataset.images[index].to(device, non_blocking=True)
+        if augment:
+            images = random_crop_flip(images, generator)
+        yield dataset.info.normalize(images), dataset.labels[index].to(device, non_blocking=True)
+
+
+def learning_rate_at(step, total_steps, peak_lr, warmup_fraction=0.15):
+    """One-cycle schedule: linear warm-up to ``peak_lr``, then cosine decay to zero.
+
+    Warm-up as in Goyal et al. 2017 (sec. 2.2), cosine annealing as in Loshchilov & Hutter 2017
+    (Eq. 5 with a single cycle): lr = peak/2 * (1 + cos(pi * t)), t the fraction of decay done.
+    A pure function of the step, so a resumed run needs no scheduler state.
+    """
+    warmup_steps = max(1, int(warmup_fraction * total_steps))
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * peak_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model, lr, weight_decay):
+    """SGD with Nesterov momentum; no weight decay on biases and BatchNorm parameters."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=lr, momentum=0.9, nesterov=True)
+
+
+def train_one_epoch(model, optimizer, dataset, *, epoch, epochs, seed, batch_size, peak_lr,
+                    device, augment=False, progress=True):
+    """Train for one epoch with the one-cycle schedule over ``epochs`` epochs.
+
+    Returns:
+        dict with ``train_loss``, ``train_accuracy`` and ``images_per_s``.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or infinite.
+    """
+    model.train()
+    generator = epoch_generator(seed, epoch)
+    steps_per_epoch = math.ceil(len(dataset) / batch_size)
+    step = (epoch - 1) * steps_per_epoch
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    bar = tqdm(iterate_batches(dataset, batch_size, device, generator, augment),
+               total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
+               disable=not progress, unit="batch")
+    started = time.perf_counter()
+    for inputs, labels in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, epochs * steps_per_epoch, peak_lr)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        if step % 20 == 0 or seen == len(dataset):  # syncing every step would slow CUDA
+            mean_loss = loss_sum.item() / seen
+            _check_finite(mean_loss, epoch)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}")
+    elapsed = time.perf_counter() - started
+    mean_loss = loss_sum.item() / seen
+    _check_finite(mean_loss, epoch)
+    return {"train_loss": mean_loss, "train_accuracy": correct.item() / seen,
+            "images_per_s": seen / elapsed}
+
+
+def _check_finite(loss, epoch):
+    if not math.isfinite(loss):
+        raise TrainingDivergedError(f"the training loss became {loss} in epoch {epoch}; "
+                                    "try a smaller --lr")
+
+
+@torch.no_grad()
+def evaluate(model, dataset, device, batch_size=512):
+    """Mean cross-entropy and accuracy of ``model`` on ``dataset``.
+
+    Returns:
+        dict with ``test_loss`` and ``test_accuracy``.
+    """
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for inputs, labels in iterate_batches(dataset, batch_size, device):
+        logits = model(inputs)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+    return {"test_loss": loss_sum / len(dataset), "test_accuracy": correct / len(dataset)}
+
+
+def fit(model, optimizer, train_set, test_set, *, first_epoch, epochs, seed, batch_size,
+        peak_lr, device, augment=False, progress=True):
+    """Train epochs ``first_epoch..epochs``, yielding each epoch's metrics after evaluating it.
+
+    Yields:
+        dict with ``epoch``, ``train_loss``, ``train_accuracy``, ``images_per_s``,
+        ``test_loss``, ``test_accuracy`` and ``seconds`` (training plus evaluation).
+    """
+    for epoch in range(first_epoch, epochs + 1):
+        started = time.perf_counter()
+        metrics = train_one_epoch(model, optimizer, train_set, epoch=epoch, epochs=epochs,
+                                  seed=seed, batch_size=batch_size, peak_lr=peak_lr,
+                                  device=device, augment=augment, progress=progress)
+        metrics.update(evaluate(model, test_set, device))
+        metrics.update(epoch=epoch, seconds=time.perf_counter() - started)
+        yield metrics

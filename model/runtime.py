@@ -1,0 +1,80 @@
+"""Runtime helpers: device choice, seeding, and atomic file output."""
+import os
+import random
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(spec="auto"):
+    """Turn ``auto|cpu|cuda|cuda:N`` into a ``torch.device``; auto picks CUDA when present.
+
+    Raises:
+        UserError: CUDA asked for but absent, a GPU index that does not exist, or a bad spec.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec} asked for CUDA, but no CUDA device is available; "
+                            "use --device cpu or --device auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and PyTorch (CPU and every GPU) so that a run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+@contextmanager
+def atomic_open(path):
+    """Open ``path`` for binary writing so that it appears whole or not at all.
+
+    Writes go to a temporary file in the same folder, which is flushed, synced and moved over
+    ``path`` with ``os.replace`` only when the block ends without error. An interrupted write
+    (an exception, Ctrl-C, kill -9) leaves any earlier file at ``path`` untouched.
+
+    Raises:
+        UserError: the folder cannot be created or written.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".tmp")
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        with os.fdopen(handle, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_figure(figure, path, dpi=120):
+    """Write a ``matplotlib.figure.Figure`` to a PNG atomically.
+
+    The project builds figures as plain ``Figure`` objects, not through pyplot, so no GUI
+    backend is touched and nothing needs closing.
+    """
+    with atomic_open(path) as file:
+        figure.savefig(file, format="png", dpi=dpi, bbox_inches="tight")

@@ -1,0 +1,118 @@
+"""train_cnn.py through its CLI: a short run, --resume after Ctrl-C, and bad input."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import model.engine
+import train_cnn
+from conftest import ROOT, stderr_lines
+from model.checkpoint import curve_path, load_checkpoint, load_model, snapshot_path
+
+QUICK = ["--dataset", "shapes", "--arch", "simple", "--max-train-images", "256",
+         "--batch-size", "64", "--no-progress"]
+
+
+def train(tmp_path, name, *extra):
+    out = tmp_path / f"{name}.pt"
+    code = train_cnn.main(QUICK + ["--out", str(out), *extra])
+    return code, out
+
+
+def test_short_run_saves_a_checkpoint_curve_and_snapshots(tmp_path):
+    code, out = train(tmp_path, "run", "--epochs", "2", "--save-every-epoch")
+    assert code == 0
+    model, info, checkpoint = load_model(out, dataset="shapes", arch="simple")
+    assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
+    assert 0.0 <= checkpoint["test_accuracy"] <= 1.0
+    assert checkpoint["train_args"]["epochs"] == 2 and checkpoint["train_args"]["lr"] == 0.05
+    assert info.classes[0] == "circle"
+    assert curve_path(out).read_bytes()[:4] == b"\x89PNG"
+    for epoch in (1, 2):
+        assert load_checkpoint(snapshot_path(out, epoch))["epoch"] == epoch
+
+
+def test_resume_after_ctrl_c_ends_exactly_where_an_uninterrupted_run_ends(tmp_path, monkeypatch,
+                                                                           capsys):
+    assert train(tmp_path, "straight", "--epochs", "2")[0] == 0
+    steps_per_epoch = 256 // 64
+    schedule = model.engine.learning_rate_at
+
+    def interrupt_mid_epoch_two(step, *args, **kwargs):
+        if step == steps_per_epoch + 2:
+            raise KeyboardInterrupt
+        return schedule(step, *args, **kwargs)
+
+    monkeypatch.setattr(model.engine, "learning_rate_at", interrupt_mid_epoch_two)
+    code, out = train(tmp_path, "interrupted", "--epochs", "2")
+    assert code == 130
+    assert "--resume" in capsys.readouterr().err
+    assert load_checkpoint(out)["epoch"] == 1  # the last good epoch, intact and loadable
+    monkeypatch.undo()
+    assert train(tmp_path, "interrupted", "--epochs", "2", "--resume")[0] == 0
+    resumed = load_checkpoint(out)
+    straight = load_checkpoint(tmp_path / "straight.pt")
+    assert resumed["epoch"] == 2 and len(resumed["history"]) == 2
+    for key, value in straight["model_state"].items():
+        assert torch.equal(resumed["model_state"][key], value), key
+
+
+def test_nan_loss_stops_without_saving(tmp_path, capsys):
+    code, out = train(tmp_path, "nan", "--epochs", "1", "--lr", "1e30")
+    assert code == 2
+    lines = stderr_lines(capsys.readouterr())
+    assert len(lines) == 1 and "loss became" in lines[0]
+    assert not out.exists()
+
+
+def test_same_seed_same_weights(tmp_path):
+    train(tmp_path, "a", "--epochs", "1", "--seed", "5")
+    train(tmp_path, "b", "--epochs", "1", "--seed", "5")
+    train(tmp_path, "c", "--epochs", "1", "--seed", "6")
+    weights = [load_checkpoint(tmp_path / f"{name}.pt")["model_state"]["fc.weight"]
+               for name in "abc"]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "-3"], "--batch-size"),
+    (["--lr", "nan"], "--lr"),
+    (["--dataset", "imagenet"], "--dataset"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_cnn.main(argv)
+    assert exit_info.value.code == 2
+    lines = stderr_lines(capsys.readouterr())
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_resume_without_a_checkpoint_says_how_to_make_one(tmp_path, capsys):
+    code, _ = train(tmp_path, "missing", "--resume")
+    assert code == 2
+    lines = stderr_lines(capsys.readouterr())
+    assert len(lines) == 1 and "python train_cnn.py --dataset shapes --arch simple" in lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_cuda_asked_for_but_absent(tmp_path, capsys):
+    code, _ = train(tmp_path, "cuda", "--device", "cuda")
+    assert code == 2
+    assert len(stderr_lines(capsys.readouterr())) == 1
+
+
+def test_unavailable_dataset_from_the_shell_exits_2_without_traceback(tmp_path):
+    """A real process: no torchvision files and downloads refused (tested offline or not)."""
+    stub = ("import sys, runpy, urllib.error, torchvision.datasets.mnist as m\n"
+            "def offline(*a, **k): raise urllib.error.URLError('no network')\n"
+            "m.download_and_extract_archive = offline\n"
+            "sys.argv = ['train_cnn.py'] + sys.argv[1:]\n"
+            "runpy.run_path('train_cnn.py', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", stub, "--dataset", "mnist", "--data-dir",
+                             str(tmp_path), "--out", str(tmp_path / "m.pt")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--dataset shapes" in lines[0] and "Traceback" not in result.stderr

@@ -1,0 +1,161 @@
+"""Train a CNN of the ``model`` package and save a self-describing checkpoint.
+
+    python train_cnn.py --dataset shapes                    # vgg on the offline shapes set, < 1 min
+    python train_cnn.py --dataset mnist --arch simple --epochs 5
+    python train_cnn.py --dataset cifar10 --save-every-epoch # snapshots for feature evolution
+    python train_cnn.py --dataset cifar10 --resume           # continue after Ctrl-C
+
+Every epoch ends with the checkpoint rewritten atomically (``outputs/checkpoints/<dataset>_<arch>.pt``
+by default) and a training-curve PNG beside it, so an interrupted run keeps its last good epoch
+and ``--resume`` continues from there. Defaults (epochs, batch size, learning rate,
+augmentation) come from the per-dataset recipe in ``model.engine.RECIPES``.
+"""
+import argparse
+import sys
+
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from model.architectures import build_model
+from model.checkpoint import (curve_path, default_checkpoint_path, load_checkpoint,
+                              save_checkpoint, snapshot_path)
+from model.cli import (ArgumentParser, common_parser, non_negative_int, positive_float,
+                       positive_int, run)
+from model.datasets import load_dataset
+from model.engine import RECIPES, TrainingDivergedError, fit, make_optimizer
+from model.errors import UserError
+from model.runtime import resolve_device, save_figure, seed_everything
+
+
+def get_args_parser():
+    parser = ArgumentParser(description=__doc__.split("\n")[0], parents=[common_parser()])
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="number of epochs (default: the dataset's recipe)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="training batch size (default: the dataset's recipe)")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="peak learning rate of the one-cycle schedule "
+                             "(default: the dataset's recipe)")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="L2 weight decay on conv and linear weights "
+                             "(default: the dataset's recipe)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="random crop + horizontal flip (default: on for cifar10 only)")
+    parser.add_argument("--out", default=None,
+                        help="checkpoint path (default: outputs/checkpoints/<dataset>_<arch>.pt)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint at --out")
+    parser.add_argument("--save-every-epoch", action="store_true",
+                        help="also keep a snapshot per epoch in <out stem>_epochs/ "
+                             "(for feature evolution during training)")
+    parser.add_argument("--max-train-images", type=non_negative_int, default=None,
+                        help="train on the first N training images only (quick runs)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
+    return parser
+
+
+def apply_recipe(args):
+    """Fill every training option left unset with the dataset's recipe."""
+    recipe = RECIPES[(args.dataset, args.arch)]
+    for field in ("epochs", "batch_size", "lr", "weight_decay", "augment"):
+        if getattr(args, field) is None:
+            setattr(args, field, getattr(recipe, field))
+    args.vgg_plan = recipe.vgg_plan
+    if args.out is None:
+        args.out = str(default_checkpoint_path(args.dataset, args.arch))
+    if args.weight_decay < 0:
+        raise UserError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+
+
+def plot_training_curve(history, title):
+    """Loss and accuracy per epoch, train and test, as a two-panel figure."""
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(9, 3.4))
+    loss_axis, accuracy_axis = figure.subplots(1, 2)
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
+    loss_axis.plot(epochs, [row["test_loss"] for row in history], "s-", label="test")
+    loss_axis.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    accuracy_axis.plot(epochs, [100 * row["train_accuracy"] for row in history], "o-",
+                       label="train")
+    accuracy_axis.plot(epochs, [100 * row["test_accuracy"] for row in history], "s-",
+                       label="test")
+    accuracy_axis.set(xlabel="epoch", ylabel="accuracy (%)",
+                      title=f"accuracy (test: {100 * history[-1]['test_accuracy']:.2f}%)")
+    for axis in (loss_axis, accuracy_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def restore(args, model_args, model, optimizer):
+    """Load the checkpoint at ``args.out`` into model and optimizer; return (history, epoch)."""
+    checkpoint = load_checkpoint(args.out, args.dataset, args.arch)
+    if checkpoint["model_args"] != model_args or checkpoint.get("optimizer_state") is None:
+        raise UserError(f"{args.out} was not written by this training set-up, so it cannot be "
+                        "resumed; train anew without --resume or choose another --out")
+    model.load_state_dict(checkpoint["model_state"])
+    optimizer.load_state_dict(checkpoint["optimizer_state"])
+    return checkpoint["history"], checkpoint["epoch"]
+
+
+def train(args):
+    apply_recipe(args)
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    train_set = load_dataset(args.dataset, "train", args.data_dir).subset(args.max_train_images)
+    test_set = load_dataset(args.dataset, "test", args.data_dir)
+    info = train_set.info
+    model_args = {"arch": args.arch, "in_channels": info.channels,
+                  "num_classes": len(info.classes), "image_size": info.image_size,
+                  "vgg_plan": args.vgg_plan}
+    model = build_model(**model_args).to(device)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    history, done = restore(args, model_args, model, optimizer) if args.resume else ([], 0)
+    if done >= args.epochs:
+        print(f"{args.out} already has {done} of {args.epochs} epochs; nothing to do")
+        return
+    print(f"training {args.arch} on {args.dataset} ({len(train_set)} train / {len(test_set)} "
+          f"test images) on {device} for epochs {done + 1}-{args.epochs}")
+    epochs = fit(model, optimizer, train_set, test_set, first_epoch=done + 1,
+                 epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
+                 peak_lr=args.lr, device=device, augment=args.augment,
+                 progress=not args.no_progress)
+    try:
+        for metrics in epochs:
+            history.append(metrics)
+            tqdm.write(f"epoch {metrics['epoch']}/{args.epochs}  "
+                       f"train loss {metrics['train_loss']:.4f}  "
+                       f"test loss {metrics['test_loss']:.4f}  "
+                       f"test acc {100 * metrics['test_accuracy']:.2f}%  "
+                       f"{metrics['images_per_s']:.0f} img/s  {metrics['seconds']:.1f} s")
+            save = dict(model=model, model_args=model_args, info=info, epoch=metrics["epoch"],
+                        epochs=args.epochs, history=history, train_args=vars(args),
+                        optimizer=optimizer)
+            save_checkpoint(args.out, **save)
+            if args.save_every_epoch:
+                save_checkpoint(snapshot_path(args.out, metrics["epoch"]), **save)
+            save_figure(plot_training_curve(history, f"{args.arch} on {args.dataset}"),
+                        curve_path(args.out))
+    except TrainingDivergedError as error:
+        kept = (f"{args.out} keeps epoch {history[-1]['epoch']}" if history
+                else "no checkpoint was written")
+        raise TrainingDivergedError(f"{error}; {kept}") from None
+    print(f"saved {args.out} (test accuracy {100 * history[-1]['test_accuracy']:.2f}%) "
+          f"and {curve_path(args.out)}")
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        return run(train, args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last finished epoch is saved in {args.out}; "
+              f"continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
