@@ -1,14 +1,15 @@
 """Train a CNN of the ``model`` package and save a self-describing checkpoint.
 
-    python train_cnn.py --dataset shapes                    # vgg on the offline shapes set, < 1 min
+    python train_cnn.py --dataset shapes                     # vgg, offline, < 1 min on a CPU
     python train_cnn.py --dataset mnist --arch simple --epochs 5
-    python train_cnn.py --dataset cifar10 --save-every-epoch # snapshots for feature evolution
-    python train_cnn.py --dataset cifar10 --resume           # continue after Ctrl-C
+    python train_cnn.py --dataset cifar10 --save-every-epoch  # snapshots for feature evolution
+    python train_cnn.py --dataset cifar10 --resume            # continue after Ctrl-C
 
-Every epoch ends with the checkpoint rewritten atomically (``outputs/checkpoints/<dataset>_<arch>.pt``
-by default) and a training-curve PNG beside it, so an interrupted run keeps its last good epoch
-and ``--resume`` continues from there. Defaults (epochs, batch size, learning rate,
-augmentation) come from the per-dataset recipe in ``model.engine.RECIPES``.
+Every epoch ends with the checkpoint rewritten atomically
+(``outputs/checkpoints/<dataset>_<arch>.pt`` by default) and a training-curve PNG beside it,
+so an interrupted run keeps its last good epoch and ``--resume`` continues from there.
+Defaults (epochs, batch size, learning rate, augmentation) come from the per-dataset recipe
+in ``model.engine.RECIPES``.
 """
 import argparse
 import sys
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from model.architectures import build_model
 from model.checkpoint import (curve_path, default_checkpoint_path, load_checkpoint,
                               save_checkpoint, snapshot_path)
-from model.cli import (ArgumentParser, common_parser, non_negative_int, positive_float,
+from model.cli import (ArgumentParser, common_parser, non_negative_float, positive_float,
                        positive_int, run)
 from model.datasets import load_dataset
 from model.engine import RECIPES, TrainingDivergedError, fit, make_optimizer
@@ -36,7 +37,7 @@ def get_args_parser():
     parser.add_argument("--lr", type=positive_float, default=None,
                         help="peak learning rate of the one-cycle schedule "
                              "(default: the dataset's recipe)")
-    parser.add_argument("--weight-decay", type=float, default=None,
+    parser.add_argument("--weight-decay", type=non_negative_float, default=None,
                         help="L2 weight decay on conv and linear weights "
                              "(default: the dataset's recipe)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -48,7 +49,7 @@ def get_args_parser():
     parser.add_argument("--save-every-epoch", action="store_true",
                         help="also keep a snapshot per epoch in <out stem>_epochs/ "
                              "(for feature evolution during training)")
-    parser.add_argument("--max-train-images", type=non_negative_int, default=None,
+    parser.add_argument("--max-train-images", type=positive_int, default=None,
                         help="train on the first N training images only (quick runs)")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     return parser
@@ -63,8 +64,6 @@ def apply_recipe(args):
     args.vgg_plan = recipe.vgg_plan
     if args.out is None:
         args.out = str(default_checkpoint_path(args.dataset, args.arch))
-    if args.weight_decay < 0:
-        raise UserError(f"--weight-decay must be >= 0, got {args.weight_decay}")
 
 
 def plot_training_curve(history, title):

@@ -43,6 +43,14 @@ def positive_float(text):
     return value
 
 
+def non_negative_float(text):
+    """argparse type: a finite float >= 0."""
+    value = _parse(float, text, "a number")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def _parse(kind, text, description):
     try:
         return kind(text)

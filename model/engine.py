@@ -27,30 +27,23 @@ class Recipe:
     epochs: int
     batch_size: int
     lr: float
-    weight_decay: float
-    augment: bool
-    vgg_plan: str
+    weight_decay: float = 5e-4
+    augment: bool = False
+    vgg_plan: str = "small"
 
 
 # Keyed by (dataset, arch). The VGG recipes use the one-cycle peak learning rate that BatchNorm
 # tolerates; the simple net has no BatchNorm and needs a smaller one.
 RECIPES = {
-    ("shapes", "vgg"): Recipe(epochs=3, batch_size=64, lr=0.1, weight_decay=5e-4,
-                              augment=False, vgg_plan="small"),
-    ("shapes", "simple"): Recipe(epochs=10, batch_size=64, lr=0.05, weight_decay=5e-4,
-                                 augment=False, vgg_plan="small"),
-    ("mnist", "vgg"): Recipe(epochs=4, batch_size=64, lr=0.1, weight_decay=5e-4,
-                             augment=False, vgg_plan="small"),
-    ("mnist", "simple"): Recipe(epochs=5, batch_size=64, lr=0.05, weight_decay=5e-4,
-                                augment=False, vgg_plan="small"),
-    ("fashion_mnist", "vgg"): Recipe(epochs=12, batch_size=64, lr=0.1, weight_decay=5e-4,
-                                     augment=False, vgg_plan="small"),
-    ("fashion_mnist", "simple"): Recipe(epochs=10, batch_size=64, lr=0.05, weight_decay=5e-4,
-                                        augment=False, vgg_plan="small"),
-    ("cifar10", "vgg"): Recipe(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4,
-                               augment=True, vgg_plan="wide"),
-    ("cifar10", "simple"): Recipe(epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4,
-                                  augment=True, vgg_plan="small"),
+    ("shapes", "vgg"): Recipe(epochs=3, batch_size=64, lr=0.1),
+    ("shapes", "simple"): Recipe(epochs=10, batch_size=64, lr=0.05),
+    ("mnist", "vgg"): Recipe(epochs=4, batch_size=64, lr=0.1),
+    ("mnist", "simple"): Recipe(epochs=5, batch_size=64, lr=0.05),
+    ("fashion_mnist", "vgg"): Recipe(epochs=12, batch_size=64, lr=0.1),
+    ("fashion_mnist", "simple"): Recipe(epochs=10, batch_size=64, lr=0.05),
+    ("cifar10", "vgg"): Recipe(epochs=30, batch_size=128, lr=0.1, augment=True,
+                               vgg_plan="wide"),
+    ("cifar10", "simple"): Recipe(epochs=20, batch_size=128, lr=0.05, augment=True),
 }
 
 

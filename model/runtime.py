@@ -65,6 +65,9 @@ def atomic_open(path):
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, path)
+    except OSError as error:  # e.g. path is a folder, or the disk is full
+        Path(temp_name).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise

@@ -18,3 +18,15 @@ def shapes_test_split():
 def stderr_lines(captured):
     """Non-empty lines a script printed on stderr."""
     return [line for line in captured.err.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def trained_shapes_checkpoint(tmp_path_factory):
+    """A tiny ``simple`` net trained for one epoch on 512 shapes images (a few seconds)."""
+    import train_cnn
+
+    path = tmp_path_factory.mktemp("checkpoints") / "shapes_simple.pt"
+    code = train_cnn.main(["--dataset", "shapes", "--arch", "simple", "--epochs", "1",
+                           "--max-train-images", "512", "--no-progress", "--out", str(path)])
+    assert code == 0
+    return path

@@ -79,6 +79,8 @@ def test_same_seed_same_weights(tmp_path):
     (["--epochs", "0"], "--epochs"),
     (["--batch-size", "-3"], "--batch-size"),
     (["--lr", "nan"], "--lr"),
+    (["--weight-decay", "-1"], "--weight-decay"),
+    (["--max-train-images", "0"], "--max-train-images"),
     (["--dataset", "imagenet"], "--dataset"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
@@ -116,3 +118,12 @@ def test_unavailable_dataset_from_the_shell_exits_2_without_traceback(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--dataset shapes" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_out_that_is_a_folder_is_refused_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "taken.pt"
+    folder.mkdir()
+    code = train_cnn.main(QUICK + ["--epochs", "1", "--out", str(folder)])
+    assert code == 2
+    lines = stderr_lines(capsys.readouterr())
+    assert len(lines) == 1 and "cannot write" in lines[0]

@@ -1,0 +1,80 @@
+"""Shared input selection of the method scripts: image files, test indices, targets."""
+import argparse
+
+import pytest
+import torch
+from PIL import Image
+
+from model.datasets import DATASET_INFO
+from model.errors import UserError
+from model.heatmaps import normalize_maps
+from model.images import load_image_file, resolve_targets, select_inputs
+
+RGB, GRAY = DATASET_INFO["shapes"], DATASET_INFO["mnist"]
+
+
+def test_rgb_file_for_a_grayscale_model_is_converted_and_resized(tmp_path, capsys):
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (56, 40), (255, 255, 255)).save(path)
+    pixels = load_image_file(path, GRAY)
+    assert pixels.shape == (1, 28, 28) and pixels.dtype == torch.uint8
+    assert int(pixels.min()) == 255
+    assert "resized" in capsys.readouterr().err
+
+
+def test_grayscale_file_for_an_rgb_model_gets_three_equal_channels(tmp_path):
+    path = tmp_path / "digit.png"
+    Image.new("L", (32, 32), 77).save(path)
+    pixels = load_image_file(path, RGB)
+    assert pixels.shape == (3, 32, 32) and (pixels == 77).all()
+
+
+def test_pixel_layout_is_kept(tmp_path):
+    path = tmp_path / "corner.png"
+    image = Image.new("RGB", (32, 32), (0, 0, 0))
+    image.putpixel((5, 2), (10, 20, 30))  # (x, y)
+    image.save(path)
+    pixels = load_image_file(path, RGB)
+    assert pixels[:, 2, 5].tolist() == [10, 20, 30] and int(pixels.sum()) == 60
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such file"),
+                                              (b"not an image", "not a readable image")])
+def test_unreadable_files_are_user_errors(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_image_file(path, RGB)
+
+
+def test_index_selection_carries_labels_and_masks():
+    args = argparse.Namespace(image=None, index=[4, 0], data_dir="data")
+    selection = select_inputs(args, RGB, "cpu")
+    assert selection.inputs.shape == (2, 3, 32, 32)
+    assert selection.names == ["test_4", "test_0"] and selection.masks.shape == (2, 32, 32)
+    with pytest.raises(UserError, match="past the shapes test split"):
+        select_inputs(argparse.Namespace(image=None, index=[2000], data_dir="data"), RGB, "cpu")
+
+
+def test_targets_per_image():
+    logits = torch.tensor([[0.0, 5.0, 0, 0, 0, 0], [3.0, 0, 0, 0, 0, 0]])
+    labels = torch.tensor([2, 0])
+    assert resolve_targets("pred", RGB, logits, labels).tolist() == [1, 0]
+    assert resolve_targets("true", RGB, logits, labels).tolist() == [2, 0]
+    assert resolve_targets("ring", RGB, logits, labels).tolist() == [4, 4]
+    assert resolve_targets("Ring", RGB, logits, labels).tolist() == [4, 4]
+    assert resolve_targets("3", RGB, logits, labels).tolist() == [3, 3]
+    with pytest.raises(UserError, match="out of range"):
+        resolve_targets("6", RGB, logits, labels)
+    with pytest.raises(UserError, match="needs test images with labels"):
+        resolve_targets("true", RGB, logits, torch.tensor([-1, -1]))
+
+
+def test_normalized_maps_are_finite_in_unit_range_even_when_constant():
+    maps = torch.stack([torch.zeros(4, 4), torch.full((4, 4), 3.0), torch.arange(16.).view(4, 4)])
+    maps[2, 0, 0] = float("nan")
+    normalized = normalize_maps(maps)
+    assert torch.isfinite(normalized).all()
+    assert normalized.min() >= 0 and normalized.max() <= 1
+    assert (normalized[:2] == 0).all() and normalized[2].max() == pytest.approx(1.0)
