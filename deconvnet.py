@@ -1,0 +1,296 @@
+"""DeconvNet projections (Zeiler & Fergus 2014, sec. 2.1), guided backprop and saliency.
+
+    python deconvnet.py --dataset shapes --index 0 --layer conv3 --top 9
+    python deconvnet.py --dataset shapes --layer conv2 --channel 5 --whole-map
+    python deconvnet.py --dataset mnist --arch simple --layer conv2 --all-channels
+    python deconvnet.py --dataset shapes --rule guided          # Springenberg et al. 2015
+
+One activation of a layer is projected back to pixel space: every other activation of that layer
+is set to zero, and the signal goes down a mirror of the network built layer by layer:
+
+- max pooling is undone by *unpooling* with the switches (argmax positions) recorded on the
+  forward pass;
+- a ReLU passes the signal by the chosen ``--rule``;
+- a convolution is undone by filtering with its transposed weights;
+- BatchNorm in eval mode is the per-channel affine map x -> a x + b, so it passes a * signal.
+
+The three rules differ only in the ReLU (Springenberg et al. 2015, Fig. 1):
+
+    deconvnet  R_l = relu(R_{l+1})                    (Zeiler & Fergus 2014)
+    guided     R_l = relu(R_{l+1}) * [f_l > 0]         (Springenberg et al. 2015)
+    saliency   R_l = R_{l+1} * [f_l > 0]               (the plain gradient, Simonyan et al. 2014)
+
+where f_l is the ReLU's input on the forward pass.
+
+A conv layer name (``--layer conv3``) means the output of its whole block: conv, BatchNorm and
+ReLU, the rectified feature maps the paper projects.
+"""
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from model.architectures import conv_layer_names, get_layer, layer_names
+from model.cli import ArgumentParser, non_negative_int, positive_int, run
+from model.errors import UserError
+from model.heatmaps import HEATMAP_CMAP, frame, show_image
+from model.images import load_method_model, method_parser, select_inputs
+from model.receptive_field import receptive_field
+from model.runtime import save_figure, seed_everything
+
+RULES = ("deconvnet", "guided", "saliency")
+_MIRRORABLE = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
+
+
+def activation_layers(model, name):
+    """The modules from the input up to the activation called ``name``, as (name, module) pairs.
+
+    A conv layer name extends to the BatchNorm and ReLU right after it.
+
+    Raises:
+        UserError: unknown name, or a layer past the convolutional part of the net.
+    """
+    get_layer(model, name)  # a clear error for unknown names
+    children = list(model.named_children())
+    end = layer_names(model).index(name)
+    if isinstance(children[end][1], nn.Conv2d):
+        while end + 1 < len(children) and isinstance(children[end + 1][1],
+                                                     (nn.BatchNorm2d, nn.ReLU)):
+            end += 1
+            if isinstance(children[end][1], nn.ReLU):
+                break
+    stack = children[:end + 1]
+    if not all(isinstance(module, _MIRRORABLE) for _, module in stack):
+        raise UserError(f"layer '{name}' is past the convolutional part of the net; choose one "
+                        f"of: {', '.join(conv_layer_names(model))}")
+    return stack
+
+
+def forward_with_switches(stack, inputs):
+    """Run ``inputs`` through ``stack``, recording what the mirror needs.
+
+    Returns:
+        activation (N, K, h, w) at the top, and per layer a record: the ReLU's input mask
+        [f > 0], or the max pool's switches (indices) and input size.
+    """
+    records = []
+    signal = inputs
+    for _, module in stack:
+        if isinstance(module, nn.ReLU):
+            records.append(signal > 0)
+            signal = F.relu(signal)
+        elif isinstance(module, nn.MaxPool2d):
+            size = signal.shape[-2:]
+            signal, switches = F.max_pool2d(signal, module.kernel_size, module.stride,
+                                            module.padding, module.dilation,
+                                            ceil_mode=module.ceil_mode, return_indices=True)
+            records.append((switches, size))
+        else:
+            records.append(signal.shape)
+            signal = module(signal)
+    return signal, records
+
+
+def project_down(stack, records, signal, rule):
+    """Send ``signal`` from the top of ``stack`` down to pixel space through the mirror net.
+
+    Args:
+        stack, records: from :func:`activation_layers` and :func:`forward_with_switches`.
+        signal: (N, K, h, w) what to project (the isolated activations).
+        rule: one of ``RULES``; decides how each ReLU passes the signal.
+    Returns:
+        (N, C, H, W) projection in input space.
+    """
+    for (_, module), record in zip(reversed(stack), reversed(records)):
+        if isinstance(module, nn.ReLU):
+            if rule in ("deconvnet", "guided"):
+                signal = F.relu(signal)
+            if rule in ("guided", "saliency"):
+                signal = signal * record
+        elif isinstance(module, nn.MaxPool2d):
+            switches, size = record
+            signal = F.max_unpool2d(signal, switches, module.kernel_size, module.stride,
+                                    module.padding, output_size=size)
+        elif isinstance(module, nn.BatchNorm2d):
+            scale = module.weight / torch.sqrt(module.running_var + module.eps)
+            signal = signal * scale[None, :, None, None]
+        else:  # Conv2d: filter with the transposed weights (the adjoint of the convolution)
+            signal = torch.nn.grad.conv2d_input(record, module.weight, signal, module.stride,
+                                                module.padding, module.dilation, module.groups)
+    return signal
+
+
+@torch.no_grad()
+def compute_projections(model, inputs, layer, channels, rule="deconvnet", whole_map=False):
+    """Project chosen channels of a layer back to pixel space, batched over images and channels.
+
+    For each image n and channel k = channels[n, j], the layer's activation A (N, K, h, w) is
+    replaced by a signal that is zero except channel k, where it keeps either A's strongest
+    value (at its argmax position) or, with ``whole_map``, the whole map A[n, k]. That signal
+    goes down the mirror net (:func:`project_down`).
+
+    Args:
+        model: an ``nn.Sequential`` of the ``model`` package, in eval mode.
+        inputs: (N, C, H, W) normalized images.
+        layer: a layer name (conv names include their BatchNorm and ReLU).
+        channels: (N, J) channel indices per image.
+        rule: ``deconvnet``, ``guided`` or ``saliency``.
+        whole_map: project the whole feature map instead of its maximum.
+
+    Returns:
+        projections (N, J, C, H, W), activations (N, J, h, w) of the chosen channels.
+    """
+    if rule not in RULES:
+        raise UserError(f"unknown rule '{rule}'; choose from {', '.join(RULES)}")
+    stack = activation_layers(model, layer)
+    activation, records = forward_with_switches(stack, inputs)
+    count, chosen = channels.shape
+    if channels.numel() and (channels.min() < 0 or channels.max() >= activation.shape[1]):
+        raise UserError(f"channel out of range for layer '{layer}' "
+                        f"(0-{activation.shape[1] - 1})")
+    selected = activation.gather(1, channels[:, :, None, None].expand(
+        -1, -1, *activation.shape[2:]))  # (N, J, h, w)
+    kept = selected if whole_map else _keep_maximum(selected)
+    # One mirror pass for all (image, channel) pairs: repeat each image's records J times.
+    signal = torch.zeros(count, chosen, *activation.shape[1:], device=inputs.device)
+    signal.scatter_(2, channels[:, :, None, None, None].expand(-1, -1, 1, *kept.shape[2:]),
+                    kept[:, :, None])  # (N, J, K, h, w)
+    repeated = [_repeat(record, chosen) for record in records]
+    projections = project_down(stack, repeated, signal.flatten(0, 1), rule)
+    return projections.view(count, chosen, *inputs.shape[1:]), selected
+
+
+def _keep_maximum(maps):
+    """Zero every value of each (h, w) map except its (first) maximum."""
+    flat = maps.flatten(2)
+    keep = torch.zeros_like(flat).scatter_(2, flat.argmax(2, keepdim=True), 1.0)
+    return (flat * keep).view_as(maps)
+
+
+def _repeat(record, times):
+    """Repeat a forward record along the batch axis, each image ``times`` times in a row."""
+    if isinstance(record, torch.Tensor):
+        return record.repeat_interleave(times, dim=0)
+    if isinstance(record, tuple) and isinstance(record[0], torch.Tensor):
+        switches, size = record
+        return switches.repeat_interleave(times, dim=0), size
+    return torch.Size([record[0] * times, *record[1:]])  # a conv's input shape
+
+
+def strongest_channels(model, inputs, layer, top):
+    """(N, top) channels of ``layer`` with the highest maximum activation for each image."""
+    with torch.no_grad():
+        activation, _ = forward_with_switches(activation_layers(model, layer), inputs)
+    top = min(top, activation.shape[1])
+    return activation.flatten(2).amax(2).topk(top, dim=1).indices
+
+
+def projection_display(projection):
+    """Show a projection as the paper does: zero is mid-gray, scaled by its largest magnitude.
+
+    (C, H, W) -> (C, H, W) in [0, 1]; an all-zero projection stays uniformly gray.
+    """
+    scale = projection.abs().max().clamp_min(1e-12)
+    return (0.5 + 0.5 * projection / scale).clamp(0.0, 1.0)
+
+
+def plot_projections(image, projections, activations, channels, boxes, title, columns=3):
+    """Paper Fig. 2 style: per channel, its feature map, its projection and the image crop.
+
+    Args:
+        image: (C, H, W) input in [0, 1].
+        projections: (J, C, H, W); activations: (J, h, w); channels: (J,) indices.
+        boxes: per channel the receptive-field box (top, left, bottom, right) of its maximum.
+    """
+    count = len(channels)
+    rows = -(-count // columns)
+    figure = Figure(figsize=(columns * 3.6, rows * 1.35 + 0.8))
+    axes = figure.subplots(rows, 3 * columns, squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for j in range(count):
+        row, col = divmod(j, columns)
+        map_axis, projection_axis, crop_axis = axes[row, 3 * col:3 * col + 3]
+        top, left, bottom, right = boxes[j]
+        activation = activations[j]
+        map_axis.imshow(activation.cpu().numpy(), cmap=HEATMAP_CMAP)
+        frame(map_axis, f"ch {int(channels[j])}: max {float(activation.max()):.2f}")
+        show_image(projection_axis, projection_display(projections[j]), "projection")
+        projection_axis.add_patch(Rectangle((left - 0.5, top - 0.5), right - left,
+                                            bottom - top, fill=False, edgecolor="lime",
+                                            linewidth=1.0))
+        show_image(crop_axis, image[:, top:bottom, left:right], "input crop")
+        for axis in (map_axis, projection_axis, crop_axis):
+            axis.axis("on")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def maximum_boxes(activations, field, image_size):
+    """Receptive-field box of each (J, h, w) map's strongest unit."""
+    width = activations.shape[-1]
+    positions = activations.flatten(1).argmax(1).tolist()
+    return [field.box(*divmod(position, width), image_size) for position in positions]
+
+
+def get_args_parser():
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
+                            parents=[method_parser("deconvnet")])
+    parser.add_argument("--layer", nargs="+", default=None,
+                        help="layers to project from (default: every conv layer)")
+    parser.add_argument("--channel", type=non_negative_int, nargs="+", default=None,
+                        help="channels to project (default: the --top strongest per image)")
+    parser.add_argument("--top", type=positive_int, default=9,
+                        help="how many of the strongest channels (default: 9)")
+    parser.add_argument("--all-channels", action="store_true",
+                        help="project every channel of the layer")
+    parser.add_argument("--whole-map", action="store_true",
+                        help="project the whole feature map, not only its strongest unit")
+    parser.add_argument("--rule", choices=RULES, default="deconvnet",
+                        help="how a ReLU passes the signal down (default: deconvnet)")
+    return parser
+
+
+def explain(args):
+    seed_everything(args.seed)
+    device, model, info = load_method_model(args)
+    selection = select_inputs(args, info, device)
+    layers = args.layer or conv_layer_names(model)
+    images = info.denormalize(selection.inputs)
+    for layer in layers:
+        stack = activation_layers(model, layer)
+        field = receptive_field(module for _, module in stack)
+        if args.all_channels:
+            with torch.no_grad():
+                channel_count = forward_with_switches(stack, selection.inputs[:1])[0].shape[1]
+            channels = torch.arange(channel_count).expand(len(images), -1)
+        elif args.channel:
+            channels = torch.tensor(args.channel).expand(len(images), -1)
+        else:
+            channels = strongest_channels(model, selection.inputs, layer, args.top)
+        projections, activations = compute_projections(model, selection.inputs, layer,
+                                                       channels.to(device), args.rule,
+                                                       args.whole_map)
+        for index, name in enumerate(selection.names):
+            boxes = maximum_boxes(activations[index], field, info.image_size)
+            title = (f"{name}, layer {layer}: {args.rule} projections of "
+                     f"{'whole maps' if args.whole_map else 'the strongest unit'} "
+                     f"(receptive field {field.size:.0f}px)")
+            figure = plot_projections(images[index], projections[index], activations[index],
+                                      channels[index], boxes, title)
+            path = Path(args.out) / f"{args.rule}_{name}_{layer}.png"
+            save_figure(figure, path)
+            print(f"wrote {path}")
+
+
+def main(argv=None):
+    return run(explain, get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""deconvnet.py: the explicit mirror net against autograd with rule-modified ReLU backward."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import deconvnet
+from model.architectures import build_model
+from model.errors import UserError
+
+
+class RuleReLU(torch.autograd.Function):
+    """ReLU whose backward follows one of the three rules (Springenberg et al. 2015, Fig. 1)."""
+
+    @staticmethod
+    def forward(ctx, inputs, rule):
+        ctx.save_for_backward(inputs)
+        ctx.rule = rule
+        return inputs.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inputs,) = ctx.saved_tensors
+        if ctx.rule == "deconvnet":
+            return grad.clamp_min(0), None
+        if ctx.rule == "guided":
+            return grad.clamp_min(0) * (inputs > 0), None
+        return grad * (inputs > 0), None
+
+
+class RuleReLUModule(nn.Module):
+    def __init__(self, rule):
+        super().__init__()
+        self.rule = rule
+
+    def forward(self, inputs):
+        return RuleReLU.apply(inputs, self.rule)
+
+
+def autograd_projection(model, inputs, top_module, channel, rule, whole_map):
+    """d(isolated activation)/d(input), with every ReLU's backward replaced by ``rule``."""
+    rule_model = copy.deepcopy(model)
+    for name, module in rule_model.named_children():
+        if isinstance(module, nn.ReLU):
+            setattr(rule_model, name, RuleReLUModule(rule))
+    stack = []
+    for name, module in rule_model.named_children():
+        stack.append(module)
+        if name == top_module:
+            break
+    inputs = inputs.clone().requires_grad_(True)
+    activation = nn.Sequential(*stack)(inputs)[:, channel]  # (N, h, w)
+    if whole_map:
+        weights = activation.detach()
+    else:
+        flat = activation.detach().flatten(1)
+        weights = torch.zeros_like(flat).scatter_(1, flat.argmax(1, keepdim=True),
+                                                  flat.max(1, keepdim=True).values)
+        weights = weights.view_as(activation)
+    # The mirror sends the activation's own value down: that is the gradient of
+    # sum(weights * activation) with weights = the kept activations.
+    (activation * weights).sum().backward()
+    return inputs.grad
+
+
+def trained_like_vgg():
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, 6, 16).eval()
+    for module in model.modules():  # non-trivial BatchNorm statistics and affine parameters
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("rule", deconvnet.RULES)
+@pytest.mark.parametrize("layer, top_module", [("conv1", "relu1"), ("conv2", "relu2"),
+                                               ("conv4", "relu4"), ("pool2", "pool2")])
+@pytest.mark.parametrize("whole_map", [False, True])
+def test_mirror_equals_autograd_with_the_rule(rule, layer, top_module, whole_map):
+    model = trained_like_vgg()
+    torch.manual_seed(1)
+    inputs = torch.randn(2, 3, 16, 16)
+    channels = torch.tensor([[3, 0], [7, 3]])  # different channels per image
+    projections, _ = deconvnet.compute_projections(model, inputs, layer, channels, rule,
+                                                   whole_map)
+    for n in range(2):
+        for j in range(2):
+            expected = autograd_projection(model, inputs[n:n + 1], top_module,
+                                           int(channels[n, j]), rule, whole_map)[0]
+            assert torch.allclose(projections[n, j], expected, atol=1e-5), (n, j)
+
+
+def test_simple_net_and_rules_differ():
+    torch.manual_seed(0)
+    model = build_model("simple", 1, 10, 28).eval()
+    inputs = torch.randn(1, 1, 28, 28)
+    channels = deconvnet.strongest_channels(model, inputs, "conv2", 3)
+    assert channels.shape == (1, 3)
+    results = {rule: deconvnet.compute_projections(model, inputs, "conv2", channels, rule)[0]
+               for rule in deconvnet.RULES}
+    assert not torch.allclose(results["deconvnet"], results["guided"])
+    assert not torch.allclose(results["guided"], results["saliency"])
+
+
+def test_layers_past_the_conv_part_and_bad_channels_are_refused():
+    model = build_model("vgg", 3, 6, 16).eval()
+    inputs = torch.randn(1, 3, 16, 16)
+    with pytest.raises(UserError, match="past the convolutional part"):
+        deconvnet.compute_projections(model, inputs, "fc", torch.tensor([[0]]))
+    with pytest.raises(UserError, match="channel out of range"):
+        deconvnet.compute_projections(model, inputs, "conv1", torch.tensor([[16]]))
+    with pytest.raises(UserError, match="unknown layer"):
+        deconvnet.compute_projections(model, inputs, "conv9", torch.tensor([[0]]))
+
+
+def test_cli_writes_a_figure_per_image_and_layer(trained_shapes_checkpoint, tmp_path):
+    code = deconvnet.main(["--checkpoint", str(trained_shapes_checkpoint), "--index", "0", "1",
+                           "--rule", "guided", "--top", "4", "--out", str(tmp_path)])
+    assert code == 0
+    for name in ("test_0", "test_1"):
+        for layer in ("conv1", "conv2"):
+            assert (tmp_path / f"guided_{name}_{layer}.png").read_bytes()[:4] == b"\x89PNG"
+    code = deconvnet.main(["--checkpoint", str(trained_shapes_checkpoint), "--index", "0",
+                           "--layer", "conv2", "--all-channels", "--whole-map",
+                           "--out", str(tmp_path / "all")])
+    assert code == 0 and (tmp_path / "all" / "deconvnet_test_0_conv2.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [(["--layer", "conv7"], "unknown layer"),
+                                           (["--layer", "fc"], "past the convolutional"),
+                                           (["--channel", "8"], "channel out of range")])
+def test_cli_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path, capsys, argv,
+                                             message):
+    from conftest import stderr_lines
+
+    code = deconvnet.main(["--checkpoint", str(trained_shapes_checkpoint), "--out",
+                           str(tmp_path), *argv])
+    assert code == 2
+    lines = stderr_lines(capsys.readouterr())
+    assert len(lines) == 1 and message in lines[0]
