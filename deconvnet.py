@@ -34,13 +34,13 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from model.architectures import conv_layer_names, get_layer, layer_names
+from model.architectures import block_end, conv_layer_names, layer_names
 from model.cli import ArgumentParser, non_negative_int, positive_int, run
 from model.errors import UserError
 from model.heatmaps import HEATMAP_CMAP, frame, show_image
-from model.images import load_method_model, method_parser, select_inputs
+from model.images import method_parser, prepare_method
 from model.receptive_field import receptive_field
-from model.runtime import save_figure, seed_everything
+from model.runtime import save_figure
 
 RULES = ("deconvnet", "guided", "saliency")
 _MIRRORABLE = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
@@ -54,15 +54,8 @@ def activation_layers(model, name):
     Raises:
         UserError: unknown name, or a layer past the convolutional part of the net.
     """
-    get_layer(model, name)  # a clear error for unknown names
     children = list(model.named_children())
-    end = layer_names(model).index(name)
-    if isinstance(children[end][1], nn.Conv2d):
-        while end + 1 < len(children) and isinstance(children[end + 1][1],
-                                                     (nn.BatchNorm2d, nn.ReLU)):
-            end += 1
-            if isinstance(children[end][1], nn.ReLU):
-                break
+    end = layer_names(model).index(block_end(model, name))
     stack = children[:end + 1]
     if not all(isinstance(module, _MIRRORABLE) for _, module in stack):
         raise UserError(f"layer '{name}' is past the convolutional part of the net; choose one "
@@ -164,6 +157,34 @@ def compute_projections(model, inputs, layer, channels, rule="deconvnet", whole_
     return projections.view(count, chosen, *inputs.shape[1:]), selected
 
 
+def compute_input_gradient(model, inputs, targets, rule="guided"):
+    """Class score y^c sent back to the input through the mirror net, by ``rule``.
+
+    ``guided`` gives guided backpropagation (Springenberg et al. 2015, sec. 3.4), ``saliency``
+    the image-specific class saliency dy^c/dx (Simonyan et al. 2014, sec. 3, Eq. 2). Above the
+    last feature layer the net has only pooling and Linear layers, no ReLU, so there every rule
+    is the plain gradient, which autograd gives; from that layer down the mirror net applies
+    the rule.
+
+    Args:
+        inputs: (N, C, H, W); targets: (N,) class per image.
+    Returns:
+        (N, C, H, W).
+    """
+    children = list(model.named_children())
+    depth = next(i for i, (_, m) in enumerate(children) if not isinstance(m, _MIRRORABLE))
+    stack, head = children[:depth], nn.Sequential(*[m for _, m in children[depth:]])
+    assert not any(isinstance(m, nn.ReLU) for m in head.modules()), "a ReLU above the mirror"
+    with torch.no_grad():
+        features, records = forward_with_switches(stack, inputs)
+    with torch.enable_grad():
+        features = features.detach().requires_grad_(True)
+        score = head(features).gather(1, targets[:, None]).sum()
+        gradient = torch.autograd.grad(score, features)[0]
+    with torch.no_grad():
+        return project_down(stack, records, gradient, rule)
+
+
 def _keep_maximum(maps):
     """Zero every value of each (h, w) map except its (first) maximum."""
     flat = maps.flatten(2)
@@ -257,9 +278,7 @@ def get_args_parser():
 
 
 def explain(args):
-    seed_everything(args.seed)
-    device, model, info = load_method_model(args)
-    selection = select_inputs(args, info, device)
+    device, model, info, selection = prepare_method(args)
     layers = args.layer or conv_layer_names(model)
     images = info.denormalize(selection.inputs)
     for layer in layers:
@@ -284,8 +303,7 @@ def explain(args):
             figure = plot_projections(images[index], projections[index], activations[index],
                                       channels[index], boxes, title)
             path = Path(args.out) / f"{args.rule}_{name}_{layer}.png"
-            save_figure(figure, path)
-            print(f"wrote {path}")
+            print(f"wrote {save_figure(figure, path)}")
 
 
 def main(argv=None):

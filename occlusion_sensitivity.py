@@ -2,7 +2,7 @@
 
     python occlusion_sensitivity.py --dataset shapes --index 0 1 2
     python occlusion_sensitivity.py --dataset mnist --arch simple --patch 6 --stride 2
-    python occlusion_sensitivity.py --image cat.png --dataset cifar10 --baseline blur
+    python occlusion_sensitivity.py --image cat.png --dataset cifar10 --baseline gray
 
 A square patch (``--patch`` pixels, moved by ``--stride``) is slid over the image and filled with
 a baseline (gray, zero = black, the dataset's mean colour, a blurred copy of the image, or a
@@ -25,8 +25,8 @@ from model.cli import ArgumentParser, positive_int, run
 from model.errors import UserError
 from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, class_colormap, frame, show_image,
                             show_overlay)
-from model.images import load_method_model, method_parser, resolve_targets, select_inputs
-from model.runtime import save_figure, seed_everything
+from model.images import method_parser, prepare_method, resolve_targets
+from model.runtime import save_figure
 
 
 @dataclass
@@ -214,20 +214,22 @@ def plot_occlusion(image, fill, result, index, patch, classes, title, strip=8):
 def get_args_parser():
     parser = ArgumentParser(description=__doc__.split("\n")[0],
                             parents=[method_parser("occlusion_sensitivity")])
-    parser.add_argument("--patch", type=positive_int, default=6,
-                        help="side of the occluding square in pixels (default: 6)")
-    parser.add_argument("--stride", type=positive_int, default=2,
-                        help="step between patch positions in pixels (default: 2)")
-    parser.add_argument("--baseline", default="gray",
-                        help="patch fill: gray, zero (black), mean (dataset mean colour), blur, "
-                             "or a pixel value in [0, 1] (default: gray)")
+    parser.add_argument("--patch", type=positive_int, default=4,
+                        help="side of the occluding square in pixels (default: 4)")
+    parser.add_argument("--stride", type=positive_int, default=1,
+                        help="step between patch positions in pixels (default: 1)")
+    # A flat patch is itself a square-shaped object to a network that knows squares: on
+    # shapes a gray patch lowers p(target) even on the background (pointing game 79.5% for
+    # gray vs 92.5% for blur, bench/pointing.py), so the default fill adds no new shape.
+    parser.add_argument("--baseline", default="blur",
+                        help="patch fill: blur (the image blurred, sigma = patch/4), gray "
+                             "(the paper's), zero (black), mean (dataset mean colour), or a "
+                             "pixel value in [0, 1] (default: blur)")
     return parser
 
 
 def explain(args):
-    seed_everything(args.seed)
-    device, model, info = load_method_model(args)
-    selection = select_inputs(args, info, device)
+    device, model, info, selection = prepare_method(args)
     with torch.no_grad():
         logits = model(selection.inputs)
     targets = resolve_targets(args.target, info, logits, selection.labels)
@@ -244,9 +246,7 @@ def explain(args):
                  f"patch, stride {args.stride}")
         figure = plot_occlusion(images[index], fills[index], result, index, args.patch,
                                 info.classes, title)
-        path = Path(args.out) / f"occlusion_{name}.png"
-        save_figure(figure, path)
-        print(f"wrote {path}")
+        print(f"wrote {save_figure(figure, Path(args.out) / f'occlusion_{name}.png')}")
 
 
 def main(argv=None):

@@ -108,3 +108,22 @@ def get_layer(model, name):
     if name not in layers:
         raise UserError(f"unknown layer '{name}'; valid layers: {', '.join(layers)}")
     return layers[name]
+
+
+def block_end(model, name):
+    """Name of the module whose output is the activation ``name`` stands for.
+
+    A conv layer name stands for its whole block, conv then BatchNorm then ReLU, whose
+    rectified output is the feature map the methods study (the f_k of CAM, the maps the
+    DeconvNet projects); any other name stands for its own output.
+    """
+    get_layer(model, name)  # a clear error for unknown names
+    names = layer_names(model)
+    modules = [module for _, module in model.named_children()]
+    end = names.index(name)
+    if isinstance(modules[end], nn.Conv2d):
+        while end + 1 < len(modules) and isinstance(modules[end + 1], (nn.BatchNorm2d, nn.ReLU)):
+            end += 1
+            if isinstance(modules[end], nn.ReLU):
+                break
+    return names[end]

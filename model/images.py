@@ -14,7 +14,7 @@ from .checkpoint import default_checkpoint_path, load_model
 from .cli import common_parser, non_negative_int, positive_int
 from .datasets import load_dataset
 from .errors import UserError
-from .runtime import resolve_device
+from .runtime import resolve_device, seed_everything
 
 MAX_IMAGE_PIXELS = 50_000_000  # larger files are refused rather than decoded
 
@@ -53,6 +53,17 @@ def load_method_model(args):
         model, info, _ = load_model(default_checkpoint_path(args.dataset, args.arch), device,
                                     dataset=args.dataset, arch=args.arch)
     return device, model, info
+
+
+def prepare_method(args):
+    """The start of every method script: seed, load the model, select the images.
+
+    Returns:
+        (device, model, DatasetInfo, Selection).
+    """
+    seed_everything(args.seed)
+    device, model, info = load_method_model(args)
+    return device, model, info, select_inputs(args, info, device)
 
 
 @dataclass

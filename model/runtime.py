@@ -77,7 +77,8 @@ def save_figure(figure, path, dpi=120):
     """Write a ``matplotlib.figure.Figure`` to a PNG atomically.
 
     The project builds figures as plain ``Figure`` objects, not through pyplot, so no GUI
-    backend is touched and nothing needs closing.
+    backend is touched and nothing needs closing. Returns ``path``.
     """
     with atomic_open(path) as file:
         figure.savefig(file, format="png", dpi=dpi, bbox_inches="tight")
+    return path

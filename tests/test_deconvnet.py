@@ -142,3 +142,27 @@ def test_cli_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path
     assert code == 2
     lines = stderr_lines(capsys.readouterr())
     assert len(lines) == 1 and message in lines[0]
+
+
+@pytest.mark.parametrize("arch", ["simple", "vgg"])
+def test_saliency_rule_from_the_class_score_is_the_plain_gradient(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 3, 6, 16).eval()
+    inputs = torch.randn(3, 3, 16, 16, requires_grad=True)
+    targets = torch.tensor([0, 5, 2])
+    model(inputs).gather(1, targets[:, None]).sum().backward()
+    projected = deconvnet.compute_input_gradient(model, inputs.detach(), targets, "saliency")
+    assert torch.allclose(projected, inputs.grad, atol=1e-5)
+    guided = deconvnet.compute_input_gradient(model, inputs.detach(), targets, "guided")
+    expected = autograd_projection_of_score(model, inputs.detach(), targets, "guided")
+    assert torch.allclose(guided, expected, atol=1e-5)
+
+
+def autograd_projection_of_score(model, inputs, targets, rule):
+    rule_model = copy.deepcopy(model)
+    for name, module in rule_model.named_children():
+        if isinstance(module, nn.ReLU):
+            setattr(rule_model, name, RuleReLUModule(rule))
+    inputs = inputs.clone().requires_grad_(True)
+    rule_model(inputs).gather(1, targets[:, None]).sum().backward()
+    return inputs.grad

@@ -1,0 +1,160 @@
+"""class_activation_maps.py: identities of the papers, brute-force loops, edge cases, CLI."""
+import pytest
+import torch
+import torch.nn as nn
+
+import class_activation_maps as cams
+from conftest import stderr_lines
+from model.architectures import build_model
+from model.errors import UserError
+
+
+def vgg_with_statistics(seed=0, size=16):
+    torch.manual_seed(seed)
+    model = build_model("vgg", 3, 6, size).eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 2.0)
+            module.bias.data.uniform_(0.0, 0.3)  # keep most units alive after the ReLU
+    return model
+
+
+def test_gradcam_equals_cam_on_gap_linear_at_the_last_conv():
+    """Selvaraju et al. 2017, sec. 3.1: with GAP + Linear, dy^c/dA_kij = w_k^c / Z."""
+    model = vgg_with_statistics()
+    inputs = torch.randn(3, 3, 16, 16)
+    targets = torch.tensor([0, 3, 5])
+    cam = cams.compute_cam(model, inputs, targets, "cam", "conv4")
+    gradcam = cams.compute_cam(model, inputs, targets, "gradcam", "conv4")
+    assert cam.max() > 0
+    assert torch.allclose(cam, gradcam, atol=1e-5)
+    raw_cam = cams.raw_map("cam", model, inputs, targets, "conv4")
+    raw_gradcam = cams.raw_map("gradcam", model, inputs, targets, "conv4")
+    area = raw_cam.shape[-1] * raw_cam.shape[-2]
+    assert torch.allclose(raw_cam / area, raw_gradcam, atol=1e-6)
+
+
+def test_gradcam_plus_plus_weights_match_the_closed_form_on_gap_linear():
+    """With constant gradients g_k = w_k / Z, Eq. 19 gives w_k = Z relu(g_k) / (2 + g_k sum A)."""
+    model = vgg_with_statistics(1)
+    inputs, targets = torch.randn(2, 3, 16, 16), torch.tensor([1, 4])
+    body, head = cams.split_at(model, "conv4")
+    activations, gradients, _ = cams.activations_and_gradients(body, head, inputs, targets)
+    area = activations.shape[2] * activations.shape[3]
+    g = model.fc.weight[targets] / area  # (N, K)
+    expected = area * g.clamp_min(0) / (2 + g * activations.sum((2, 3)))
+    expected = torch.where(g != 0, expected, torch.zeros_like(expected))
+    weights = cams.gradcam_plus_plus_weights(activations, gradients)
+    assert torch.allclose(weights, expected, atol=1e-5)
+
+
+def test_scorecam_weights_equal_a_per_channel_loop():
+    model = vgg_with_statistics(2)
+    inputs, targets = torch.randn(2, 3, 16, 16), torch.tensor([2, 0])
+    body, _ = cams.split_at(model, "conv3")
+    with torch.no_grad():
+        activations = body(inputs)
+        weights = cams.score_weights(model, inputs, activations, targets, batch_size=5)
+        for n in range(2):
+            for k in range(activations.shape[1]):
+                upsampled = nn.functional.interpolate(activations[n, k][None, None], size=16,
+                                                      mode="bilinear", align_corners=False)[0, 0]
+                low, high = upsampled.min(), upsampled.max()
+                mask = (upsampled - low) / (high - low + 1e-8) if high > low else upsampled * 0
+                probability = torch.softmax(model(inputs[n:n + 1] * mask), 1)[0, targets[n]]
+                assert weights[n, k] == pytest.approx(float(probability), abs=1e-5)
+
+
+def test_ablationcam_weights_equal_a_per_channel_loop():
+    model = vgg_with_statistics(3)
+    inputs, targets = torch.randn(2, 3, 16, 16), torch.tensor([5, 1])
+    body, head = cams.split_at(model, "conv4")
+    with torch.no_grad():
+        activations = body(inputs)
+        logits = head(activations)
+        weights = cams.ablation_weights(head, activations, logits, targets, batch_size=7)
+        for n in range(2):
+            score = logits[n, targets[n]]
+            for k in range(activations.shape[1]):
+                ablated = activations[n:n + 1].clone()
+                ablated[0, k] = 0
+                expected = (score - head(ablated)[0, targets[n]]) / score.abs()
+                assert weights[n, k] == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_eigencam_recovers_a_rank_one_pattern_with_positive_sign():
+    pattern = torch.zeros(4, 4)
+    pattern[1:3, 1:3] = 1.0
+    loadings = torch.rand(5) + 0.5
+    activations = (loadings[:, None, None] * pattern)[None]  # (1, 5, 4, 4)
+    result = cams.eigen_map(activations)[0]
+    assert torch.equal(result > 0.5 * result.max(), pattern.bool())
+
+
+@pytest.mark.parametrize("method", cams.METHODS)
+def test_batched_maps_equal_one_image_at_a_time(method):
+    model = vgg_with_statistics(4)
+    inputs, targets = torch.randn(3, 3, 16, 16), torch.tensor([0, 2, 4])
+    batched = cams.compute_cam(model, inputs, targets, method, "conv4", batch_size=5)
+    for n in range(3):
+        single = cams.compute_cam(model, inputs[n:n + 1], targets[n:n + 1], method, "conv4")
+        assert torch.allclose(batched[n], single[0], atol=1e-4), n
+
+
+@pytest.mark.parametrize("method", cams.METHODS)
+def test_maps_are_finite_and_in_unit_range_even_when_constant(method):
+    model = vgg_with_statistics(5)
+    for parameter in model.parameters():
+        parameter.data.zero_()  # every activation and gradient is constant: raw maps too
+    inputs = torch.zeros(2, 3, 16, 16)
+    maps = cams.compute_cam(model, inputs, torch.tensor([0, 1]), method, "conv4")
+    assert maps.shape == (2, 16, 16) and torch.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1
+
+
+def test_smoothgrad_is_seeded_and_averages_noisy_copies():
+    model = vgg_with_statistics(6)
+    inputs, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+
+    def smoothed(seed):
+        return cams.compute_cam(model, inputs, targets, "gradcam", "conv3", smooth=4,
+                                generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(smoothed(0), smoothed(0))
+    assert not torch.allclose(smoothed(0), cams.compute_cam(model, inputs, targets, "gradcam",
+                                                             "conv3"))
+
+
+def test_cam_on_a_net_without_gap_suggests_gradcam():
+    model = build_model("simple", 3, 6, 16).eval()
+    with pytest.raises(UserError, match="use gradcam"):
+        cams.compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "cam", "conv2")
+
+
+def test_nearest_upsampling_shows_the_raw_cells():
+    model = vgg_with_statistics(7)
+    maps = cams.compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "gradcam",
+                            "conv4", upsample="nearest")
+    assert torch.equal(maps[0, 0, 0], maps[0, 3, 3])  # one 4x4 cell of the 4x4 map
+
+
+def test_cli_writes_grid_class_maps_and_gallery(trained_shapes_checkpoint, tmp_path):
+    code = cams.main(["--checkpoint", str(trained_shapes_checkpoint), "--index", "0", "1",
+                      "--method", "gradcam", "scorecam", "--gallery", "2",
+                      "--out", str(tmp_path)])
+    assert code == 0
+    names = {path.name for path in tmp_path.iterdir()}
+    assert {"cam_conv2_grid.png", "cam_conv2_classes_test_0.png"} <= names
+    assert any(name.startswith("cam_conv2_gallery_") for name in names)
+
+
+@pytest.mark.parametrize("argv, message", [(["--method", "cam"], "use gradcam"),
+                                           (["--layer", "fc"], "convolutional part"),
+                                           (["--layer", "conv9"], "unknown layer")])
+def test_cli_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path, capsys, argv,
+                                             message):
+    code = cams.main(["--checkpoint", str(trained_shapes_checkpoint), "--out", str(tmp_path),
+                      "--gallery", "0", *argv])
+    assert code == 2
+    lines = stderr_lines(capsys.readouterr())
+    assert len(lines) == 1 and message in lines[0]
