@@ -27,12 +27,14 @@ from train_speed import throughput  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", choices=DATASETS, default="shapes")
+    parser.add_argument("--dataset", choices=DATASETS, default="shapes",
+                        help="input size and classes to mimic (default: shapes)")
     parser.add_argument("--images", type=int, default=16, help="images explained (default: 16)")
-    parser.add_argument("--patch", type=int, default=4)
-    parser.add_argument("--stride", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--patch", type=int, default=4, help="patch side (default: 4)")
+    parser.add_argument("--stride", type=int, default=1, help="patch step (default: 1)")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="variants per forward pass (default: 256)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     info = DATASET_INFO[args.dataset]

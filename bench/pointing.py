@@ -30,9 +30,11 @@ from model.runtime import resolve_device  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", default=str(default_checkpoint_path("shapes", "vgg")))
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--checkpoint", default=str(default_checkpoint_path("shapes", "vgg")),
+                        help="a shapes checkpoint (default: outputs/checkpoints/shapes_vgg.pt)")
+    parser.add_argument("--images", type=int, default=200,
+                        help="correctly classified test images to score (default: 200)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     model, info, _ = load_model(args.checkpoint, device, dataset="shapes")
