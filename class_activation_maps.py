@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from deconvnet import compute_input_gradient
-from model.architectures import block_end, conv_layer_names, get_layer, layer_names
+from model.architectures import conv_layer_names, get_layer, split_at
 from model.cli import ArgumentParser, non_negative_int, positive_int, run
 from model.datasets import load_dataset
 from model.engine import iterate_batches
@@ -52,21 +52,6 @@ GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam",
                     "guided-gradcam")
 METHODS = ("cam",) + GRADIENT_METHODS + ("scorecam", "faster-scorecam", "ablationcam",
                                          "eigencam")
-
-
-def split_at(model, layer):
-    """Split a Sequential net at a layer: (body, head) with body(x) = A and head(A) = logits.
-
-    ``layer`` is resolved with ``block_end`` (a conv name covers its BatchNorm and ReLU). The
-    model itself is not changed: no hooks, nothing to restore.
-    """
-    end = layer_names(model).index(block_end(model, layer)) + 1
-    modules = list(model.children())
-    if not any(isinstance(m, nn.Conv2d) for m in modules[:end]) or any(
-            isinstance(m, (nn.Linear, nn.Flatten)) for m in modules[:end]):
-        raise UserError(f"--layer {layer}: choose a layer of the convolutional part: "
-                        f"{', '.join(conv_layer_names(model))}")
-    return nn.Sequential(*modules[:end]), nn.Sequential(*modules[end:])
 
 
 def activations_and_gradients(body, head, inputs, targets):

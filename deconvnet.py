@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from model.architectures import block_end, conv_layer_names, layer_names
+from model.architectures import conv_layer_names, split_at
 from model.cli import ArgumentParser, non_negative_int, positive_int, run
 from model.errors import UserError
 from model.heatmaps import HEATMAP_CMAP, frame, show_image
@@ -47,19 +47,15 @@ _MIRRORABLE = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
 
 
 def activation_layers(model, name):
-    """The modules from the input up to the activation called ``name``, as (name, module) pairs.
+    """The modules from the input up to the activation called ``name``, in forward order.
 
-    A conv layer name extends to the BatchNorm and ReLU right after it.
+    A conv layer name extends to the BatchNorm and ReLU right after it (``split_at``).
 
     Raises:
-        UserError: unknown name, or a layer past the convolutional part of the net.
+        UserError: unknown name, or a layer outside the convolutional part of the net.
     """
-    children = list(model.named_children())
-    end = layer_names(model).index(block_end(model, name))
-    stack = children[:end + 1]
-    if not all(isinstance(module, _MIRRORABLE) for _, module in stack):
-        raise UserError(f"layer '{name}' is past the convolutional part of the net; choose one "
-                        f"of: {', '.join(conv_layer_names(model))}")
+    stack = list(split_at(model, name)[0])
+    assert all(isinstance(module, _MIRRORABLE) for module in stack), "unmirrorable layer"
     return stack
 
 
@@ -72,7 +68,7 @@ def forward_with_switches(stack, inputs):
     """
     records = []
     signal = inputs
-    for _, module in stack:
+    for module in stack:
         if isinstance(module, nn.ReLU):
             records.append(signal > 0)
             signal = F.relu(signal)
@@ -98,7 +94,7 @@ def project_down(stack, records, signal, rule):
     Returns:
         (N, C, H, W) projection in input space.
     """
-    for (_, module), record in zip(reversed(stack), reversed(records)):
+    for module, record in zip(reversed(stack), reversed(records)):
         if isinstance(module, nn.ReLU):
             if rule in ("deconvnet", "guided"):
                 signal = F.relu(signal)
@@ -171,9 +167,9 @@ def compute_input_gradient(model, inputs, targets, rule="guided"):
     Returns:
         (N, C, H, W).
     """
-    children = list(model.named_children())
-    depth = next(i for i, (_, m) in enumerate(children) if not isinstance(m, _MIRRORABLE))
-    stack, head = children[:depth], nn.Sequential(*[m for _, m in children[depth:]])
+    children = list(model.children())
+    depth = next(i for i, m in enumerate(children) if not isinstance(m, _MIRRORABLE))
+    stack, head = children[:depth], nn.Sequential(*children[depth:])
     assert not any(isinstance(m, nn.ReLU) for m in head.modules()), "a ReLU above the mirror"
     with torch.no_grad():
         features, records = forward_with_switches(stack, inputs)
@@ -283,7 +279,7 @@ def explain(args):
     images = info.denormalize(selection.inputs)
     for layer in layers:
         stack = activation_layers(model, layer)
-        field = receptive_field(module for _, module in stack)
+        field = receptive_field(stack)
         if args.all_channels:
             with torch.no_grad():
                 channel_count = forward_with_switches(stack, selection.inputs[:1])[0].shape[1]

@@ -127,3 +127,22 @@ def block_end(model, name):
             if isinstance(modules[end], nn.ReLU):
                 break
     return names[end]
+
+
+def split_at(model, layer):
+    """Split a net at a layer of its convolutional part: (body, head), body(x) = A, head(A) =
+    logits.
+
+    ``layer`` is resolved with :func:`block_end` (a conv name covers its BatchNorm and ReLU).
+    The model itself is not changed: no hooks, nothing to restore.
+
+    Raises:
+        UserError: unknown layer, or one outside the convolutional part.
+    """
+    end = layer_names(model).index(block_end(model, layer)) + 1
+    modules = list(model.children())
+    if not any(isinstance(m, nn.Conv2d) for m in modules[:end]) or any(
+            isinstance(m, (nn.Linear, nn.Flatten)) for m in modules[:end]):
+        raise UserError(f"layer '{layer}' is not in the convolutional part; choose one of: "
+                        f"{', '.join(conv_layer_names(model))}")
+    return nn.Sequential(*modules[:end]), nn.Sequential(*modules[end:])

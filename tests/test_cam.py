@@ -149,7 +149,7 @@ def test_cli_writes_grid_class_maps_and_gallery(trained_shapes_checkpoint, tmp_p
 
 
 @pytest.mark.parametrize("argv, message", [(["--method", "cam"], "use gradcam"),
-                                           (["--layer", "fc"], "convolutional part"),
+                                           (["--layer", "fc"], "not in the convolutional part"),
                                            (["--layer", "conv9"], "unknown layer")])
 def test_cli_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path, capsys, argv,
                                              message):

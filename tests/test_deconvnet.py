@@ -109,7 +109,7 @@ def test_simple_net_and_rules_differ():
 def test_layers_past_the_conv_part_and_bad_channels_are_refused():
     model = build_model("vgg", 3, 6, 16).eval()
     inputs = torch.randn(1, 3, 16, 16)
-    with pytest.raises(UserError, match="past the convolutional part"):
+    with pytest.raises(UserError, match="not in the convolutional part"):
         deconvnet.compute_projections(model, inputs, "fc", torch.tensor([[0]]))
     with pytest.raises(UserError, match="channel out of range"):
         deconvnet.compute_projections(model, inputs, "conv1", torch.tensor([[16]]))
@@ -131,7 +131,7 @@ def test_cli_writes_a_figure_per_image_and_layer(trained_shapes_checkpoint, tmp_
 
 
 @pytest.mark.parametrize("argv, message", [(["--layer", "conv7"], "unknown layer"),
-                                           (["--layer", "fc"], "past the convolutional"),
+                                           (["--layer", "fc"], "not in the convolutional"),
                                            (["--channel", "8"], "channel out of range")])
 def test_cli_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path, capsys, argv,
                                              message):
