@@ -1,0 +1,104 @@
+"""max_activation_search.py: the streaming top-k against a brute-force full sort."""
+import json
+
+import pytest
+import torch
+
+import max_activation_search as mas
+from conftest import stderr_lines
+from model.architectures import build_model, split_at
+from model.datasets import DATASET_INFO, ImageDataset
+
+
+def dataset_with_duplicates():
+    """24 images, many of them exact copies, so that scores tie."""
+    generator = torch.Generator().manual_seed(0)
+    distinct = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    images = distinct[torch.tensor([0, 1, 2, 0, 3, 1, 4, 5, 0, 6, 2, 7, 3, 3, 1, 0, 4, 5, 6,
+                                    7, 2, 0, 1, 3])]
+    return ImageDataset(DATASET_INFO["shapes"], images, torch.zeros(24, dtype=torch.int64))
+
+
+def brute_force(model, dataset, layer, k, score):
+    with torch.no_grad():
+        activations = mas.layer_function(model, layer)(dataset.info.normalize(dataset.images))
+    flat = activations.flatten(2)  # (N, K, hw)
+    peak, where = flat.max(2)
+    scores = (peak if score == "max" else flat.mean(2)).T  # (K, N)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    width = activations.shape[-1]
+    positions = torch.stack([where // width, where % width], 2).transpose(0, 1)
+    return (scores.gather(1, order), order,
+            positions.gather(1, order[:, :, None].expand(-1, -1, 2)), peak.amax(0))
+
+
+@pytest.mark.parametrize("layer", ["conv1", "pool1", "conv3", "fc"])
+@pytest.mark.parametrize("score", ["max", "mean"])
+@pytest.mark.parametrize("batch_size", [1, 5, 24])
+def test_streaming_top_k_equals_a_full_sort_ties_included(layer, score, batch_size):
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, 6, 16).eval()
+    dataset = dataset_with_duplicates()
+    result = mas.search_top_activations(model, dataset, layer, k=5, score=score,
+                                        batch_size=batch_size)
+    values, indices, positions, channel_max = brute_force(model, dataset, layer, 5, score)
+    assert torch.equal(result.indices, indices)
+    assert torch.allclose(result.values, values, atol=1e-6)
+    assert torch.equal(result.positions, positions)
+    assert torch.allclose(result.channel_max, channel_max)
+    assert result.values.shape[1] == 5  # the state is channels x k, whatever the scan size
+
+
+def test_k_larger_than_the_dataset_pads_with_minus_one():
+    model = build_model("simple", 3, 6, 16).eval()
+    dataset = dataset_with_duplicates().subset(3)
+    result = mas.search_top_activations(model, dataset, "conv1", k=5, batch_size=2)
+    assert (result.indices[:, 3:] == -1).all() and torch.isinf(result.values[:, 3:]).all()
+
+
+def test_dead_channels_are_those_never_positive():
+    model = build_model("simple", 3, 6, 16).eval()
+    with torch.no_grad():
+        model.conv1.bias[2] = -1e3  # channel 2 can never fire after its ReLU
+    result = mas.search_top_activations(model, dataset_with_duplicates(), "conv1", k=3)
+    assert 2 in result.dead_channels()
+
+
+def test_receptive_field_boxes_follow_the_layer_stack():
+    model = build_model("vgg", 3, 6, 32).eval()
+    field = mas.receptive_field(split_at(model, "conv3")[0])
+    assert (field.size, field.jump) == (18, 4)
+    assert field.start == 1.5  # unit (0, 0) is centred between pixels 1 and 2
+    assert field.box(0, 0, 32) == (0, 0, 11, 11)  # pixels -7..10, clipped at the border
+
+
+def test_channel_ranges_are_parsed_and_checked():
+    assert mas.parse_channels(["0-3", "7"], 8) == [0, 1, 2, 3, 7]
+    with pytest.raises(mas.UserError, match="out of range"):
+        mas.parse_channels(["6-9"], 8)
+
+
+def test_cli_writes_json_overview_and_channel_figures(trained_shapes_checkpoint, tmp_path):
+    code = mas.main(["--checkpoint", str(trained_shapes_checkpoint), "--layer", "conv2",
+                     "--k", "4", "--project", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "shapes_conv2_top4.json").read_text())
+    assert report["images_scanned"] == 2000 and len(report["channels"]) == 8
+    assert all(len(entry["indices"]) == 4 for entry in report["channels"].values())
+    assert (tmp_path / "shapes_conv2_overview.png").exists()
+    assert len(list(tmp_path.glob("shapes_conv2_channel*.png"))) == 8
+    assert mas.main(["--checkpoint", str(trained_shapes_checkpoint), "--layer", "fc",
+                     "--k", "3", "--out", str(tmp_path)]) == 0
+    classes = json.loads((tmp_path / "shapes_fc_top3.json").read_text())["channels"]
+    assert list(classes) == list(DATASET_INFO["shapes"].classes)
+
+
+@pytest.mark.parametrize("argv, message", [(["--layer", "conv9"], "unknown layer"),
+                                           (["--channels", "99"], "out of range")])
+def test_cli_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path, capsys, argv,
+                                             message):
+    code = mas.main(["--checkpoint", str(trained_shapes_checkpoint), "--out", str(tmp_path),
+                     *argv])
+    assert code == 2
+    lines = [line for line in stderr_lines(capsys.readouterr()) if "scanning" not in line]
+    assert len(lines) == 1 and message in lines[0]
