@@ -6,8 +6,8 @@
 On the first ``--images`` correctly classified shapes test images (default 200), the maximum
 of the Grad-CAM map (last conv layer, target = true class) and of the occlusion drop map
 (the script's defaults: 4 px blurred patch, stride 1; and a gray patch) is looked up in the
-ground-truth object mask dilated by one pixel (Zhang et al. 2016). Prints the hit rate per method; the issue's bar is >= 90%. A uniformly
-random map is printed as the chance level.
+ground-truth object mask dilated by one pixel (Zhang et al. 2016). Prints the hit rate per
+method; the issue's bar is >= 90%. A uniformly random map is printed as the chance level.
 """
 import argparse
 import sys

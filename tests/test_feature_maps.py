@@ -1,0 +1,64 @@
+"""feature_maps.py: activations, the dead-filter report and every figure through the CLI."""
+import json
+
+import torch
+
+import feature_maps as fm
+import train_cnn
+from model.architectures import build_model, split_at
+from model.datasets import DATASET_INFO, ImageDataset
+
+
+def test_one_pass_activations_equal_the_split_net():
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, 6, 16).eval()
+    inputs = torch.randn(2, 3, 16, 16)
+    activations = fm.layer_activations(model, inputs, ["conv1", "pool1", "conv4"])
+    for layer in ("conv1", "pool1", "conv4"):
+        with torch.no_grad():
+            assert torch.equal(activations[layer], split_at(model, layer)[0](inputs))
+
+
+def test_dead_filter_report_counts_images_where_a_channel_fires():
+    torch.manual_seed(0)
+    model = build_model("simple", 3, 6, 16).eval()
+    with torch.no_grad():
+        model.conv1.bias[3] = -1e3  # never fires
+        model.conv1.bias[5] = 1e3  # always fires
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    dataset = ImageDataset(DATASET_INFO["shapes"], images, torch.zeros(10, dtype=torch.long))
+    report = fm.dead_filter_report(model, dataset, ["conv1", "conv2"], "cpu", batch_size=3)
+    assert 3 in report["conv1"]["dead"] and report["conv1"]["active_share"][5] == 1.0
+    with torch.no_grad():
+        brute = (torch.relu(model.conv1(dataset.info.normalize(images))).flatten(2).amax(2) > 0)
+    assert torch.allclose(report["conv1"]["active_share"], brute.float().mean(0))
+
+
+def test_cli_draws_filters_maps_dead_report_and_evolution(tmp_path):
+    checkpoint = tmp_path / "shapes_simple.pt"
+    assert train_cnn.main(["--dataset", "shapes", "--arch", "simple", "--epochs", "2",
+                           "--max-train-images", "256", "--save-every-epoch", "--no-progress",
+                           "--out", str(checkpoint)]) == 0
+    out = tmp_path / "figures"
+    assert fm.main(["--checkpoint", str(checkpoint), "--index", "4", "--num-images", "50",
+                    "--out", str(out)]) == 0
+    expected = ["filters_conv1.png", "filters_conv2.png", "maps_test_4_conv1.png",
+                "maps_test_4_conv2.png", "dead_filters.png", "evolution_test_4_conv1.png",
+                "evolution_test_4_conv2.png"]
+    for name in expected:
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    report = json.loads((out / "dead_filters.json").read_text())
+    assert len(report["conv1"]["active_share"]) == 8
+    assert [epoch for epoch, _ in fm.snapshot_epochs(checkpoint)] == [1, 2]
+
+
+def test_cli_without_snapshots_notes_how_to_make_them(trained_shapes_checkpoint, tmp_path,
+                                                       capsys):
+    code = fm.main(["--checkpoint", str(trained_shapes_checkpoint), "--show", "evolution",
+                    "--out", str(tmp_path)])
+    assert code == 0 and "--save-every-epoch" in capsys.readouterr().err
+
+
+def test_unknown_layer_exits_2(trained_shapes_checkpoint, tmp_path):
+    assert fm.main(["--checkpoint", str(trained_shapes_checkpoint), "--layers", "conv5",
+                    "--out", str(tmp_path)]) == 2
