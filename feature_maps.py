@@ -22,12 +22,12 @@ import torch
 from matplotlib.figure import Figure
 
 from model.architectures import block_end, conv_layer_names, get_layer, layer_names
-from model.checkpoint import default_checkpoint_path, load_model, snapshot_path
+from model.checkpoint import load_model, snapshot_path
 from model.cli import ArgumentParser, positive_int, run
 from model.datasets import load_dataset
 from model.engine import iterate_batches
 from model.heatmaps import DIVERGING_CMAP, HEATMAP_CMAP, frame, show_image
-from model.images import method_parser, prepare_method
+from model.images import checkpoint_path, method_parser, prepare_method
 from model.runtime import atomic_open, save_figure
 
 VIEWS = ("filters", "maps", "dead", "evolution")
@@ -203,7 +203,7 @@ def get_args_parser():
 
 def visualize(args):
     device, model, info, selection = prepare_method(args)
-    checkpoint = Path(args.checkpoint or default_checkpoint_path(args.dataset, args.arch))
+    checkpoint = checkpoint_path(args)
     layers = args.layers or conv_layer_names(model)
     for layer in layers:
         get_layer(model, layer)

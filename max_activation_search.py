@@ -30,13 +30,13 @@ from tqdm import tqdm
 from deconvnet import compute_projections, projection_display
 from model.architectures import conv_layer_names, get_layer, split_at
 from model.cli import ArgumentParser, common_parser, positive_int, run
-from model.checkpoint import default_checkpoint_path, load_model
 from model.datasets import load_dataset
 from model.engine import iterate_batches
 from model.errors import UserError
 from model.heatmaps import frame, show_image
 from model.receptive_field import receptive_field
-from model.runtime import atomic_open, resolve_device, save_figure, seed_everything
+from model.images import checkpoint_path, load_method_model
+from model.runtime import atomic_open, save_figure, seed_everything
 
 
 @dataclass
@@ -242,10 +242,7 @@ def get_args_parser():
 
 def search(args):
     seed_everything(args.seed)
-    device = resolve_device(args.device)
-    path = args.checkpoint or default_checkpoint_path(args.dataset, args.arch)
-    model, info, _ = load_model(path, device, *(() if args.checkpoint else
-                                                (args.dataset, args.arch)))
+    device, model, info = load_method_model(args)
     layer = args.layer or conv_layer_names(model)[-1]
     dataset = load_dataset(info.name, args.split, args.data_dir)
     result = search_top_activations(model, dataset, layer, args.k, args.score,
@@ -260,7 +257,7 @@ def search(args):
     out = Path(args.out)
     stem = f"{info.name}_{layer}"
 
-    report = {"checkpoint": str(path), "layer": layer, "split": args.split, "k": args.k,
+    report = {"checkpoint": str(checkpoint_path(args)), "layer": layer, "split": args.split, "k": args.k,
               "score": args.score, "images_scanned": len(dataset),
               "receptive_field": None if field is None else field.size,
               "dead_channels": result.dead_channels(),

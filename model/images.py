@@ -40,6 +40,11 @@ def method_parser(script):
     return parser
 
 
+def checkpoint_path(args):
+    """``--checkpoint``, or the default checkpoint of ``--dataset/--arch``."""
+    return Path(args.checkpoint or default_checkpoint_path(args.dataset, args.arch))
+
+
 def load_method_model(args):
     """Device, model (eval mode) and DatasetInfo for a method script's ``args``.
 
@@ -47,11 +52,8 @@ def load_method_model(args):
     must match them.
     """
     device = resolve_device(args.device)
-    if args.checkpoint is not None:
-        model, info, _ = load_model(args.checkpoint, device)
-    else:
-        model, info, _ = load_model(default_checkpoint_path(args.dataset, args.arch), device,
-                                    dataset=args.dataset, arch=args.arch)
+    expected = () if args.checkpoint else (args.dataset, args.arch)
+    model, info, _ = load_model(checkpoint_path(args), device, *expected)
     return device, model, info
 
 

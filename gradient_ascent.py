@@ -1,0 +1,389 @@
+"""Images that a class or a filter likes most, found by gradient ascent on the input.
+
+    python gradient_ascent.py --dataset shapes                        # every class, one batch
+    python gradient_ascent.py --dataset shapes --layer conv2 --filters 0-7
+    python gradient_ascent.py --dataset shapes --layer conv3 --filters 0-15 --neuron
+    python gradient_ascent.py --dataset shapes --param fft            # Olah et al. 2017
+    python gradient_ascent.py --dataset mnist --arch simple --ablation
+
+Class model visualization (Simonyan et al. 2014, sec. 2, Eq. 1): from a zero (or small-noise)
+image, maximize S_c(I) - lambda ||I||^2, with S_c the class score before the softmax and I the
+normalized input. Filter maximization (Erhan et al. 2009) maximizes the mean activation of a
+channel instead (``--neuron``: its centre unit). All classes or filters are optimized together
+as one batch (every image is its own problem: BatchNorm runs in eval mode).
+
+Regularizers, each switchable: L2 decay (``--l2``), a random jitter of the image each step
+(``--jitter`` pixels), a Gaussian blur every few steps (``--blur-every``, ``--blur-sigma``;
+Yosinski et al. 2015), clipping to the dataset's valid pixel range, and total variation
+(``--tv``, Mahendran & Vedaldi 2015). ``--param fft`` optimizes a 1/f-scaled Fourier spectrum
+with decorrelated colour instead of pixels (Olah et al. 2017), which gives far less
+high-frequency noise. ``--ablation`` draws the same classes under none / L2 / jitter / blur /
+TV / all / fft, so each regularizer's effect can be seen.
+"""
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision.transforms.functional as TF
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from max_activation_search import parse_channels, search_top_activations
+from model.architectures import get_layer, split_at
+from model.cli import (ArgumentParser, common_parser, non_negative_float, non_negative_int,
+                       positive_float, positive_int, run)
+from model.errors import UserError
+from model.datasets import load_dataset
+from model.heatmaps import show_image
+from model.images import load_method_model
+from model.runtime import save_figure, seed_everything
+
+# Colour correlation of natural images (the square root of their RGB covariance), as used by
+# Olah et al. 2017; optimizing in this decorrelated basis spreads changes across channels.
+COLOR_CORRELATION = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05],
+                                  [0.27, -0.09, 0.03]])
+
+
+@dataclass(frozen=True)
+class Regularizers:
+    """Settings of the ascent; each regularizer is off at 0 (or False)."""
+
+    l2: float = 1e-3
+    jitter: int = 2
+    blur_every: int = 4
+    blur_sigma: float = 0.5
+    tv: float = 0.0
+    clip: bool = True
+
+
+NO_REGULARIZATION = Regularizers(l2=0.0, jitter=0, blur_every=0, tv=0.0, clip=True)
+
+
+class PixelImage:
+    """Direct parameterization: the normalized image itself, clipped to the valid range."""
+
+    def __init__(self, count, info, init, generator, device):
+        shape = (count, info.channels, info.image_size, info.image_size)
+        start = 0.01 * torch.randn(shape, generator=generator) if init == "noise" \
+            else torch.zeros(shape)
+        self.low = info.normalize(torch.zeros(1, info.channels, 1, 1, device=device))
+        self.high = info.normalize(torch.ones(1, info.channels, 1, 1, device=device))
+        # "zero" is the zero of the normalized input, the dataset's mean image.
+        self.parameters = [start.to(device).requires_grad_(True)]
+
+    def image(self):
+        """The normalized (N, C, H, W) input."""
+        return self.parameters[0]
+
+    @torch.no_grad()
+    def clip(self):
+        self.parameters[0].copy_(torch.maximum(torch.minimum(self.parameters[0], self.high),
+                                               self.low))
+
+    @torch.no_grad()
+    def blur(self, sigma):
+        kernel = 2 * math.ceil(2 * sigma) + 1
+        self.parameters[0].copy_(TF.gaussian_blur(self.parameters[0], [kernel, kernel],
+                                                  [sigma, sigma]))
+
+
+class FourierImage:
+    """Olah et al. 2017: a Fourier spectrum scaled by 1/f, colours decorrelated, a sigmoid
+    keeping pixels in (0, 1). Blur and clipping are unnecessary and do nothing."""
+
+    def __init__(self, count, info, init, generator, device, decay=1.0):
+        size = info.image_size
+        fy = torch.fft.fftfreq(size)[:, None]
+        fx = torch.fft.rfftfreq(size)[None, :]
+        frequency = torch.sqrt(fx ** 2 + fy ** 2)
+        floor = torch.tensor(1.0 / size)  # the constant term gets the lowest frequency's scale
+        self.scale = (1.0 / torch.maximum(frequency, floor) ** decay).to(device)
+        shape = (count, info.channels, size, size // 2 + 1, 2)
+        spectrum = 0.01 * torch.randn(shape, generator=generator) if init == "noise" \
+            else torch.zeros(shape)  # zero spectrum: a mid-gray image
+        self.parameters = [spectrum.to(device).requires_grad_(True)]
+        self.info, self.size = info, size
+
+    def image(self):
+        spectrum = torch.view_as_complex(self.parameters[0]) * self.scale
+        decorrelated = torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho")
+        if self.info.channels == 3:
+            matrix = COLOR_CORRELATION / COLOR_CORRELATION.norm(dim=0).max()
+            decorrelated = torch.einsum("ij,njhw->nihw", matrix.to(decorrelated), decorrelated)
+        return self.info.normalize(torch.sigmoid(decorrelated))
+
+    def clip(self):
+        pass
+
+    def blur(self, sigma):
+        pass
+
+
+def total_variation(images):
+    """Mean absolute difference of neighbouring pixels, per image: (N,)."""
+    return ((images[..., 1:, :] - images[..., :-1, :]).abs().mean((1, 2, 3))
+            + (images[..., :, 1:] - images[..., :, :-1]).abs().mean((1, 2, 3)))
+
+
+def objective_function(model, layer, units, neuron):
+    """The quantity each batch row maximizes: (N, C, H, W) inputs -> (N,) values.
+
+    Args:
+        layer: None for class scores (``units`` are classes), else a conv-part layer whose
+            channels ``units`` are maximized (mean activation, or the centre unit).
+    """
+    if layer is None:
+        return lambda inputs: model(inputs).gather(1, units[:, None])[:, 0]
+    body = split_at(model, layer)[0]
+    if isinstance(body[-1], nn.ReLU):
+        # Ascend the value before the block's ReLU, so that units that start negative still
+        # get a gradient instead of a dead zero. For one unit this has the same maximum
+        # wherever it is positive; for the mean it is a surrogate (measured against the
+        # post-ReLU mean, see visualize()).
+        body = body[:-1]
+
+    def channel_value(inputs):
+        activation = body(inputs)[torch.arange(len(units)), units]  # (N, h, w)
+        if neuron:
+            return activation[:, activation.shape[1] // 2, activation.shape[2] // 2]
+        return activation.mean((1, 2))
+    return channel_value
+
+
+def gradient_ascent(model, info, units, *, layer=None, neuron=False, param="pixel",
+                    regularizers=Regularizers(), steps=256, lr=0.05, init="zero", seed=0,
+                    progress=False):
+    """Optimize one input per unit (class or channel), all in one batch.
+
+    Maximizes objective(I) - l2 ||I||^2 - tv TV(I) (Simonyan et al. 2014, Eq. 1) with Adam,
+    jittering the input each step, blurring every ``blur_every`` steps and clipping to the
+    valid pixel range (pixel parameterization).
+
+    Args:
+        units: (N,) class indices (``layer`` None) or channel indices of ``layer``.
+        param: ``pixel`` or ``fft``.
+
+    Returns:
+        images (N, C, H, W) in [0, 1] and the objective values reached (N,).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    kind = PixelImage if param == "pixel" else FourierImage
+    parameterization = kind(len(units), info, init, generator, device)
+    objective = objective_function(model, layer, units.to(device), neuron)
+    optimizer = torch.optim.Adam(parameterization.parameters, lr=lr)
+    rules = regularizers
+    for step in tqdm(range(steps), disable=not progress, desc="gradient ascent", unit="step"):
+        image = parameterization.image()
+        if rules.jitter:
+            dy, dx = torch.randint(-rules.jitter, rules.jitter + 1, (2,), generator=generator)
+            image = torch.roll(image, (int(dy), int(dx)), dims=(2, 3))
+        loss = -objective(image).sum() + rules.l2 * (image ** 2).sum()
+        if rules.tv:
+            loss = loss + rules.tv * total_variation(image).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if rules.blur_every and rules.blur_sigma and (step + 1) % rules.blur_every == 0 \
+                and step + 1 < steps:
+            parameterization.blur(rules.blur_sigma)
+        if rules.clip:
+            parameterization.clip()
+    with torch.no_grad():
+        final = parameterization.image()
+        return info.denormalize(final), objective(final)
+
+
+def plot_grid(images, titles, title, columns=8):
+    """Optimized images in a grid, each with its title (class and probability, or filter and
+    activation)."""
+    count = len(images)
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    figure = Figure(figsize=(1.7 * columns, 1.9 * rows + 0.5))
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for index in range(count):
+        axes.flat[index].axis("on")
+        show_image(axes.flat[index], images[index], titles[index])
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_ablation(rows, classes, title):
+    """A row per regularization setting ({name: (images, probabilities)}), a column per class."""
+    names = list(rows)
+    columns = len(next(iter(rows.values()))[0])
+    figure = Figure(figsize=(1.5 * columns + 0.8, 1.65 * len(names) + 0.6))
+    axes = figure.subplots(len(names), columns, squeeze=False)
+    for row, name in enumerate(names):
+        images, probabilities = rows[name]
+        for column in range(columns):
+            label = f"{classes[column]}\n" if row == 0 else ""
+            show_image(axes[row, column], images[column],
+                       f"{label}p = {probabilities[column]:.2f}")
+        axes[row, 0].set_ylabel(name, fontsize=10)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+ABLATION = {
+    "none": lambda rules: NO_REGULARIZATION,
+    "L2": lambda rules: replace(NO_REGULARIZATION, l2=rules.l2 or 1e-3),
+    "jitter": lambda rules: replace(NO_REGULARIZATION, jitter=rules.jitter or 2),
+    "blur": lambda rules: replace(NO_REGULARIZATION, blur_every=rules.blur_every or 4,
+                                  blur_sigma=rules.blur_sigma),
+    "TV": lambda rules: replace(NO_REGULARIZATION, tv=rules.tv or 0.05),
+    "all": lambda rules: replace(rules, tv=rules.tv or 0.05),
+}
+
+
+def parse_classes(tokens, classes):
+    """Class names, indices or ranges (``circle 3 0-2``) -> sorted unique indices."""
+    names = {name.lower(): index for index, name in enumerate(classes)}
+    chosen = []
+    for token in tokens:
+        if token.lower() in names:
+            chosen.append(names[token.lower()])
+        else:
+            try:
+                chosen.extend(parse_channels([token], len(classes)))
+            except UserError:
+                raise UserError(f"--classes {token}: unknown class; use indices 0-"
+                                f"{len(classes) - 1} or names: {', '.join(classes)}") from None
+    return sorted(set(chosen))
+
+
+def get_args_parser():
+    parser = ArgumentParser(description=__doc__.split("\n")[0], parents=[common_parser()])
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint (default: outputs/checkpoints/<dataset>_<arch>.pt)")
+    parser.add_argument("--out", default="outputs/gradient_ascent",
+                        help="output folder (default: outputs/gradient_ascent)")
+    parser.add_argument("--classes", nargs="+", default=None,
+                        help="classes to visualize, names, indices or ranges (default: all)")
+    parser.add_argument("--layer", default=None,
+                        help="maximize channels of this conv layer instead of classes")
+    parser.add_argument("--filters", nargs="+", default=None,
+                        help="channels of --layer, e.g. 0-7 12 (default: all)")
+    parser.add_argument("--neuron", action="store_true",
+                        help="maximize each channel's centre unit, not its mean activation")
+    parser.add_argument("--param", choices=("pixel", "fft"), default="pixel",
+                        help="optimize pixels or a 1/f Fourier spectrum (default: pixel)")
+    parser.add_argument("--steps", type=positive_int, default=256,
+                        help="ascent steps (default: 256)")
+    parser.add_argument("--lr", type=positive_float, default=0.05,
+                        help="Adam step size (default: 0.05)")
+    parser.add_argument("--init", choices=("zero", "noise"), default="zero",
+                        help="start image: zero (the mean image) or small noise (default: zero)")
+    parser.add_argument("--l2", type=non_negative_float, default=None,
+                        help="L2 decay lambda (default: 0.001 for classes, 0 for filters)")
+    parser.add_argument("--jitter", type=non_negative_int, default=2,
+                        help="random shift in pixels each step (default: 2; 0 = off)")
+    parser.add_argument("--blur-every", type=non_negative_int, default=None,
+                        help="blur every N steps (default: 4 for classes, 0 = off for "
+                             "filters, whose fine patterns a blur erases)")
+    parser.add_argument("--blur-sigma", type=positive_float, default=0.5,
+                        help="sigma of that blur in pixels (default: 0.5)")
+    parser.add_argument("--tv", type=non_negative_float, default=0.0,
+                        help="total-variation weight (default: 0 = off)")
+    parser.add_argument("--no-clip", action="store_true",
+                        help="do not clip to the dataset's valid pixel range")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also draw the classes under none/L2/jitter/blur/TV/all/fft")
+    return parser
+
+
+def visualize(args):
+    seed_everything(args.seed)
+    device, model, info = load_method_model(args)
+    model.requires_grad_(False)  # only the image is optimized
+    # Blur and L2 make class images readable but erase the fine patterns early filters
+    # respond to (conv1 of shapes/vgg: 0 of 16 filters reach their test-split maximum with
+    # them, 15 of 16 without), so filter maximization leaves them off unless asked.
+    filters = args.layer is not None
+    if args.l2 is None:
+        args.l2 = 0.0 if filters else 1e-3
+    if args.blur_every is None:
+        args.blur_every = 0 if filters else 4
+    rules = Regularizers(l2=args.l2, jitter=args.jitter, blur_every=args.blur_every,
+                         blur_sigma=args.blur_sigma, tv=args.tv, clip=not args.no_clip)
+    options = dict(steps=args.steps, lr=args.lr, init=args.init, seed=args.seed)
+    out = Path(args.out)
+
+    def probabilities_of(images, classes):
+        with torch.no_grad():
+            scores = torch.softmax(model(info.normalize(images.to(device))), 1)
+        return scores.gather(1, classes[:, None].to(device))[:, 0].tolist()
+
+    if filters:
+        get_layer(model, args.layer)
+        count = split_at(model, args.layer)[0](torch.zeros(
+            1, info.channels, info.image_size, info.image_size, device=device)).shape[1]
+        units = torch.tensor(parse_channels(args.filters, count) if args.filters
+                             else range(count))
+        images, reached = gradient_ascent(model, info, units, layer=args.layer,
+                                          neuron=args.neuron, param=args.param,
+                                          regularizers=rules, progress=True, **options)
+        kind = "centre unit" if args.neuron else "mean activation"
+        titles = [f"filter {int(u)}\n{float(v):.2f}" for u, v in zip(units, reached)]
+        figure = plot_grid(images.cpu(), titles, f"{args.layer}: images maximizing each "
+                                                  f"filter's {kind} ({args.param})")
+        print(f"wrote {save_figure(figure, out / f'{info.name}_{args.layer}_filters.png')}")
+        # Compare with the same statistic's best over the real test images: the mean
+        # activation with the highest mean, or for --neuron the highest single activation
+        # (taken anywhere in the map: jitter moves the pattern a few pixels off the centre).
+        body = split_at(model, args.layer)[0]
+        with torch.no_grad():
+            maps = body(info.normalize(images.to(device)))[torch.arange(len(units)),
+                                                           units.to(device)]  # (N, h, w)
+        achieved = maps.flatten(1).amax(1) if args.neuron else maps.mean((1, 2))
+        test_set = load_dataset(info.name, "test", args.data_dir)
+        scan = search_top_activations(model, test_set, args.layer, k=1,
+                                      score="max" if args.neuron else "mean", device=device)
+        best = (scan.channel_max if args.neuron else scan.values[:, 0])[units.to(device)]
+        ratios = achieved / best.clamp_min(1e-12)
+        for unit, value, ratio in zip(units.tolist(), achieved.tolist(), ratios.tolist()):
+            print(f"{args.layer} filter {unit}: {kind} reached {value:.3f}, "
+                  f"{ratio:.2f} x its best on the test split")
+        print(f"{int((ratios >= 1).sum())} of {len(units)} filters reach at least their "
+              f"test-split maximum")
+        return
+    classes = torch.tensor(parse_classes(args.classes, info.classes) if args.classes
+                           else range(len(info.classes)))
+    images, _ = gradient_ascent(model, info, classes, param=args.param, regularizers=rules,
+                                progress=True, **options)
+    probabilities = probabilities_of(images, classes)
+    titles = [f"{info.classes[c]}\np = {p:.3f}" for c, p in zip(classes.tolist(), probabilities)]
+    figure = plot_grid(images.cpu(), titles, f"class model visualization ({args.param}, "
+                                             f"{args.steps} steps)")
+    print(f"wrote {save_figure(figure, out / f'{info.name}_classes_{args.param}.png')}")
+    for c, p in zip(classes.tolist(), probabilities):
+        print(f"class {info.classes[c]}: final probability {p:.4f}")
+    if args.ablation:
+        rows = {}
+        for name, make in ABLATION.items():
+            images, _ = gradient_ascent(model, info, classes, regularizers=make(rules),
+                                        **options)
+            rows[name] = (images.cpu(), probabilities_of(images, classes))
+        images, _ = gradient_ascent(model, info, classes, param="fft", regularizers=rules,
+                                    **options)
+        rows["fft"] = (images.cpu(), probabilities_of(images, classes))
+        names = [info.classes[c] for c in classes.tolist()]
+        figure = plot_ablation(rows, names, "the same classes and seed under each "
+                                            "regularization")
+        print(f"wrote {save_figure(figure, out / f'{info.name}_ablation.png')}")
+
+
+def main(argv=None):
+    return run(visualize, get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""gradient_ascent.py: batch independence, the objective rising, parameterizations, CLI."""
+import pytest
+import torch
+
+import gradient_ascent as ga
+from model.architectures import build_model
+from model.datasets import DATASET_INFO
+
+INFO = DATASET_INFO["shapes"]
+
+
+def small_model():
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, 6, 32).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # shifts that keep units alive
+            module.bias.data.uniform_(0.05, 0.3)
+    return model.requires_grad_(False)
+
+
+@pytest.mark.parametrize("layer", [None, "conv2"])
+def test_each_image_is_its_own_problem_in_the_batch(layer):
+    """Optimizing units together equals optimizing each alone (no reduction over the batch)."""
+    model = small_model()
+    units = torch.tensor([0, 3, 5])
+    together, values = ga.gradient_ascent(model, INFO, units, layer=layer, steps=12)
+    for row, unit in enumerate(units.tolist()):
+        alone, value = ga.gradient_ascent(model, INFO, torch.tensor([unit]), layer=layer,
+                                          steps=12)
+        assert torch.allclose(together[row], alone[0], atol=1e-5)
+        assert values[row] == pytest.approx(float(value[0]), abs=1e-4)
+
+
+def test_ascent_raises_the_class_score_and_stays_in_the_pixel_range():
+    model = small_model()
+    units = torch.arange(6)
+    start = model(INFO.normalize(torch.full((6, 3, 32, 32), 0.5))).diagonal()
+    images, scores = ga.gradient_ascent(model, INFO, units, steps=40,
+                                        regularizers=ga.NO_REGULARIZATION)
+    assert (scores > start).all()
+    assert images.min() >= 0 and images.max() <= 1
+
+
+def test_fourier_image_is_valid_and_low_frequency():
+    generator = torch.Generator().manual_seed(0)
+    fourier = ga.FourierImage(2, INFO, "noise", generator, "cpu")
+    pixels = INFO.denormalize(fourier.image())
+    assert pixels.shape == (2, 3, 32, 32) and 0 < pixels.min() and pixels.max() < 1
+    # 1/f scaling: the same white spectrum gives a smoother image than white pixel noise.
+    fourier.parameters[0].data.normal_(generator=generator)
+    smooth = fourier.image()
+    noise = torch.randn(2, 3, 32, 32, generator=generator)
+    assert ga.total_variation(smooth / smooth.std()).mean() < \
+        ga.total_variation(noise / noise.std()).mean()
+
+
+def test_total_variation_of_known_images():
+    flat = torch.ones(1, 1, 4, 4)
+    assert ga.total_variation(flat).item() == 0
+    stripes = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).expand(4, 4)[None, None]
+    assert ga.total_variation(stripes).item() == pytest.approx(1.0)
+
+
+def test_classes_parse_names_indices_and_ranges():
+    assert ga.parse_classes(["ring", "0-1", "5"], INFO.classes) == [0, 1, 4, 5]
+    with pytest.raises(ga.UserError, match="unknown class"):
+        ga.parse_classes(["hexagon"], INFO.classes)
+
+
+def test_cli_classes_filters_and_ablation(trained_shapes_checkpoint, tmp_path, capsys):
+    base = ["--checkpoint", str(trained_shapes_checkpoint), "--steps", "8",
+            "--out", str(tmp_path)]
+    assert ga.main(base + ["--classes", "circle", "ring", "--ablation"]) == 0
+    assert (tmp_path / "shapes_classes_pixel.png").exists()
+    assert (tmp_path / "shapes_ablation.png").exists()
+    assert "final probability" in capsys.readouterr().out
+    assert ga.main(base + ["--layer", "conv2", "--filters", "0-3", "--param", "fft"]) == 0
+    assert (tmp_path / "shapes_conv2_filters.png").exists()
+    assert "x its best on the test split" in capsys.readouterr().out
+    assert ga.main(base + ["--layer", "conv2", "--filters", "9"]) == 2
