@@ -62,13 +62,22 @@ class Regularizers:
 NO_REGULARIZATION = Regularizers(l2=0.0, jitter=0, blur_every=0, tv=0.0, clip=True)
 
 
+INIT_STD = {"zero": 0.0, "noise": 0.01, "random": 0.5}  # in normalized input units
+
+
+def _random_start(shape, init, generator):
+    """The start tensor; "zero" draws nothing, so later draws (jitter) do not depend on N."""
+    if INIT_STD[init] == 0:
+        return torch.zeros(shape)
+    return INIT_STD[init] * torch.randn(shape, generator=generator)
+
+
 class PixelImage:
     """Direct parameterization: the normalized image itself, clipped to the valid range."""
 
     def __init__(self, count, info, init, generator, device):
         shape = (count, info.channels, info.image_size, info.image_size)
-        start = 0.01 * torch.randn(shape, generator=generator) if init == "noise" \
-            else torch.zeros(shape)
+        start = _random_start(shape, init, generator)
         self.low = info.normalize(torch.zeros(1, info.channels, 1, 1, device=device))
         self.high = info.normalize(torch.ones(1, info.channels, 1, 1, device=device))
         # "zero" is the zero of the normalized input, the dataset's mean image.
@@ -102,8 +111,8 @@ class FourierImage:
         floor = torch.tensor(1.0 / size)  # the constant term gets the lowest frequency's scale
         self.scale = (1.0 / torch.maximum(frequency, floor) ** decay).to(device)
         shape = (count, info.channels, size, size // 2 + 1, 2)
-        spectrum = 0.01 * torch.randn(shape, generator=generator) if init == "noise" \
-            else torch.zeros(shape)  # zero spectrum: a mid-gray image
+        # A zero spectrum is a mid-gray image.
+        spectrum = _random_start(shape, init, generator)
         self.parameters = [spectrum.to(device).requires_grad_(True)]
         self.info, self.size = info, size
 
@@ -138,11 +147,11 @@ def objective_function(model, layer, units, neuron):
     if layer is None:
         return lambda inputs: model(inputs).gather(1, units[:, None])[:, 0]
     body = split_at(model, layer)[0]
-    if isinstance(body[-1], nn.ReLU):
-        # Ascend the value before the block's ReLU, so that units that start negative still
-        # get a gradient instead of a dead zero. For one unit this has the same maximum
-        # wherever it is positive; for the mean it is a surrogate (measured against the
-        # post-ReLU mean, see visualize()).
+    if neuron and isinstance(body[-1], nn.ReLU):
+        # One unit: ascend its value before the ReLU, which has the same maximum wherever it
+        # is positive, so a unit that starts negative still gets a gradient. The mean keeps
+        # its ReLU (before it, the mean is another, linear objective); a random start image
+        # (--init random, the default for filters) gives it live units to climb from.
         body = body[:-1]
 
     def channel_value(inputs):
@@ -280,12 +289,14 @@ def get_args_parser():
                         help="ascent steps (default: 256)")
     parser.add_argument("--lr", type=positive_float, default=0.05,
                         help="Adam step size (default: 0.05)")
-    parser.add_argument("--init", choices=("zero", "noise"), default="zero",
-                        help="start image: zero (the mean image) or small noise (default: zero)")
+    parser.add_argument("--init", choices=tuple(INIT_STD), default=None,
+                        help="start image: zero (the mean image), noise (std 0.01) or random "
+                             "(std 0.5) (default: zero for classes, random for filters)")
     parser.add_argument("--l2", type=non_negative_float, default=None,
                         help="L2 decay lambda (default: 0.001 for classes, 0 for filters)")
-    parser.add_argument("--jitter", type=non_negative_int, default=2,
-                        help="random shift in pixels each step (default: 2; 0 = off)")
+    parser.add_argument("--jitter", type=non_negative_int, default=None,
+                        help="random shift in pixels each step (default: 2; 0 with --neuron, "
+                             "whose one unit sits at a fixed place)")
     parser.add_argument("--blur-every", type=non_negative_int, default=None,
                         help="blur every N steps (default: 4 for classes, 0 = off for "
                              "filters, whose fine patterns a blur erases)")
@@ -312,6 +323,10 @@ def visualize(args):
         args.l2 = 0.0 if filters else 1e-3
     if args.blur_every is None:
         args.blur_every = 0 if filters else 4
+    if args.init is None:
+        args.init = "random" if filters else "zero"
+    if args.jitter is None:
+        args.jitter = 0 if args.neuron else 2
     rules = Regularizers(l2=args.l2, jitter=args.jitter, blur_every=args.blur_every,
                          blur_sigma=args.blur_sigma, tv=args.tv, clip=not args.no_clip)
     options = dict(steps=args.steps, lr=args.lr, init=args.init, seed=args.seed)
