@@ -257,8 +257,8 @@ def search(args):
     out = Path(args.out)
     stem = f"{info.name}_{layer}"
 
-    report = {"checkpoint": str(checkpoint_path(args)), "layer": layer, "split": args.split, "k": args.k,
-              "score": args.score, "images_scanned": len(dataset),
+    report = {"checkpoint": str(checkpoint_path(args)), "layer": layer, "split": args.split,
+              "k": args.k, "score": args.score, "images_scanned": len(dataset),
               "receptive_field": None if field is None else field.size,
               "dead_channels": result.dead_channels(),
               "channels": {labels[c]: {"indices": result.indices[c].tolist(),
