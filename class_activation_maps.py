@@ -45,7 +45,7 @@ from model.engine import iterate_batches
 from model.errors import UserError
 from model.heatmaps import normalize_maps, resize_maps, show_image, show_overlay
 from model.images import method_parser, prepare_method, resolve_targets
-from model.runtime import save_figure
+from model.runtime import write_figure
 
 EPSILON = 1e-7
 GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam",
@@ -349,11 +349,11 @@ def explain(args):
                                                  predictions, probabilities)]
     out = Path(args.out)
     maps = {method: maps_for(selection.inputs, targets, method) for method in methods}
-    _save(plot_cam_grid(images, maps, titles), out / f"cam_{layer}_grid.png")
+    write_figure(plot_cam_grid(images, maps, titles), out / f"cam_{layer}_grid.png")
 
     first = selection.inputs[:1].expand(len(info.classes), -1, -1, -1)
     class_maps = maps_for(first, torch.arange(len(info.classes), device=device), methods[0])
-    _save(plot_class_maps(images[0], class_maps, info.classes, probabilities[0].tolist(),
+    write_figure(plot_class_maps(images[0], class_maps, info.classes, probabilities[0].tolist(),
                           methods[0], f"{selection.names[0]}: {methods[0]} at {layer}, "
                                       "every class as target"),
           out / f"cam_{layer}_classes_{selection.names[0]}.png")
@@ -377,12 +377,8 @@ def explain(args):
                                                          float(prob[p]))
                             for i, p, prob in zip(indices, group_predictions,
                                                   group_probabilities)]
-            _save(plot_cam_grid(info.denormalize(inputs), group_maps, group_titles),
+            write_figure(plot_cam_grid(info.denormalize(inputs), group_maps, group_titles),
                   out / f"cam_{layer}_gallery_{group}.png")
-
-
-def _save(figure, path):
-    print(f"wrote {save_figure(figure, path)}")
 
 
 def main(argv=None):

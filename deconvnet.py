@@ -40,7 +40,7 @@ from model.errors import UserError
 from model.heatmaps import HEATMAP_CMAP, frame, show_image
 from model.images import method_parser, prepare_method
 from model.receptive_field import receptive_field
-from model.runtime import save_figure
+from model.runtime import write_figure
 
 RULES = ("deconvnet", "guided", "saliency")
 _MIRRORABLE = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
@@ -299,7 +299,7 @@ def explain(args):
             figure = plot_projections(images[index], projections[index], activations[index],
                                       channels[index], boxes, title)
             path = Path(args.out) / f"{args.rule}_{name}_{layer}.png"
-            print(f"wrote {save_figure(figure, path)}")
+            write_figure(figure, path)
 
 
 def main(argv=None):

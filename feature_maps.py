@@ -14,7 +14,6 @@
 - ``evolution``: from the per-epoch snapshots of ``train_cnn.py --save-every-epoch``, the
   feature maps of the chosen image after each epoch, epochs as columns, a figure per layer.
 """
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from model.datasets import load_dataset
 from model.engine import iterate_batches
 from model.heatmaps import DIVERGING_CMAP, HEATMAP_CMAP, frame, show_image
 from model.images import checkpoint_path, method_parser, prepare_method
-from model.runtime import atomic_open, save_figure
+from model.runtime import save_json, write_figure
 
 VIEWS = ("filters", "maps", "dead", "evolution")
 
@@ -210,29 +209,27 @@ def visualize(args):
     out = Path(args.out)
     image, name = info.denormalize(selection.inputs[:1])[0], selection.names[0]
 
-    def write(figure, filename):
-        print(f"wrote {save_figure(figure, out / filename)}")
-
     if "filters" in args.show:
         convs = conv_layer_names(model)
         first = get_layer(model, convs[0]).weight.detach().cpu()
-        write(plot_first_layer(first, f"{convs[0]} filters"), f"filters_{convs[0]}.png")
+        write_figure(plot_first_layer(first, f"{convs[0]} filters"),
+                     out / f"filters_{convs[0]}.png")
         for layer in convs[1:]:
             weights = get_layer(model, layer).weight.detach().cpu()
-            write(plot_kernel_grid(weights, f"{layer} kernels"), f"filters_{layer}.png")
+            write_figure(plot_kernel_grid(weights, f"{layer} kernels"),
+                         out / f"filters_{layer}.png")
     if "maps" in args.show:
         for layer, activation in layer_activations(model, selection.inputs[:1], layers).items():
-            write(plot_feature_maps(image, activation[0], f"{name}: {layer} feature maps"),
-                  f"maps_{name}_{layer}.png")
+            figure = plot_feature_maps(image, activation[0], f"{name}: {layer} feature maps")
+            write_figure(figure, out / f"maps_{name}_{layer}.png")
     if "dead" in args.show:
         dataset = load_dataset(info.name, "test", args.data_dir).subset(args.num_images)
         report = dead_filter_report(model, dataset, layers, device, args.batch_size)
         title = f"share of {len(dataset)} test images on which each channel fires"
-        write(plot_dead_report(report, title), "dead_filters.png")
+        write_figure(plot_dead_report(report, title), out / "dead_filters.png")
         summary = {layer: {"dead": entry["dead"], "active_share": entry["active_share"].tolist()}
                    for layer, entry in report.items()}
-        with atomic_open(out / "dead_filters.json") as file:
-            file.write(json.dumps(summary, indent=1).encode())
+        save_json(summary, out / "dead_filters.json")
         for layer, entry in report.items():
             print(f"{layer}: {len(entry['dead'])} dead channels {entry['dead'] or ''}")
     if "evolution" in args.show:
@@ -248,8 +245,9 @@ def visualize(args):
                                                        layers).items():
                 maps[layer][epoch] = activation[0]
         for layer in layers:
-            write(plot_evolution(image, maps[layer], layer, f"{name}, epochs 1-{epoch}",
-                                 args.max_channels), f"evolution_{name}_{layer}.png")
+            figure = plot_evolution(image, maps[layer], layer, f"{name}, epochs 1-{epoch}",
+                                    args.max_channels)
+            write_figure(figure, out / f"evolution_{name}_{layer}.png")
 
 
 def main(argv=None):

@@ -33,13 +33,13 @@ from tqdm import tqdm
 
 from max_activation_search import parse_channels, search_top_activations
 from model.architectures import get_layer, split_at
-from model.cli import (ArgumentParser, common_parser, non_negative_float, non_negative_int,
+from model.cli import (ArgumentParser, non_negative_float, non_negative_int,
                        positive_float, positive_int, run)
 from model.errors import UserError
 from model.datasets import load_dataset
 from model.heatmaps import show_image
-from model.images import load_method_model
-from model.runtime import save_figure, seed_everything
+from model.images import checkpoint_parser, load_method_model
+from model.runtime import seed_everything, write_figure
 
 # Colour correlation of natural images (the square root of their RGB covariance), as used by
 # Olah et al. 2017; optimizing in this decorrelated basis spreads changes across channels.
@@ -270,11 +270,8 @@ def parse_classes(tokens, classes):
 
 
 def get_args_parser():
-    parser = ArgumentParser(description=__doc__.split("\n")[0], parents=[common_parser()])
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint (default: outputs/checkpoints/<dataset>_<arch>.pt)")
-    parser.add_argument("--out", default="outputs/gradient_ascent",
-                        help="output folder (default: outputs/gradient_ascent)")
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
+                            parents=[checkpoint_parser("gradient_ascent")])
     parser.add_argument("--classes", nargs="+", default=None,
                         help="classes to visualize, names, indices or ranges (default: all)")
     parser.add_argument("--layer", default=None,
@@ -350,7 +347,7 @@ def visualize(args):
         titles = [f"filter {int(u)}\n{float(v):.2f}" for u, v in zip(units, reached)]
         figure = plot_grid(images.cpu(), titles, f"{args.layer}: images maximizing each "
                                                   f"filter's {kind} ({args.param})")
-        print(f"wrote {save_figure(figure, out / f'{info.name}_{args.layer}_filters.png')}")
+        write_figure(figure, out / f"{info.name}_{args.layer}_filters.png")
         # Compare with the same statistic's best over the real test images: the mean
         # activation with the highest mean, or for --neuron the highest single activation
         # (taken anywhere in the map: jitter moves the pattern a few pixels off the centre).
@@ -378,7 +375,7 @@ def visualize(args):
     titles = [f"{info.classes[c]}\np = {p:.3f}" for c, p in zip(classes.tolist(), probabilities)]
     figure = plot_grid(images.cpu(), titles, f"class model visualization ({args.param}, "
                                              f"{args.steps} steps)")
-    print(f"wrote {save_figure(figure, out / f'{info.name}_classes_{args.param}.png')}")
+    write_figure(figure, out / f"{info.name}_classes_{args.param}.png")
     for c, p in zip(classes.tolist(), probabilities):
         print(f"class {info.classes[c]}: final probability {p:.4f}")
     if args.ablation:
@@ -393,7 +390,7 @@ def visualize(args):
         names = [info.classes[c] for c in classes.tolist()]
         figure = plot_ablation(rows, names, "the same classes and seed under each "
                                             "regularization")
-        print(f"wrote {save_figure(figure, out / f'{info.name}_ablation.png')}")
+        write_figure(figure, out / f"{info.name}_ablation.png")
 
 
 def main(argv=None):

@@ -16,7 +16,6 @@ and drawn as a box; ``--project`` adds the DeconvNet projection of each top acti
 (deconvnet.py's core). A JSON file lists image indices, values, positions and the dead channels
 (never positive on the scan).
 """
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +28,14 @@ from tqdm import tqdm
 
 from deconvnet import compute_projections, projection_display
 from model.architectures import conv_layer_names, get_layer, split_at
-from model.cli import ArgumentParser, common_parser, positive_int, run
+from model.cli import ArgumentParser, positive_int, run
 from model.datasets import load_dataset
 from model.engine import iterate_batches
 from model.errors import UserError
 from model.heatmaps import frame, show_image
 from model.receptive_field import receptive_field
-from model.images import checkpoint_path, load_method_model
-from model.runtime import atomic_open, save_figure, seed_everything
+from model.images import checkpoint_parser, checkpoint_path, load_method_model
+from model.runtime import save_json, seed_everything, write_figure
 
 
 @dataclass
@@ -217,9 +216,8 @@ def plot_overview(crops, channel_labels, title):
 
 
 def get_args_parser():
-    parser = ArgumentParser(description=__doc__.split("\n")[0], parents=[common_parser()])
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint (default: outputs/checkpoints/<dataset>_<arch>.pt)")
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
+                            parents=[checkpoint_parser("max_activation_search")])
     parser.add_argument("--layer", default=None,
                         help="conv-part layer, or fc for the classes (default: the last conv)")
     parser.add_argument("--channels", nargs="+", default=None,
@@ -235,8 +233,6 @@ def get_args_parser():
                         help="add the DeconvNet projection of each top activation")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per forward pass (default: 256)")
-    parser.add_argument("--out", default="outputs/max_activation_search",
-                        help="output folder (default: outputs/max_activation_search)")
     return parser
 
 
@@ -266,8 +262,7 @@ def search(args):
                                        "positions": result.positions[c].tolist(),
                                        "max": float(result.channel_max[c])}
                            for c in all_channels}}
-    with atomic_open(out / f"{stem}_top{args.k}.json") as file:
-        file.write(json.dumps(report, indent=1).encode())
+    save_json(report, out / f"{stem}_top{args.k}.json")
     print(f"wrote {out / f'{stem}_top{args.k}.json'}; dead channels: "
           f"{report['dead_channels'] or 'none'}")
 
@@ -275,7 +270,7 @@ def search(args):
     crops = [[images_of(c)[rank][:, t:b, l:r] for rank, (t, l, b, r) in enumerate(boxes[c])]
              for c in all_channels]
     title = f"{info.name} {layer}: top {args.k} {args.split} images per channel ({args.score})"
-    print(f"wrote {save_figure(plot_overview(crops, labels, title), out / f'{stem}_overview.png')}")
+    write_figure(plot_overview(crops, labels, title), out / f"{stem}_overview.png")
 
     detailed = (parse_channels(args.channels, channel_count) if args.channels
                 else all_channels if channel_count <= 16 else [])
@@ -290,7 +285,7 @@ def search(args):
                               result.indices[c].tolist(), boxes[c],
                               f"{info.name} {layer} {labels[c]}: top {args.k} {args.split} "
                               f"images", projections)
-        print(f"wrote {save_figure(figure, out / f'{stem}_channel{c:03d}.png')}")
+        write_figure(figure, out / f"{stem}_channel{c:03d}.png")
 
 
 def main(argv=None):

@@ -26,7 +26,7 @@ from model.errors import UserError
 from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, class_colormap, frame, show_image,
                             show_overlay)
 from model.images import method_parser, prepare_method, resolve_targets
-from model.runtime import save_figure
+from model.runtime import write_figure
 
 
 @dataclass
@@ -246,7 +246,7 @@ def explain(args):
                  f"patch, stride {args.stride}")
         figure = plot_occlusion(images[index], fills[index], result, index, args.patch,
                                 info.classes, title)
-        print(f"wrote {save_figure(figure, Path(args.out) / f'occlusion_{name}.png')}")
+        write_figure(figure, Path(args.out) / f"occlusion_{name}.png")
 
 
 def main(argv=None):

@@ -19,14 +19,20 @@ from .runtime import resolve_device, seed_everything
 MAX_IMAGE_PIXELS = 50_000_000  # larger files are refused rather than decoded
 
 
-def method_parser(script):
-    """Parent parser of a method script: the common flags plus checkpoint, output and images."""
+def checkpoint_parser(script):
+    """Parent parser of a script that loads a checkpoint: the common flags, checkpoint, out."""
     parser = common_parser()
     parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint to explain (default: "
+                        help="checkpoint to load (default: "
                              "outputs/checkpoints/<dataset>_<arch>.pt)")
     parser.add_argument("--out", default=f"outputs/{script}",
-                        help=f"folder for the PNGs (default: outputs/{script})")
+                        help=f"folder for the outputs (default: outputs/{script})")
+    return parser
+
+
+def method_parser(script):
+    """Parent parser of a script that explains chosen images: checkpoint flags plus images."""
+    parser = checkpoint_parser(script)
     parser.add_argument("--index", type=non_negative_int, nargs="+", default=[0, 1, 2],
                         help="indices into the test split (default: 0 1 2)")
     parser.add_argument("--image", nargs="+", default=None,

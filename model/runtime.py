@@ -1,4 +1,5 @@
 """Runtime helpers: device choice, seeding, and atomic file output."""
+import json
 import os
 import random
 import tempfile
@@ -71,6 +72,17 @@ def atomic_open(path):
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def save_json(data, path):
+    """Write ``data`` as indented JSON atomically."""
+    with atomic_open(path) as file:
+        file.write(json.dumps(data, indent=1).encode())
+
+
+def write_figure(figure, path):
+    """Save a figure (see :func:`save_figure`) and tell the user where it went."""
+    print(f"wrote {save_figure(figure, path)}")
 
 
 def save_figure(figure, path, dpi=120):
