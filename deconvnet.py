@@ -139,8 +139,9 @@ def compute_projections(model, inputs, layer, channels, rule="deconvnet", whole_
     activation, records = forward_with_switches(stack, inputs)
     count, chosen = channels.shape
     if channels.numel() and (channels.min() < 0 or channels.max() >= activation.shape[1]):
-        raise UserError(f"channel out of range for layer '{layer}' "
-                        f"(0-{activation.shape[1] - 1})")
+        bad = channels[(channels < 0) | (channels >= activation.shape[1])][0]
+        raise UserError(f"--channel {int(bad)}: channel out of range for layer '{layer}' "
+                        f"({activation.shape[1]} channels, 0-{activation.shape[1] - 1})")
     selected = activation.gather(1, channels[:, :, None, None].expand(
         -1, -1, *activation.shape[2:]))  # (N, J, h, w)
     kept = selected if whole_map else _keep_maximum(selected)

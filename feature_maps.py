@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from model.architectures import block_end, conv_layer_names, get_layer, layer_names
+from model.architectures import block_end, conv_layer_names, get_layer, layer_names, split_at
 from model.checkpoint import load_model, snapshot_path
 from model.cli import ArgumentParser, positive_int, run
 from model.datasets import load_dataset
@@ -205,7 +205,7 @@ def visualize(args):
     checkpoint = checkpoint_path(args)
     layers = args.layers or conv_layer_names(model)
     for layer in layers:
-        get_layer(model, layer)
+        split_at(model, layer)  # feature maps exist only in the convolutional part
     out = Path(args.out)
     image, name = info.denormalize(selection.inputs[:1])[0], selection.names[0]
 

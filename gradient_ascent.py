@@ -316,6 +316,9 @@ def visualize(args):
     # respond to (conv1 of shapes/vgg: 0 of 16 filters reach their test-split maximum with
     # them, 15 of 16 without), so filter maximization leaves them off unless asked.
     filters = args.layer is not None
+    if not filters and (args.filters or args.neuron):
+        raise UserError("--filters and --neuron need --layer, the conv layer whose channels "
+                        "to maximize")
     if args.l2 is None:
         args.l2 = 0.0 if filters else 1e-3
     if args.blur_every is None:
@@ -338,7 +341,7 @@ def visualize(args):
         get_layer(model, args.layer)
         count = split_at(model, args.layer)[0](torch.zeros(
             1, info.channels, info.image_size, info.image_size, device=device)).shape[1]
-        units = torch.tensor(parse_channels(args.filters, count) if args.filters
+        units = torch.tensor(parse_channels(args.filters, count, "--filters") if args.filters
                              else range(count))
         images, reached = gradient_ascent(model, info, units, layer=args.layer,
                                           neuron=args.neuron, param=args.param,

@@ -37,6 +37,8 @@ from model.receptive_field import receptive_field
 from model.images import checkpoint_parser, checkpoint_path, load_method_model
 from model.runtime import save_json, seed_everything, write_figure
 
+MAX_SHOWN = 16  # images per channel in the figures: a figure of k subplots grows with k
+
 
 @dataclass
 class TopActivations:
@@ -151,18 +153,21 @@ def search_top_activations(model, dataset, layer, k=9, score="max", batch_size=2
     return result
 
 
-def parse_channels(tokens, count):
-    """``["0-7", "12"]`` -> [0, ..., 7, 12], checked against ``count`` channels."""
+def parse_channels(tokens, count, flag="--channels"):
+    """``["0-7", "12"]`` -> [0, ..., 7, 12], checked against ``count`` channels of ``flag``."""
     channels = []
     for token in tokens:
         try:
             low, _, high = token.partition("-")
-            channels.extend(range(int(low), int(high or low) + 1))
+            low, high = int(low), int(high or low)
         except ValueError:
-            raise UserError(f"--channels {token}: use indices and ranges like 0-7 12") from None
+            raise UserError(f"{flag} {token}: use indices and ranges like 0-7 12") from None
+        if high < low:
+            raise UserError(f"{flag} {token}: an empty range; write it low-high")
+        channels.extend(range(low, high + 1))
     bad = [c for c in channels if not 0 <= c < count]
     if bad:
-        raise UserError(f"--channels {bad[0]} is out of range: the layer has {count} channels "
+        raise UserError(f"{flag} {bad[0]} is out of range: the layer has {count} channels "
                         f"(0-{count - 1})")
     return channels
 
@@ -177,8 +182,8 @@ def unit_boxes(result, channels, field, image_size):
 
 def plot_channel(images, values, indices, boxes, title, projections=None):
     """One channel: the k images with the receptive field boxed, then the k crops (and the
-    DeconvNet projections of the same activations)."""
-    k = len(images)
+    DeconvNet projections of the same activations); at most ``MAX_SHOWN`` of them."""
+    k = min(len(images), MAX_SHOWN)
     rows = 2 if projections is None else 3
     figure = Figure(figsize=(1.45 * k, 1.6 * rows + 0.5))
     axes = figure.subplots(rows, k, squeeze=False)
@@ -201,7 +206,7 @@ def plot_channel(images, values, indices, boxes, title, projections=None):
 
 def plot_overview(crops, channel_labels, title):
     """A row per channel of its top-k receptive-field crops ([channel][rank] -> (C, h, w))."""
-    rows, k = len(crops), len(crops[0])
+    rows, k = len(crops), min(len(crops[0]), MAX_SHOWN)
     figure = Figure(figsize=(0.9 * k + 1.2, 0.9 * rows + 0.6))
     axes = figure.subplots(rows, k, squeeze=False)
     for row in range(rows):
@@ -236,11 +241,27 @@ def get_args_parser():
     return parser
 
 
+def check_arguments(args, model, layer, dataset, device):
+    """Refuse a bad ``--layer``, ``--channels`` or ``--k`` before the scan, not after it."""
+    if args.k > len(dataset):
+        raise UserError(f"--k {args.k} is more than the {len(dataset)} images of the "
+                        f"{args.split} split")
+    if args.k > MAX_SHOWN:
+        print(f"note: the figures show the top {MAX_SHOWN} of the {args.k} images per channel; "
+              "the JSON has all", file=sys.stderr)
+    with torch.no_grad():
+        first = dataset.info.normalize(dataset.images[:1].to(device))
+        probe = layer_function(model, layer)(first)
+    if args.channels:
+        parse_channels(args.channels, probe.shape[1])
+
+
 def search(args):
     seed_everything(args.seed)
     device, model, info = load_method_model(args)
     layer = args.layer or conv_layer_names(model)[-1]
     dataset = load_dataset(info.name, args.split, args.data_dir)
+    check_arguments(args, model, layer, dataset, device)
     result = search_top_activations(model, dataset, layer, args.k, args.score,
                                     args.batch_size, device, progress=True)
     channel_count = result.values.shape[0]

@@ -13,19 +13,20 @@ in ``model.engine.RECIPES``.
 """
 import argparse
 import sys
+from pathlib import Path
 
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from model.architectures import build_model
-from model.checkpoint import (curve_path, default_checkpoint_path, load_checkpoint,
-                              save_checkpoint, snapshot_path)
+from model.checkpoint import (check_destination, curve_path, default_checkpoint_path,
+                              load_checkpoint, save_checkpoint, snapshot_path)
 from model.cli import (ArgumentParser, common_parser, non_negative_float, positive_float,
                        positive_int, run)
 from model.datasets import load_dataset
 from model.engine import RECIPES, TrainingDivergedError, fit, make_optimizer
 from model.errors import UserError
-from model.runtime import resolve_device, save_figure, seed_everything
+from model.runtime import check_writable_file, resolve_device, save_figure, seed_everything
 
 
 def get_args_parser():
@@ -89,9 +90,12 @@ def plot_training_curve(history, title):
     return figure
 
 
-def restore(args, model_args, model, optimizer):
-    """Load the checkpoint at ``args.out`` into model and optimizer; return (history, epoch)."""
-    checkpoint = load_checkpoint(args.out, args.dataset, args.arch)
+def restore(checkpoint, args, model_args, model, optimizer):
+    """Load ``checkpoint`` (read from ``args.out``) into model and optimizer.
+
+    Returns:
+        (history, epochs done).
+    """
     if checkpoint["model_args"] != model_args or checkpoint.get("optimizer_state") is None:
         raise UserError(f"{args.out} was not written by this training set-up, so it cannot be "
                         "resumed; train anew without --resume or choose another --out")
@@ -103,6 +107,13 @@ def restore(args, model_args, model, optimizer):
 def train(args):
     apply_recipe(args)
     device = resolve_device(args.device)
+    # Check the destination before any work: --resume needs a usable checkpoint there, and a
+    # new run may only replace a checkpoint of the same dataset and arch.
+    if args.resume:
+        check_writable_file(args.out)
+        resumed = load_checkpoint(args.out, args.dataset, args.arch)
+    else:
+        check_destination(args.out, args.dataset, args.arch)
     seed_everything(args.seed)
     train_set = load_dataset(args.dataset, "train", args.data_dir).subset(args.max_train_images)
     test_set = load_dataset(args.dataset, "test", args.data_dir)
@@ -112,7 +123,8 @@ def train(args):
                   "vgg_plan": args.vgg_plan}
     model = build_model(**model_args).to(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
-    history, done = restore(args, model_args, model, optimizer) if args.resume else ([], 0)
+    history, done = (restore(resumed, args, model_args, model, optimizer) if args.resume
+                     else ([], 0))
     if done >= args.epochs:
         print(f"{args.out} already has {done} of {args.epochs} epochs; nothing to do")
         return
@@ -146,14 +158,17 @@ def train(args):
           f"and {curve_path(args.out)}")
 
 
+def interrupted_note(args):
+    """The line printed after Ctrl-C: what is saved and how to continue."""
+    if args.out and Path(args.out).is_file():
+        return (f"interrupted: {args.out} keeps the last finished epoch; continue with "
+                "--resume")
+    return "interrupted before the first epoch finished; nothing was saved"
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    try:
-        return run(train, args)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the last finished epoch is saved in {args.out}; "
-              f"continue with --resume", file=sys.stderr)
-        return 130
+    return run(train, args, interrupted=lambda: interrupted_note(args))
 
 
 if __name__ == "__main__":

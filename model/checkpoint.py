@@ -15,6 +15,7 @@ A checkpoint is a plain dict (tensors, numbers, strings, lists) so that it loads
 """
 import datetime
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ import torch
 from .architectures import build_model
 from .datasets import DatasetInfo
 from .errors import UserError
-from .runtime import atomic_open
+from .runtime import atomic_open, check_writable_file
 
 FORMAT = "cnn-viz-checkpoint"
 FORMAT_VERSION = 1
@@ -37,6 +38,14 @@ class CheckpointError(UserError):
 def default_checkpoint_path(dataset, arch):
     """``outputs/checkpoints/<dataset>_<arch>.pt``: where train_cnn.py saves by default."""
     return CHECKPOINT_DIR / f"{dataset}_{arch}.pt"
+
+
+def train_command(dataset, arch, path):
+    """The train_cnn.py command line that writes the checkpoint ``path``."""
+    command = f"python train_cnn.py --dataset {dataset or 'DATASET'} --arch {arch or 'ARCH'}"
+    if not (dataset and arch and Path(path) == default_checkpoint_path(dataset, arch)):
+        command += f" --out {path}"
+    return command
 
 
 def library_versions():
@@ -96,25 +105,24 @@ def load_checkpoint(path, dataset=None, arch=None):
             unreadable, not a cnn-viz checkpoint, or for another dataset or architecture.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
-        hint = (f"python train_cnn.py --dataset {dataset} --arch {arch}" if dataset and arch
-                else "python train_cnn.py --dataset DATASET --arch ARCH")
-        raise CheckpointError(f"no checkpoint at {path}; train one with: {hint}")
+        raise CheckpointError(f"no checkpoint at {path}; train one with: "
+                              f"{train_command(dataset, arch, path)}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # zip, pickle, EOF and unsafe-global errors all mean "unusable"
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated or "
-                              f"not written by torch.save): {_first_line(error)}") from None
+                              f"not written by torch.save): {_load_failure(error)}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cnn-viz checkpoint (no '{FORMAT}' marker)")
     if checkpoint.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version "
                               f"{checkpoint.get('format_version')}; this cnn-viz reads "
                               f"version {FORMAT_VERSION}")
-    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{path} is incomplete: it lacks {', '.join(missing)}")
-    found_dataset = checkpoint["dataset"].get("name")
+    _check_contents(path, checkpoint)
+    found_dataset = checkpoint["dataset"]["name"]
     if dataset is not None and found_dataset != dataset:
         raise CheckpointError(f"{path} is a checkpoint for dataset '{found_dataset}', "
                               f"not '{dataset}'")
@@ -124,34 +132,86 @@ def load_checkpoint(path, dataset=None, arch=None):
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint, device="cpu"):
+def _check_contents(path, checkpoint):
+    """Refuse a checkpoint whose fields are missing, of the wrong type or not finite."""
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: it lacks {', '.join(missing)}")
+    kinds = {"model_args": dict, "model_state": dict, "dataset": dict, "arch": str}
+    wrong = [key for key, kind in kinds.items() if not isinstance(checkpoint[key], kind)]
+    if wrong or not isinstance(checkpoint["dataset"].get("name"), str):
+        raise CheckpointError(f"{path} is damaged: malformed {', '.join(wrong) or 'dataset'}")
+    broken = [name for name, value in checkpoint["model_state"].items()
+              if not isinstance(value, torch.Tensor)
+              or (value.is_floating_point() and not torch.isfinite(value).all())]
+    if broken:
+        raise CheckpointError(f"{path} has NaN, infinite or missing weights ({broken[0]}); "
+                              "it cannot be used: train again")
+
+
+def model_from_checkpoint(checkpoint, device="cpu", source="the checkpoint"):
     """Rebuild the network of a loaded checkpoint, in eval mode on ``device``.
 
     Returns:
         (model, DatasetInfo).
 
     Raises:
-        CheckpointError: the weights do not fit the architecture the checkpoint describes.
+        CheckpointError: the checkpoint describes no buildable network, or its weights do not
+            fit the architecture it describes (``source`` names it in the message).
     """
-    model = build_model(**checkpoint["model_args"])
+    try:
+        model = build_model(**checkpoint["model_args"])
+        info = DatasetInfo.from_dict(checkpoint["dataset"])
+    except (UserError, TypeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"{source} describes no network this cnn-viz can build: "
+                              f"{_first_line(error)}") from None
     try:
         model.load_state_dict(checkpoint["model_state"])
     except (RuntimeError, TypeError) as error:
-        raise CheckpointError(f"checkpoint weights do not fit its architecture: "
-                              f"{_first_line(error)}") from None
-    return model.to(device).eval(), DatasetInfo.from_dict(checkpoint["dataset"])
+        raise CheckpointError(f"{source}: checkpoint weights do not fit its architecture: "
+                              f"{' '.join(str(error).split())[:240]}") from None
+    return model.to(device).eval(), info
 
 
 def load_model(path, device="cpu", dataset=None, arch=None):
     """Load, validate and rebuild in one step: returns (model, DatasetInfo, checkpoint)."""
     checkpoint = load_checkpoint(path, dataset, arch)
-    model, info = model_from_checkpoint(checkpoint, device)
+    model, info = model_from_checkpoint(checkpoint, device, source=str(path))
     return model, info, checkpoint
 
 
 def _first_line(error):
     lines = str(error).strip().splitlines()
     return lines[0][:200] if lines else type(error).__name__
+
+
+def _load_failure(error):
+    """Why ``torch.load`` refused a file, in a few words (no advice to load unsafely)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch colours parts of its message
+    if "Unsupported global" in text:
+        return "it holds pickled Python objects, which cnn-viz never loads"
+    if "Weights only load failed" in text:
+        return "its content is not a torch.save file"
+    text = " ".join(text.split())[:200]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def check_destination(path, dataset, arch):
+    """Before training into ``path``: refuse to overwrite anything but a checkpoint of the same
+    dataset and arch, and make sure the file can be written.
+
+    Raises:
+        CheckpointError: ``path`` holds something else (a corrupt, foreign or other checkpoint),
+            which is left untouched.
+        UserError: ``path`` is a folder or cannot be written.
+    """
+    check_writable_file(path)
+    if Path(path).exists():
+        try:
+            load_model(path, "cpu", dataset, arch)
+        except CheckpointError as error:
+            raise CheckpointError(f"refusing to overwrite: {error}; delete it or choose "
+                                  "another --out") from None
 
 
 def snapshot_path(path, epoch):

@@ -1,8 +1,9 @@
 """Command-line plumbing shared by every script: one-line errors, argument types, common flags.
 
 Every script follows the same contract: problems with the user's input raise :class:`UserError`,
-and :func:`run` turns them into one line on stderr and exit code 2 (a traceback only with
-``--debug``). Argument errors found by argparse follow the same rule.
+and :func:`run` turns them, and any unexpected exception, into one line on stderr and exit code
+2 (a traceback only with ``--debug``); Ctrl-C prints one line and exits 130. Argument errors
+found by argparse follow the same rule.
 """
 import argparse
 import sys
@@ -78,13 +79,35 @@ def common_parser():
     return parser
 
 
-def run(command, args):
-    """Call ``command(args)``; return 0, or 2 after printing a :class:`UserError` as one line."""
+def run(command, args, interrupted=None):
+    """Call ``command(args)`` and turn every way it can fail into one line on stderr.
+
+    Returns 0 on success; 2 after a :class:`UserError` or any other exception, printed as one
+    line (with ``--debug`` the exception propagates with its traceback); 130 after Ctrl-C,
+    printing ``interrupted()`` when given. Outputs are written atomically
+    (``model.runtime.atomic_open``), so a failure or Ctrl-C never leaves a half-written file.
+    """
     try:
         command(args)
-    except UserError as error:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"\n{interrupted() if interrupted else 'interrupted'}", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 -- the CLI boundary: no traceback for users
+        if args.debug:
+            raise
+        print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def describe_error(error):
+    """One line for an exception: a :class:`UserError`'s own message, else what went wrong."""
+    if isinstance(error, UserError):
+        return " ".join(str(error).split())
+    if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
+        return "out of memory; try a smaller --batch-size or fewer images"
+    lines = str(error).strip().splitlines()
+    detail = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+    return f"unexpected {detail} (rerun with --debug for the traceback)"

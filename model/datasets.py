@@ -10,6 +10,7 @@ transform pipeline.
 import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.error import URLError
 
 import torch
 
@@ -177,7 +178,7 @@ def load_dataset(name, split, data_dir="data", download=True):
                 _download(name, data_dir)
                 images, labels = _torchvision_arrays(name, data_dir, train)
             except Exception as error:  # URLError, OSError, RuntimeError: all mean "no data"
-                reason = f"the download failed ({_one_line(error)})"
+                reason = _download_failure(error, data_dir)
             else:
                 return ImageDataset(info, images, labels)
         folder, files = expected_files(name, data_dir)
@@ -186,6 +187,19 @@ def load_dataset(name, split, data_dir="data", download=True):
             f"them there (see README, 'Real datasets offline') or use --dataset shapes, "
             f"which needs no download") from None
     return ImageDataset(info, images, labels)
+
+
+def _download_failure(error, root):
+    """Why a download failed, in words a user can act on."""
+    text = _one_line(error)
+    if "urlopen error" in text or "Error downloading" in text or isinstance(error, URLError):
+        return "the download failed: no network connection (or the server is unreachable)"
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        return f"the download failed: --data-dir {root} is a file, not a folder"
+    if isinstance(error, OSError) and error.strerror:
+        return f"the download failed: cannot write in --data-dir {root} ({error.strerror})"
+    return f"the download failed ({text})"
 
 
 def _one_line(error):

@@ -127,7 +127,7 @@ def train_one_epoch(model, optimizer, dataset, *, epoch, epochs, seed, batch_siz
         dict with ``train_loss``, ``train_accuracy`` and ``images_per_s``.
 
     Raises:
-        TrainingDivergedError: the loss became NaN or infinite.
+        TrainingDivergedError: the loss or the weights became NaN or infinite.
     """
     model.train()
     generator = epoch_generator(seed, epoch)
@@ -159,6 +159,7 @@ def train_one_epoch(model, optimizer, dataset, *, epoch, epochs, seed, batch_siz
     elapsed = time.perf_counter() - started
     mean_loss = loss_sum.item() / seen
     _check_finite(mean_loss, epoch)
+    _check_finite_weights(model, epoch)  # the last step can break them after a finite loss
     return {"train_loss": mean_loss, "train_accuracy": correct.item() / seen,
             "images_per_s": seen / elapsed}
 
@@ -167,6 +168,14 @@ def _check_finite(loss, epoch):
     if not math.isfinite(loss):
         raise TrainingDivergedError(f"the training loss became {loss} in epoch {epoch}; "
                                     "try a smaller --lr")
+
+
+def _check_finite_weights(model, epoch):
+    """Refuse weights (or BatchNorm statistics) that became NaN or infinite."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise TrainingDivergedError(f"the weights became NaN or infinite ({name}) in "
+                                        f"epoch {epoch}; try a smaller --lr")
 
 
 @torch.no_grad()

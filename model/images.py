@@ -5,6 +5,7 @@ loads the checkpoint, ``select_inputs`` turns ``--index``/``--image`` into a nor
 and ``resolve_targets`` turns ``--target`` into one class index per image.
 """
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from .checkpoint import default_checkpoint_path, load_model
 from .cli import common_parser, non_negative_int, positive_int
 from .datasets import load_dataset
 from .errors import UserError
-from .runtime import resolve_device, seed_everything
+from .runtime import prepare_output_folder, resolve_device, seed_everything
 
 MAX_IMAGE_PIXELS = 50_000_000  # larger files are refused rather than decoded
+DEFAULT_DATASET, DEFAULT_ARCH = "shapes", "vgg"
 
 
 def checkpoint_parser(script):
@@ -27,6 +29,9 @@ def checkpoint_parser(script):
                              "outputs/checkpoints/<dataset>_<arch>.pt)")
     parser.add_argument("--out", default=f"outputs/{script}",
                         help=f"folder for the outputs (default: outputs/{script})")
+    # None = not given: the default checkpoint is shapes/vgg's, and a --checkpoint is only
+    # checked against --dataset/--arch when the user names them.
+    parser.set_defaults(dataset=None, arch=None)
     return parser
 
 
@@ -48,18 +53,24 @@ def method_parser(script):
 
 def checkpoint_path(args):
     """``--checkpoint``, or the default checkpoint of ``--dataset/--arch``."""
-    return Path(args.checkpoint or default_checkpoint_path(args.dataset, args.arch))
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    return default_checkpoint_path(args.dataset or DEFAULT_DATASET, args.arch or DEFAULT_ARCH)
 
 
 def load_method_model(args):
     """Device, model (eval mode) and DatasetInfo for a method script's ``args``.
 
-    ``--checkpoint`` wins; otherwise the default checkpoint of ``--dataset/--arch`` is used and
-    must match them.
+    ``--checkpoint`` wins; otherwise the default checkpoint of ``--dataset/--arch`` is used.
+    Either must match the ``--dataset``/``--arch`` given on the command line. The ``--out``
+    folder is checked first, so that a long run cannot fail at its end.
     """
+    prepare_output_folder(args.out)
     device = resolve_device(args.device)
-    expected = () if args.checkpoint else (args.dataset, args.arch)
-    model, info, _ = load_model(checkpoint_path(args), device, *expected)
+    dataset, arch = args.dataset, args.arch
+    if not args.checkpoint:
+        dataset, arch = dataset or DEFAULT_DATASET, arch or DEFAULT_ARCH
+    model, info, _ = load_model(checkpoint_path(args), device, dataset, arch)
     return device, model, info
 
 
@@ -71,6 +82,7 @@ def prepare_method(args):
     """
     seed_everything(args.seed)
     device, model, info = load_method_model(args)
+    check_target(args.target, info, labelled=not args.image)
     return device, model, info, select_inputs(args, info, device)
 
 
@@ -113,19 +125,19 @@ def select_inputs(args, info, device):
 def load_image_file(path, info):
     """Read an image file as uint8 (C, H, W) in the model's channels and size.
 
-    Colour is converted to grayscale for 1-channel models and grayscale to RGB for 3-channel
-    ones; another size is resized (bilinear, antialiased) and a note says so on stderr.
+    Colour is converted to grayscale for 1-channel models and grayscale (or a palette, alpha
+    or 16-bit image) to RGB for 3-channel ones; another size is resized (bilinear,
+    antialiased). A note on stderr says so. Files over ``MAX_IMAGE_PIXELS`` are refused before
+    they are decoded.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if info.channels == 1 else "RGB")
-    except FileNotFoundError:
-        raise UserError(f"--image {path}: no such file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
-        raise UserError(f"--image {path}: not a readable image ({error})") from None
+    mode = "L" if info.channels == 1 else "RGB"
+    with _open_image(path) as image:
+        if image.mode != mode:
+            print(f"note: converted {path} from {image.mode} to {mode} for the "
+                  f"{info.channels}-channel model", file=sys.stderr)
+        image = _decode(path, image, mode)
     size = (info.image_size, info.image_size)
     if image.size != size:
         print(f"note: resized {path} from {image.size[0]}x{image.size[1]} to "
@@ -133,6 +145,65 @@ def load_image_file(path, info):
         image = image.resize(size, Image.Resampling.BILINEAR)
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     return pixels.view(info.image_size, info.image_size, info.channels).permute(2, 0, 1)
+
+
+def _open_image(path):
+    """Open an image lazily (header only), refusing what is missing, unreadable or huge."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
+    try:
+        with warnings.catch_warnings():  # our own limit below replaces Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except FileNotFoundError:
+        raise UserError(f"--image {path}: no such file") from None
+    except Image.DecompressionBombError:
+        raise UserError(f"--image {path}: larger than {limit}; shrink it first") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"--image {path}: not a readable image ({error})") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise UserError(f"--image {path}: {width}x{height} is larger than {limit}; shrink it "
+                        "first")
+    return image
+
+
+def _decode(path, image, mode):
+    """Decode an opened image into ``mode``; a UserError for a truncated or broken file."""
+    try:
+        return image.convert(mode)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise UserError(f"--image {path}: not a readable image ({error})") from None
+
+
+def check_target(spec, info, labelled=True):
+    """Check ``--target`` before any work (scripts that ignore it still refuse a bad one).
+
+    Raises:
+        UserError: an unknown class, an index out of range, or ``true`` without labels.
+    """
+    if spec == "true" and not labelled:
+        raise UserError("--target true needs test images with labels; image files have "
+                        "none (use pred, a class index or a class name)")
+    if spec not in ("pred", "true"):
+        class_index(spec, info)
+
+
+def class_index(spec, info):
+    """The class index named by ``spec`` (a class name, any case, or an index)."""
+    names = {name.lower(): index for index, name in enumerate(info.classes)}
+    if spec.lower() in names:
+        return names[spec.lower()]
+    if spec.lstrip("-").isdigit():
+        index = int(spec)
+        if not 0 <= index < len(info.classes):
+            raise UserError(f"--target {spec}: class index out of range 0-"
+                            f"{len(info.classes) - 1}")
+        return index
+    raise UserError(f"--target {spec}: unknown class; use pred, true, 0-"
+                    f"{len(info.classes) - 1} or one of: {', '.join(info.classes)}")
 
 
 def resolve_targets(spec, info, logits, labels):
@@ -150,18 +221,7 @@ def resolve_targets(spec, info, logits, labels):
     if spec == "pred":
         return logits.argmax(1)
     if spec == "true":
-        if (labels < 0).any():
-            raise UserError("--target true needs test images with labels; image files have "
-                            "none (use pred, a class index or a class name)")
+        check_target(spec, info, labelled=bool((labels >= 0).all()))
         return labels.to(logits.device)
-    names = {name.lower(): index for index, name in enumerate(info.classes)}
-    if spec.lower() in names:
-        index = names[spec.lower()]
-    elif spec.lstrip("-").isdigit():
-        index = int(spec)
-        if not 0 <= index < len(info.classes):
-            raise UserError(f"--target {spec}: class index out of range 0-{len(info.classes) - 1}")
-    else:
-        raise UserError(f"--target {spec}: unknown class; use pred, true, 0-"
-                        f"{len(info.classes) - 1} or one of: {', '.join(info.classes)}")
+    index = class_index(spec, info)
     return torch.full((count,), index, dtype=torch.int64, device=logits.device)

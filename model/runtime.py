@@ -42,6 +42,53 @@ def seed_everything(seed):
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def prepare_output_folder(folder, flag="--out"):
+    """Create ``folder`` if needed and make sure files can be written in it.
+
+    Called before any work is done, so that a long computation never fails at its end.
+
+    Raises:
+        UserError: ``folder`` is a file, lies under a file, or cannot be written.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"cannot write {flag} {folder}: it is a file, and {flag} names a "
+                        "folder for the outputs")
+    _try_writing_in(folder, f"{flag} {folder}")
+    return folder
+
+
+def check_writable_file(path, flag="--out"):
+    """Make sure ``path`` can be written as a file, before any work is done.
+
+    Raises:
+        UserError: ``path`` is a folder, or its folder cannot be created or written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {flag} {path}: it is a folder, and {flag} names a "
+                        "file")
+    _try_writing_in(path.parent, f"{flag} {path}")
+
+
+def _try_writing_in(folder, what):
+    """Create ``folder`` and a temporary file in it; a UserError about ``what`` if that fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write {what}: {_os_reason(folder, error)}") from None
+
+
+def _os_reason(path, error):
+    """A short reason for an OSError, naming the part of ``path`` that is a file if any."""
+    for parent in [Path(path), *Path(path).parents]:
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+    return error.strerror or str(error)
+
+
 @contextmanager
 def atomic_open(path):
     """Open ``path`` for binary writing so that it appears whole or not at all.
@@ -59,7 +106,7 @@ def atomic_open(path):
         handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                              suffix=".tmp")
     except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+        raise UserError(f"cannot write {path}: {_os_reason(path.parent, error)}") from None
     try:
         with os.fdopen(handle, "wb") as file:
             yield file
