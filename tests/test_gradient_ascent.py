@@ -41,6 +41,30 @@ def test_ascent_raises_the_class_score_and_stays_in_the_pixel_range():
     assert images.min() >= 0 and images.max() <= 1
 
 
+def test_polish_drops_the_jitter_only():
+    """All steps polished: the jitter setting no longer matters, the blur still does."""
+    model = small_model()
+    units = torch.tensor([1, 4])
+
+    def ascend(jitter, blur_every, polish):
+        rules = ga.Regularizers(jitter=jitter, blur_every=blur_every, blur_sigma=1.0)
+        return ga.gradient_ascent(model, INFO, units, steps=10, polish=polish,
+                                  regularizers=rules)[0]
+    assert torch.equal(ascend(2, 2, polish=1.0), ascend(0, 2, polish=1.0))
+    assert not torch.allclose(ascend(2, 2, polish=0.0), ascend(0, 2, polish=0.0), atol=1e-3)
+    assert not torch.allclose(ascend(0, 2, polish=1.0), ascend(0, 0, polish=1.0), atol=1e-3)
+
+
+def test_polish_raises_the_score_of_the_unshifted_image():
+    """Jittered steps ascend the score of shifted copies; the polish that of the image itself."""
+    model = small_model()
+    units = torch.arange(6)
+    rules = ga.Regularizers(jitter=3)
+    scores = [ga.gradient_ascent(model, INFO, units, steps=48, polish=polish,
+                                 regularizers=rules)[1] for polish in (0.0, 0.25)]
+    assert (scores[1] > scores[0]).all()
+
+
 def test_fourier_image_is_valid_and_low_frequency():
     generator = torch.Generator().manual_seed(0)
     fourier = ga.FourierImage(2, INFO, "noise", generator, "cpu")
@@ -78,3 +102,6 @@ def test_cli_classes_filters_and_ablation(trained_shapes_checkpoint, tmp_path, c
     assert (tmp_path / "shapes_conv2_filters.png").exists()
     assert "x its best on the test split" in capsys.readouterr().out
     assert ga.main(base + ["--layer", "conv2", "--filters", "9"]) == 2
+    assert ga.get_args_parser().parse_args(["--polish", "0"]).polish == 0
+    with pytest.raises(SystemExit):
+        ga.get_args_parser().parse_args(["--polish", "1.5"])
