@@ -41,7 +41,7 @@ from deconvnet import compute_input_gradient
 from model.architectures import conv_layer_names, get_layer, split_at
 from model.cli import ArgumentParser, non_negative_int, positive_int, run
 from model.datasets import load_dataset
-from model.engine import iterate_batches
+from model.engine import fast_layout, iterate_batches
 from model.errors import UserError
 from model.heatmaps import normalize_maps, resize_maps, show_image, show_overlay
 from model.images import method_parser, prepare_method, resolve_targets
@@ -54,8 +54,16 @@ METHODS = ("cam",) + GRADIENT_METHODS + ("scorecam", "faster-scorecam", "ablatio
                                          "eigencam")
 
 
-def activations_and_gradients(body, head, inputs, targets):
-    """A = body(x) (N, K, h, w), dy^c/dA (N, K, h, w) and the logits (N, classes)."""
+def activations_and_gradients(body, head, inputs, targets, need_gradients=True):
+    """A = body(x) (N, K, h, w), dy^c/dA (N, K, h, w) or None, and the logits (N, classes).
+
+    Without ``need_gradients`` (CAM, Score-CAM, Ablation-CAM, Eigen-CAM) nothing is
+    backpropagated.
+    """
+    if not need_gradients:
+        with torch.no_grad():
+            activations = body(inputs)
+            return activations, None, head(activations)
     with torch.enable_grad():
         activations = body(inputs).detach().requires_grad_(True)
         logits = head(activations)
@@ -119,7 +127,7 @@ def score_weights(model, inputs, activations, targets, batch_size, channels=None
         maps = activations[image_index[part], flat_channels[part]]  # (B, h, w)
         masks = normalize_maps(resize_maps(maps, size))  # (B, H, W) in [0, 1]
         masked = inputs[image_index[part]] * masks[:, None]
-        probabilities = torch.softmax(model(masked), 1)
+        probabilities = torch.softmax(model(fast_layout(masked)), 1)
         scores[part] = probabilities.gather(1, targets[image_index[part], None])[:, 0]
     weights = torch.zeros(count, total_channels, device=inputs.device)
     weights.scatter_(1, channels, scores.view(count, chosen))
@@ -205,7 +213,8 @@ def raw_map(method, model, inputs, targets, layer, batch_size=256, max_channels=
     if method not in METHOD_MAPS:
         raise UserError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
     body, head = split_at(model, layer)
-    activations, gradients, logits = activations_and_gradients(body, head, inputs, targets)
+    activations, gradients, logits = activations_and_gradients(
+        body, head, inputs, targets, need_gradients=method in GRADIENT_METHODS)
     return METHOD_MAPS[method](CamContext(model, head, inputs, targets, activations, gradients,
                                           logits, batch_size, max_channels))
 

@@ -17,6 +17,7 @@
 import sys
 from pathlib import Path
 
+import matplotlib
 import torch
 from matplotlib.figure import Figure
 
@@ -102,40 +103,91 @@ def plot_first_layer(weights, title):
     return figure
 
 
-def plot_kernel_grid(weights, title, max_filters=32, max_inputs=32):
+def grid_mosaic(cells, gap=1, label_gap=0):
+    """Lay (R, C, h, w) cells out as one 2-D array, NaN between them (drawn as white).
+
+    Each cell is preceded by ``gap`` columns on its left and ``gap + label_gap`` rows above it
+    (room for a label); one image instead of R x C subplots keeps drawing fast for 64 x 64
+    kernels or maps.
+    """
+    rows, columns, height, width = cells.shape
+    top = gap + label_gap
+    mosaic = torch.full((rows * (height + top) + gap, columns * (width + gap) + gap),
+                        float("nan"))
+    slots = mosaic[:rows * (height + top), :columns * (width + gap)]
+    slots = slots.unfold(0, height + top, height + top).unfold(1, width + gap, width + gap)
+    slots[:, :, top:, gap:] = cells  # slots is a view into the mosaic
+    return mosaic
+
+
+def cell_centers(index, size, step, offset):
+    """Mosaic coordinates of the centres of cells ``index`` of ``size`` pixels, ``step`` apart."""
+    return [offset + i * step + (size - 1) / 2 for i in index]
+
+
+def rescale_each(maps):
+    """Every (h, w) map to [0, 1] between its own minimum and maximum (a flat map gives 0)."""
+    flat = maps.flatten(-2)
+    low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(maps)
+
+
+def show_mosaic(axis, mosaic, cmap, vmin, vmax):
+    """Draw a mosaic with its NaN gaps in white, pixels as blocks; returns the artist."""
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad="white")
+    return axis.imshow(mosaic.numpy(), cmap=colormap, vmin=vmin, vmax=vmax,
+                       interpolation="nearest")
+
+
+def plot_kernel_grid(weights, title, max_filters=64, max_inputs=64):
     """Deeper-layer kernels: a row per filter, a column per input channel, one shared scale."""
     weights = weights[:max_filters, :max_inputs]
-    rows, columns = weights.shape[:2]
+    rows, columns, height, width = weights.shape
     limit = float(weights.abs().max())
-    figure = Figure(figsize=(0.42 * columns + 1.2, 0.42 * rows + 1.0))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for row in range(rows):
-        for column in range(columns):
-            axes[row, column].imshow(weights[row, column].numpy(), cmap=DIVERGING_CMAP,
-                                     vmin=-limit, vmax=limit)
-            frame(axes[row, column])
-        axes[row, 0].set_ylabel(str(row), fontsize=6, rotation=0, ha="right", va="center")
-    for column in range(columns):
-        axes[0, column].set_title(str(column), fontsize=6)
-    figure.suptitle(f"{title} (rows: filters, columns: input channels)")
+    inch_per_pixel = 0.065
+    figure = Figure(figsize=(inch_per_pixel * columns * (width + 1) + 1.8,
+                             inch_per_pixel * rows * (height + 1) + 1.2))
+    axis = figure.subplots()
+    artist = show_mosaic(axis, grid_mosaic(weights), DIVERGING_CMAP, -limit, limit)
+    step = max(1, rows // 16)
+    shown = range(0, rows, step)
+    axis.set_yticks(cell_centers(shown, height, height + 1, 1), [str(r) for r in shown],
+                    fontsize=7)
+    step = max(1, columns // 16)
+    shown = range(0, columns, step)
+    axis.set_xticks(cell_centers(shown, width, width + 1, 1), [str(c) for c in shown],
+                    fontsize=7)
+    axis.set(xlabel="input channel", ylabel="filter")
+    axis.tick_params(length=0)
+    figure.colorbar(artist, ax=axis, fraction=0.03, pad=0.02, label="weight")
+    axis.set_title(f"{title} (rows: filters, columns: input channels)", fontsize=10)
     return figure
 
 
 def plot_feature_maps(image, activation, title, columns=8):
-    """The input and every channel's map (K, h, w) of one layer, each on its own scale."""
-    count = len(activation)
-    rows = -(-(count + 1) // columns)
-    figure = Figure(figsize=(1.5 * columns, 1.6 * rows + 0.5))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    show_image(axes.flat[0], image, "input")
-    axes.flat[0].axis("on")
-    for channel, feature_map in enumerate(activation):
-        axis = axes.flat[channel + 1]
-        axis.axis("on")
-        axis.imshow(feature_map.cpu().numpy(), cmap=HEATMAP_CMAP)
-        frame(axis, f"ch {channel}: max {float(feature_map.max()):.2f}")
+    """The input and every channel's map (K, h, w) of one layer, each on its own scale.
+
+    Each map is stretched between its own minimum and maximum (its maximum is written above
+    it), so a weak channel's pattern is as visible as a strong one's.
+    """
+    count, height, width = activation.shape
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    cells = torch.full((rows * columns, height, width), float("nan"))
+    cells[:count] = rescale_each(activation.float().cpu())
+    label_gap = max(2, height // 3)
+    mosaic = grid_mosaic(cells.view(rows, columns, height, width), label_gap=label_gap)
+    cell = 1.4  # inches per map
+    figure = Figure(figsize=(cell * (columns + 1) + 0.4, cell * rows * (1 + label_gap / height)
+                             + 0.7))
+    image_axis, maps_axis = figure.subplots(1, 2, width_ratios=[1, columns])
+    show_image(image_axis, image, "input")
+    show_mosaic(maps_axis, mosaic, HEATMAP_CMAP, 0.0, 1.0)
+    maps_axis.axis("off")
+    for channel, peak in enumerate(activation.flatten(1).amax(1).tolist()):
+        row, column = divmod(channel, columns)
+        maps_axis.text(1 + column * (width + 1), row * (height + 1 + label_gap) + label_gap,
+                       f"ch {channel}: max {peak:.2f}", fontsize=7, va="bottom")
     figure.suptitle(title)
     figure.tight_layout()
     return figure
@@ -160,21 +212,25 @@ def plot_dead_report(report, title):
 def plot_evolution(image, maps_by_epoch, layer, title, max_channels):
     """Rows: channels (the first ``max_channels``); columns: epochs. Each map on its own scale."""
     epochs = list(maps_by_epoch)
-    channels = min(max_channels, maps_by_epoch[epochs[0]].shape[0])
-    figure = Figure(figsize=(1.3 * (len(epochs) + 1), 1.3 * channels + 0.8))
-    axes = figure.subplots(channels, len(epochs) + 1, squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    show_image(axes[0, 0], image, "input")
-    axes[0, 0].axis("on")
-    for column, epoch in enumerate(epochs, start=1):
-        for channel in range(channels):
-            axis = axes[channel, column]
-            axis.axis("on")
-            axis.imshow(maps_by_epoch[epoch][channel].cpu().numpy(), cmap=HEATMAP_CMAP)
-            frame(axis, f"epoch {epoch}" if channel == 0 else None)
-            if column == 1:
-                axis.set_ylabel(f"ch {channel}", fontsize=7)
+    stacked = torch.stack([maps_by_epoch[epoch][:max_channels].float().cpu()
+                           for epoch in epochs], 1)  # (channels, epochs, h, w)
+    channels, _, height, width = stacked.shape
+    mosaic = grid_mosaic(rescale_each(stacked))
+    cell = 1.1  # inches per map
+    figure = Figure(figsize=(cell * (len(epochs) + 1) + 0.8, cell * channels + 0.9))
+    image_axis, maps_axis = figure.subplots(1, 2, width_ratios=[1, len(epochs)])
+    show_image(image_axis, image, "input")
+    image_axis.set_anchor("N")  # beside the first row, not floating mid-height
+    maps_axis.set_anchor("NW")  # the channel labels next to their maps
+    show_mosaic(maps_axis, mosaic, HEATMAP_CMAP, 0.0, 1.0)
+    maps_axis.set_xticks(cell_centers(range(len(epochs)), width, width + 1, 1),
+                         [f"epoch {epoch}" for epoch in epochs], fontsize=8)
+    maps_axis.xaxis.tick_top()
+    maps_axis.set_yticks(cell_centers(range(channels), height, height + 1, 1),
+                         [f"ch {channel}" for channel in range(channels)], fontsize=7)
+    maps_axis.tick_params(length=0)
+    for side in maps_axis.spines.values():
+        side.set_visible(False)
     figure.suptitle(f"{title}: {layer}")
     figure.tight_layout()
     return figure

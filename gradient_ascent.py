@@ -25,14 +25,12 @@ noise. ``--ablation`` draws the same classes under none / L2 / jitter / blur / T
 so each regularizer's effect can be seen.
 """
 import argparse
-import math
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torchvision.transforms.functional as TF
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
@@ -41,6 +39,7 @@ from model.architectures import get_layer, split_at
 from model.cli import (ArgumentParser, non_negative_float, non_negative_int,
                        positive_float, positive_int, run)
 from model.errors import UserError
+from model.filters import gaussian_blur
 from model.datasets import load_dataset
 from model.heatmaps import show_image
 from model.images import checkpoint_parser, load_method_model
@@ -99,9 +98,7 @@ class PixelImage:
 
     @torch.no_grad()
     def blur(self, sigma):
-        kernel = 2 * math.ceil(2 * sigma) + 1
-        self.parameters[0].copy_(TF.gaussian_blur(self.parameters[0], [kernel, kernel],
-                                                  [sigma, sigma]))
+        self.parameters[0].copy_(gaussian_blur(self.parameters[0], sigma))
 
 
 class FourierImage:

@@ -226,8 +226,9 @@ def get_args_parser():
     parser.add_argument("--layer", default=None,
                         help="conv-part layer, or fc for the classes (default: the last conv)")
     parser.add_argument("--channels", nargs="+", default=None,
-                        help="channels for the detailed figures, e.g. 0-7 12 (default: all, "
-                             "detailed figures only for layers of <= 16 channels)")
+                        help="channels to draw, e.g. 0-7 12: the overview's rows and a "
+                             "detailed figure each (default: all in the overview, detailed "
+                             "figures only for layers of <= 16 channels)")
     parser.add_argument("--k", type=positive_int, default=9,
                         help="images kept per channel (default: 9)")
     parser.add_argument("--score", choices=("max", "mean"), default="max",
@@ -287,14 +288,15 @@ def search(args):
     print(f"wrote {out / f'{stem}_top{args.k}.json'}; dead channels: "
           f"{report['dead_channels'] or 'none'}")
 
+    chosen = parse_channels(args.channels, channel_count) if args.channels else all_channels
     images_of = lambda c: dataset.images[result.indices[c]].float() / 255  # noqa: E731
     crops = [[images_of(c)[rank][:, t:b, l:r] for rank, (t, l, b, r) in enumerate(boxes[c])]
-             for c in all_channels]
+             for c in chosen]
     title = f"{info.name} {layer}: top {args.k} {args.split} images per channel ({args.score})"
-    write_figure(plot_overview(crops, labels, title), out / f"{stem}_overview.png")
+    write_figure(plot_overview(crops, [labels[c] for c in chosen], title),
+                 out / f"{stem}_overview.png")
 
-    detailed = (parse_channels(args.channels, channel_count) if args.channels
-                else all_channels if channel_count <= 16 else [])
+    detailed = chosen if args.channels or channel_count <= 16 else []
     for c in detailed:
         projections = None
         if args.project and not is_classes:

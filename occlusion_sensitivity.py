@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision.transforms.functional as TF
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from model.cli import ArgumentParser, positive_int, run
+from model.engine import fast_layout
 from model.errors import UserError
+from model.filters import gaussian_blur
 from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, class_colormap, frame, show_image,
                             show_overlay)
 from model.images import method_parser, prepare_method, resolve_targets
@@ -75,9 +76,7 @@ def baseline_images(inputs, info, baseline, patch):
     """
     pixels = info.denormalize(inputs)  # (N, C, H, W) in [0, 1]
     if baseline == "blur":
-        sigma = max(1.0, patch / 4)
-        kernel = 2 * int(round(2 * sigma)) + 1
-        return info.normalize(TF.gaussian_blur(pixels, [kernel, kernel], [sigma, sigma]))
+        return info.normalize(gaussian_blur(pixels, sigma=max(1.0, patch / 4)))
     if baseline == "mean":
         return torch.zeros_like(inputs)  # the mean colour is 0 after normalization
     value = {"gray": 0.5, "zero": 0.0}.get(baseline)
@@ -135,7 +134,7 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
         image_index, position_index = flat // positions, flat % positions
         mask = windows[position_index][:, None]  # (B, 1, H, W)
         variants = torch.where(mask, fill[image_index], inputs[image_index])  # (B, C, H, W)
-        scores = torch.softmax(model(variants), dim=1)
+        scores = torch.softmax(model(fast_layout(variants)), dim=1)
         probability[flat] = scores.gather(1, targets[image_index, None])[:, 0]
         top_class[flat] = scores.argmax(1)
     grid = (count, len(tops), len(lefts))

@@ -179,6 +179,16 @@ def _check_finite_weights(model, epoch):
 
 
 @torch.no_grad()
+def fast_layout(images):
+    """``images`` stored channels-last (same values, other memory order).
+
+    For the large batches of perturbed copies that occlusion, Score-CAM and deletion /
+    insertion send through the net, the CPU convolution and max-pool kernels run about 1.5x
+    faster on this layout than on the default one.
+    """
+    return images.contiguous(memory_format=torch.channels_last)
+
+
 def evaluate(model, dataset, device, batch_size=512):
     """Mean cross-entropy and accuracy of ``model`` on ``dataset``.
 

@@ -14,6 +14,7 @@ import torch
 from .checkpoint import default_checkpoint_path, load_model
 from .cli import common_parser, non_negative_int, positive_int
 from .datasets import load_dataset
+from .engine import iterate_batches
 from .errors import UserError
 from .runtime import prepare_output_folder, resolve_device, seed_everything
 
@@ -225,3 +226,27 @@ def resolve_targets(spec, info, logits, labels):
         return labels.to(logits.device)
     index = class_index(spec, info)
     return torch.full((count,), index, dtype=torch.int64, device=logits.device)
+
+
+@torch.no_grad()
+def sample_test_images(model, test_set, count, seed, device, wrong_share=0.25,
+                       batch_size=512):
+    """A fixed, seeded sample of test images that mixes right and wrong decisions.
+
+    Up to ``wrong_share`` of the ``count`` images are misclassified ones (as many as the model
+    makes), the rest correctly classified; each group is drawn at random with ``seed`` from the
+    whole split, so several classes appear. Misclassified images come first.
+
+    Returns:
+        (indices (count,) int64, predictions (count,) int64), on the CPU.
+    """
+    predictions = torch.cat([model(inputs).argmax(1).cpu()
+                             for inputs, _ in iterate_batches(test_set, batch_size, device)])
+    generator = torch.Generator().manual_seed(seed)
+    count = min(count, len(test_set))
+    wrong = (predictions != test_set.labels).nonzero()[:, 0]
+    right = (predictions == test_set.labels).nonzero()[:, 0]
+    wrong = wrong[torch.randperm(len(wrong), generator=generator)][:int(wrong_share * count)]
+    right = right[torch.randperm(len(right), generator=generator)][:count - len(wrong)]
+    indices = torch.cat([wrong, right])
+    return indices, predictions[indices]

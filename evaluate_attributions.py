@@ -1,0 +1,394 @@
+"""Which attribution map can be trusted? Every method scored on the same test images.
+
+    python evaluate_attributions.py --dataset shapes                  # 100 test images
+    python evaluate_attributions.py --dataset shapes --methods gradcam occlusion saliency
+    python evaluate_attributions.py --dataset mnist --arch simple --num-images 200
+
+Each method explains the predicted class of ``--num-images`` seeded test images (a quarter
+misclassified where the model errs that often) and is scored by:
+
+- deletion and insertion AUC (Petsiuk et al. 2018, RISE sec. 4.1): pixels removed from the
+  image (set to the mean colour) or put back into a blurred copy, most important first; area
+  under the target probability. Deletion: lower is better; insertion: higher is better.
+- pointing game (Zhang et al. 2016) and the share of map mass inside the object (Wang et al.
+  2020, sec. 5.2), where the dataset has object masks (``shapes``).
+- model randomization (Adebayo et al. 2018, sec. 3.1): weights re-initialized from the top
+  layer down; the Spearman rank correlation of each map with the original. A map that
+  explains the model must change, so lower is better; 1.0 means the map ignores the weights.
+- agreement: the rank correlation between every two methods' maps.
+- cost: forward and backward passes per image, wall time and peak memory.
+
+A ``random`` row (a uniformly random map per image, independent of the model) gives the chance
+level of every number. Gradient maps are reduced to one value per pixel as max_c |g_c|
+(Simonyan et al. 2014, sec. 3.1); every map is min-max normalized.
+"""
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import torch
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from class_activation_maps import cam_applies, compute_cam, plot_cam_grid
+from deconvnet import compute_input_gradient
+from model.architectures import conv_layer_names, get_layer, split_at
+from model.cli import ArgumentParser, positive_int, run
+from model.datasets import load_dataset
+from model.errors import UserError
+from model.evaluation import (area_under_curve, cascading_randomization,
+                              deletion_insertion_curves, measure_cost, spearman)
+from model.heatmaps import DIVERGING_CMAP, normalize_maps
+from model.images import checkpoint_parser, load_method_model, sample_test_images
+from model.metrics import mass_inside, pointing_hits
+from model.runtime import save_json, seed_everything, write_figure
+from occlusion_sensitivity import baseline_images, compute_occlusion
+
+
+@dataclass
+class Settings:
+    """What the methods need beyond model and images (the scripts' defaults unless noted)."""
+
+    info: object  # DatasetInfo: for the occlusion fill
+    layer: str  # the CAM layer: the last conv layer
+    batch_size: int = 256
+    patch: int = 4
+    stride: int = 2  # occlusion_sensitivity.py uses 1; 2 costs a quarter and ranks alike
+    baseline: str = "blur"
+    seed: int = 0
+
+
+def _occlusion(model, inputs, targets, settings):
+    fill = baseline_images(inputs, settings.info, settings.baseline, settings.patch)
+    return compute_occlusion(model, inputs, targets, fill, settings.patch, settings.stride,
+                             settings.batch_size).pixel_drop
+
+
+def _cam(method):
+    return lambda model, inputs, targets, settings: compute_cam(
+        model, inputs, targets, method, settings.layer, batch_size=settings.batch_size)
+
+
+def _input_gradient(rule):
+    # Simonyan et al. 2014, sec. 3.1: a pixel's importance is its largest |gradient| over
+    # the colour channels.
+    return lambda model, inputs, targets, settings: compute_input_gradient(
+        model, inputs, targets, rule).abs().amax(1)
+
+
+def _random(model, inputs, targets, settings):
+    generator = torch.Generator().manual_seed(settings.seed)
+    return torch.rand((len(inputs), *inputs.shape[2:]), generator=generator).to(inputs.device)
+
+
+# name -> function(model, inputs, targets, settings) -> (N, H, W) importance map
+ATTRIBUTIONS = {
+    "occlusion": _occlusion,
+    "cam": _cam("cam"),
+    "gradcam": _cam("gradcam"),
+    "gradcam++": _cam("gradcam++"),
+    "scorecam": _cam("scorecam"),
+    "layercam": _cam("layercam"),
+    "saliency": _input_gradient("saliency"),
+    "guided-backprop": _input_gradient("guided"),
+    "deconvnet": _input_gradient("deconvnet"),
+    "random": _random,
+}
+BASELINE = "random"
+
+
+def available_methods(model, layer):
+    """Every method that applies to the model (CAM needs GAP + one Linear after ``layer``)."""
+    usable = cam_applies(split_at(model, layer)[1])
+    return [m for m in ATTRIBUTIONS if m != "cam" or usable]
+
+
+def attribution_maps(method, model, inputs, targets, settings):
+    """One method's maps for a batch: (N, C, H, W) -> (N, H, W) in [0, 1], finite."""
+    return normalize_maps(ATTRIBUTIONS[method](model, inputs, targets, settings).detach())
+
+
+@dataclass
+class Evaluation:
+    """Everything :func:`evaluate` measured, per method (in ``methods`` order).
+
+    Attributes:
+        maps: method -> (N, H, W) maps of the evaluated images.
+        curves: method -> {"deletion": (N, S + 1), "insertion": (N, S + 1)} probabilities.
+        scores: method -> {metric: value}, the table.
+        stages: the layers randomized, top first (cumulative).
+        randomization: method -> mean Spearman correlation with the original map per stage.
+        agreement: (M, M) mean Spearman correlation between methods' maps.
+    """
+
+    methods: list
+    maps: dict
+    curves: dict
+    scores: dict
+    stages: list
+    randomization: dict
+    agreement: torch.Tensor
+
+
+def evaluate(model, inputs, targets, methods, settings, masks=None, steps=16,
+             sanity_images=16, progress=False):
+    """Score attribution methods on one batch of images (see the module docstring).
+
+    Args:
+        model: the network in eval mode.
+        inputs: (N, C, H, W) normalized images; targets: (N,) the class each map explains.
+        methods: names from ``ATTRIBUTIONS``.
+        masks: (N, H, W) bool object masks for the pointing game, or None.
+        steps: deletion and insertion steps over the whole image.
+        sanity_images: how many of the images the randomization check uses.
+
+    Returns:
+        :class:`Evaluation`.
+    """
+    device = inputs.device
+    maps, curves, scores = {}, {}, {}
+    for method in tqdm(methods, disable=not progress, desc="evaluating", unit="method"):
+        # A first call pays one-off costs (kernel selection, autograd set-up): not the method's.
+        attribution_maps(method, model, inputs[:2], targets[:2], settings)
+        with measure_cost(model, device) as cost:
+            maps[method] = attribution_maps(method, model, inputs, targets, settings)
+        curves[method] = {}
+        for mode in ("deletion", "insertion"):
+            # The same generator per method: tied pixels are broken the same way for all.
+            generator = torch.Generator().manual_seed(settings.seed)
+            curves[method][mode] = deletion_insertion_curves(
+                model, inputs, targets, maps[method], mode, steps,
+                batch_size=2 * settings.batch_size, generator=generator).cpu()
+        scores[method] = {f"{mode}_auc": float(area_under_curve(curves[method][mode]).mean())
+                          for mode in ("deletion", "insertion")}
+        if masks is not None:
+            scores[method]["pointing"] = float(pointing_hits(maps[method], masks).float().mean())
+            scores[method]["mass_inside"] = float(mass_inside(maps[method], masks).mean())
+        scores[method].update(cost.per_image(len(inputs)))
+
+    few_inputs, few_targets = inputs[:sanity_images], targets[:sanity_images]
+    stages, randomization = [], {method: [] for method in methods}
+    for stage, randomized in cascading_randomization(model, settings.seed):
+        stages.append(stage)
+        for method in methods:
+            changed = attribution_maps(method, randomized, few_inputs, few_targets, settings)
+            correlation = spearman(changed, maps[method][:sanity_images]).mean()
+            randomization[method].append(float(correlation))
+    for method in methods:
+        scores[method]["randomized_top_layer"] = randomization[method][0]
+        scores[method]["randomized_all_layers"] = randomization[method][-1]
+
+    agreement = torch.tensor([[float(spearman(maps[a], maps[b]).mean()) for b in methods]
+                              for a in methods])
+    return Evaluation(methods, maps, curves, scores, stages, randomization, agreement)
+
+
+# Table columns: (metric key, heading, how to read it)
+COLUMNS = (
+    ("deletion_auc", "deletion AUC", "lower is better"),
+    ("insertion_auc", "insertion AUC", "higher is better"),
+    ("pointing", "pointing game", "higher is better"),
+    ("mass_inside", "mass in object", "higher is better"),
+    ("randomized_top_layer", "rank corr., top layer random", "lower is better"),
+    ("randomized_all_layers", "rank corr., all layers random", "lower is better"),
+    ("forward_passes_per_image", "forward / image", "cost"),
+    ("backward_passes_per_image", "backward / image", "cost"),
+    ("ms_per_image", "ms / image", "cost"),
+    ("peak_memory_mib", "peak MiB", "cost"),
+)
+
+
+def _present_columns(scores):
+    return [c for c in COLUMNS if any(c[0] in values for values in scores.values())]
+
+
+def table_rows(methods, scores):
+    """The table as (headings, rows of strings); columns no method has are left out.
+
+    Args:
+        scores: method -> {metric: value}, as in :class:`Evaluation` or evaluation.json.
+    """
+    columns = _present_columns(scores)
+    headings = ["method"] + [heading for _, heading, _ in columns]
+    rows = [[method] + [format_value(key, scores[method].get(key)) for key, _, _ in columns]
+            for method in methods]
+    return headings, rows
+
+
+def column_readings(scores):
+    """How to read each column of :func:`table_rows` (lower / higher is better, cost)."""
+    return [reading for _, _, reading in _present_columns(scores)]
+
+
+def format_value(key, value):
+    """A table cell: pass counts as integers where whole, scores with three decimals."""
+    if value is None:
+        return "-"
+    if key in ("forward_passes_per_image", "backward_passes_per_image"):
+        return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
+    if key in ("ms_per_image", "peak_memory_mib"):
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def markdown_table(methods, scores):
+    """The table as Markdown, for the terminal and the README."""
+    headings, rows = table_rows(methods, scores)
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def line_style(methods, method):
+    """A distinct colour per method; the random baseline black and dashed."""
+    if method == BASELINE:
+        return {"color": "black", "linestyle": "--"}
+    others = [m for m in methods if m != BASELINE]
+    return {"color": matplotlib.colormaps["tab10"](others.index(method) % 10)}
+
+
+def plot_curves(evaluation):
+    """Mean deletion and insertion curves per method, the AUC in the legend (RISE Fig. 4)."""
+    figure = Figure(figsize=(11, 4.2))
+    axes = figure.subplots(1, 2)
+    for axis, mode, better in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
+        for method in evaluation.methods:
+            curve = evaluation.curves[method][mode].mean(0)
+            fraction = torch.linspace(0, 1, len(curve))
+            axis.plot(fraction, curve, label=f"{method} ({area_under_curve(curve[None])[0]:.3f})",
+                      **line_style(evaluation.methods, method))
+        action = "deleted" if mode == "deletion" else "inserted"
+        axis.set(xlabel=f"fraction of pixels {action}, most important first",
+                 ylabel="mean p(target)", ylim=(0, 1.02),
+                 title=f"{mode} (AUC in brackets, {better} is better)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def plot_randomization(evaluation):
+    """Rank correlation with the original map as layers are randomized (Adebayo Fig. 2)."""
+    figure = Figure(figsize=(8, 4.2))
+    axis = figure.subplots()
+    labels = ["original"] + evaluation.stages
+    for method in evaluation.methods:
+        axis.plot(range(len(labels)), [1.0] + evaluation.randomization[method],
+                  marker="o", label=method, markersize=3,
+                  **line_style(evaluation.methods, method))
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set(xlabel="randomized down to layer (cumulative, top first)",
+             ylabel="Spearman rank correlation", ylim=(-0.3, 1.05),
+             title="model randomization: a faithful map decorrelates")
+    axis.axhline(0.0, color="black", linewidth=0.6)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    return figure
+
+
+def plot_agreement(evaluation):
+    """The methods' mean rank correlation as a heatmap with the value in each cell."""
+    count = len(evaluation.methods)
+    figure = Figure(figsize=(0.6 * count + 2.5, 0.6 * count + 1.5))
+    axis = figure.subplots()
+    artist = axis.imshow(evaluation.agreement.numpy(), cmap=DIVERGING_CMAP, vmin=-1, vmax=1)
+    axis.set_xticks(range(count), evaluation.methods, rotation=60, ha="right")
+    axis.set_yticks(range(count), evaluation.methods)
+    for row in range(count):
+        for column in range(count):
+            value = float(evaluation.agreement[row, column])
+            axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                      color="white" if abs(value) > 0.6 else "black")
+    figure.colorbar(artist, ax=axis, fraction=0.046, pad=0.04, label="Spearman")
+    axis.set_title("agreement between methods (mean rank correlation)")
+    figure.tight_layout()
+    return figure
+
+
+def plot_maps(images, evaluation, titles, count=4):
+    """The first ``count`` evaluated images with every method's map."""
+    maps = {method: evaluation.maps[method][:count] for method in evaluation.methods}
+    return plot_cam_grid(images[:count], maps, titles[:count])
+
+
+def summary(evaluation, settings, steps, sanity_images, indices):
+    """A JSON-ready record of the evaluation and its settings."""
+    return {"methods": evaluation.methods, "scores": evaluation.scores,
+            "randomization": {"stages": evaluation.stages, **evaluation.randomization},
+            "agreement": evaluation.agreement.tolist(),
+            "mean_curves": {m: {mode: c.mean(0).tolist() for mode, c in modes.items()}
+                            for m, modes in evaluation.curves.items()},
+            "settings": {"layer": settings.layer, "occlusion_patch": settings.patch,
+                         "occlusion_stride": settings.stride,
+                         "occlusion_baseline": settings.baseline,
+                         "deletion_insertion_steps": steps, "sanity_images": sanity_images,
+                         "target": "predicted class", "seed": settings.seed},
+            "test_indices": indices.tolist()}
+
+
+def get_args_parser():
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
+                            parents=[checkpoint_parser("evaluate_attributions")])
+    parser.add_argument("--methods", nargs="+", choices=tuple(ATTRIBUTIONS), default=None,
+                        help="methods to score (default: every one that applies)")
+    parser.add_argument("--num-images", type=positive_int, default=100,
+                        help="test images to explain (default: 100)")
+    parser.add_argument("--steps", type=positive_int, default=16,
+                        help="deletion / insertion steps over the image (default: 16)")
+    parser.add_argument("--sanity-images", type=positive_int, default=16,
+                        help="images for the randomization check (default: 16)")
+    parser.add_argument("--layer", default=None,
+                        help="conv layer of the CAM methods (default: the last)")
+    parser.add_argument("--occlusion-stride", type=positive_int, default=2,
+                        help="occlusion stride; patch and fill are the script's (default: 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=256,
+                        help="images per forward pass (default: 256)")
+    return parser
+
+
+def prepare_evaluation(args, model, info, device):
+    """Choose the images and settings of an evaluation run from ``args``."""
+    layer = args.layer or conv_layer_names(model)[-1]
+    get_layer(model, layer)
+    methods = args.methods or available_methods(model, layer)
+    if "cam" in methods and not cam_applies(split_at(model, layer)[1]):
+        raise UserError("cam needs the layer to feed global average pooling and one Linear "
+                        "layer (--arch vgg, its last conv layer); leave cam out")
+    test_set = load_dataset(info.name, "test", args.data_dir)
+    indices, predictions = sample_test_images(model, test_set, args.num_images, args.seed,
+                                              device, batch_size=args.batch_size)
+    settings = Settings(info, layer, args.batch_size, stride=args.occlusion_stride,
+                        seed=args.seed)
+    masks = None if test_set.masks is None else test_set.masks[indices].to(device)
+    return (methods, settings, info.normalize(test_set.images[indices].to(device)),
+            predictions.to(device), test_set.labels[indices], masks, indices)
+
+
+def evaluate_command(args):
+    seed_everything(args.seed)
+    device, model, info = load_method_model(args)
+    methods, settings, inputs, targets, labels, masks, indices = prepare_evaluation(
+        args, model, info, device)
+    evaluation = evaluate(model, inputs, targets, methods, settings, masks, args.steps,
+                          args.sanity_images, progress=True)
+    out = Path(args.out)
+    save_json(summary(evaluation, settings, args.steps, args.sanity_images, indices),
+              out / "evaluation.json")
+    write_figure(plot_curves(evaluation), out / "deletion_insertion.png")
+    write_figure(plot_randomization(evaluation), out / "randomization.png")
+    write_figure(plot_agreement(evaluation), out / "agreement.png")
+    titles = [f"test_{i}\ntrue {info.classes[t]}, pred {info.classes[p]}"
+              for i, t, p in zip(indices.tolist(), labels.tolist(), targets.tolist())]
+    write_figure(plot_maps(info.denormalize(inputs), evaluation, titles), out / "maps.png")
+    print(f"{len(inputs)} {info.name} test images, target = predicted class")
+    print(markdown_table(evaluation.methods, evaluation.scores))
+
+
+def main(argv=None):
+    return run(evaluate_command, get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

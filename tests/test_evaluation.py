@@ -1,0 +1,177 @@
+"""The evaluation metrics on cases with a known answer, and against brute-force references."""
+import time
+
+import torch
+import torch.nn as nn
+
+from model.architectures import build_model
+from model.evaluation import (area_under_curve, average_ranks, cascading_randomization,
+                              deletion_insertion_curves, measure_cost, pixel_order,
+                              randomization_stages, spearman)
+from model.metrics import mass_inside, pointing_hits
+
+
+class RegionSum(nn.Module):
+    """Class 0's logit is a weighted sum of the pixels in a region, class 1's is 2."""
+
+    def __init__(self, region):
+        super().__init__()
+        self.first = nn.Flatten()
+        self.register_buffer("region", region.flatten().float())
+
+    def forward(self, inputs):
+        score = self.first(inputs[:, :1]) @ self.region
+        return torch.stack([score, torch.full_like(score, 2.0)], dim=1)
+
+
+def test_pointing_and_mass_of_a_perfect_and_a_random_map():
+    masks = torch.zeros(4, 16, 16, dtype=torch.bool)
+    masks[:, 4:8, 5:9] = True
+    assert pointing_hits(masks.float(), masks, dilation=0).all()
+    assert torch.allclose(mass_inside(masks.float(), masks, dilation=0), torch.ones(4))
+    random_maps = torch.rand(4000, 16, 16, generator=torch.Generator().manual_seed(0))
+    many = masks[:1].expand(4000, -1, -1)
+    share = 16 / 256
+    assert abs(pointing_hits(random_maps, many, 0).float().mean() - share) < 0.02
+    assert abs(mass_inside(random_maps, many, 0).mean() - share) < 0.01
+    assert mass_inside(torch.ones(1, 16, 16), masks[:1], 0) == 0  # constant: no evidence
+
+
+def test_average_ranks_share_ties_and_spearman_matches_brute_force():
+    values = torch.tensor([[3.0, 1.0, 3.0, 2.0, 3.0]])
+    assert average_ranks(values).tolist() == [[4.0, 1.0, 4.0, 2.0, 4.0]]
+
+    def brute_ranks(row):
+        return [sum(v < x for v in row) + (sum(v == x for v in row) + 1) / 2 for x in row]
+
+    generator = torch.Generator().manual_seed(1)
+    first = torch.randint(0, 5, (3, 40), generator=generator).float()  # many ties
+    second = torch.randint(0, 5, (3, 40), generator=generator).float()
+    expected = []
+    for a, b in zip(first.tolist(), second.tolist()):
+        ra, rb = torch.tensor(brute_ranks(a)), torch.tensor(brute_ranks(b))
+        expected.append(float(torch.corrcoef(torch.stack([ra, rb]))[0, 1]))
+    assert torch.allclose(spearman(first, second), torch.tensor(expected), atol=1e-5)
+    x = torch.randn(2, 50, generator=generator)
+    assert torch.allclose(spearman(x, x.exp()), torch.ones(2))
+    assert torch.allclose(spearman(x, -x), -torch.ones(2))
+    assert spearman(torch.ones(1, 9), x[:1, :9]).item() == 0.0
+
+
+def test_pixel_order_ranks_by_value_and_breaks_ties_at_random():
+    maps = torch.tensor([[[0.0, 5.0], [1.0, 0.0]]])
+    for seed in range(4):
+        order = pixel_order(maps, torch.Generator().manual_seed(seed))[0].tolist()
+        assert order[:2] == [1, 2] and sorted(order[2:]) == [0, 3]
+    orders = {tuple(pixel_order(torch.zeros(1, 4, 4), torch.Generator().manual_seed(s))[0]
+                    .tolist()) for s in range(5)}
+    assert len(orders) > 1  # ties do not always fall in raster order
+
+
+def brute_force_curves(model, inputs, targets, maps, mode, steps, substrate):
+    """One variant at a time, straight from the definition."""
+    count, _, height, width = inputs.shape
+    curves = torch.zeros(count, steps + 1)
+    for n in range(count):
+        order = pixel_order(maps[n:n + 1], torch.Generator().manual_seed(0))[0]
+        for s in range(steps + 1):
+            changed = int(round(s * height * width / steps))
+            mask = torch.zeros(height * width, dtype=torch.bool)
+            mask[order[:changed]] = True
+            mask = mask.view(1, height, width)
+            if mode == "deletion":
+                variant = torch.where(mask, substrate[n], inputs[n])
+            else:
+                variant = torch.where(mask, inputs[n], substrate[n])
+            with torch.no_grad():
+                curves[n, s] = torch.softmax(model(variant[None]), 1)[0, targets[n]]
+    return curves
+
+
+def test_deletion_insertion_equal_a_brute_force_loop_for_any_batch_size():
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, 4, 8).eval()
+    inputs = torch.randn(3, 3, 8, 8)
+    targets = torch.tensor([0, 2, 3])
+    maps = torch.rand(3, 8, 8)
+    for mode, substrate in (("deletion", torch.zeros_like(inputs)),
+                            ("insertion", torch.randn(3, 3, 8, 8))):
+        expected = brute_force_curves(model, inputs, targets, maps, mode, 5, substrate)
+        for batch_size in (1, 4, 100):
+            curves = deletion_insertion_curves(model, inputs, targets, maps, mode, 5, substrate,
+                                               batch_size, torch.Generator().manual_seed(0))
+            assert torch.allclose(curves, expected, atol=1e-5)
+
+
+def test_a_perfect_map_beats_a_random_one_and_random_deletion_mirrors_insertion():
+    region = torch.zeros(16, 16)
+    region[2:6, 9:13] = 1.0
+    model = RegionSum(region * 6 / region.sum()).eval()  # p(class 0) from 0.12 to 0.98
+    inputs = torch.ones(1, 1, 16, 16).expand(64, -1, -1, -1)
+    targets = torch.zeros(64, dtype=torch.int64)
+    zeros = torch.zeros_like(inputs)
+    perfect = region.expand(64, -1, -1)
+    random_maps = torch.rand(64, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def areas(maps, mode):
+        curves = deletion_insertion_curves(model, inputs, targets, maps, mode, 32, zeros)
+        return area_under_curve(curves).mean()
+
+    assert areas(perfect, "deletion") < areas(random_maps, "deletion") - 0.3
+    assert areas(perfect, "insertion") > areas(random_maps, "insertion") + 0.3
+    # With the same substrate, deleting in random order is inserting in reverse random order.
+    assert abs(areas(random_maps, "deletion") - areas(random_maps, "insertion")) < 0.03
+
+
+def test_area_under_curve_is_the_trapezoid_rule():
+    curves = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.5, 1.0], [1.0, 0.0, 0.0]])
+    assert torch.allclose(area_under_curve(curves), torch.tensor([1.0, 0.5, 0.25]))
+
+
+def test_cascading_randomization_goes_top_down_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, 6, 16).eval()
+    for name, value in model.state_dict().items():  # move BatchNorm away from its init
+        if "bn" in name and value.dtype.is_floating_point:
+            value.uniform_(0.5, 1.5)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.random.get_rng_state()
+    stages = [name for name, _ in randomization_stages(model)]
+    assert stages == ["fc", "conv4", "conv3", "conv2", "conv1"]
+    changed_by_stage = []
+    for name, randomized in cascading_randomization(model, seed=3):
+        changed_by_stage.append({k.split(".")[0] for k, v in randomized.state_dict().items()
+                                 if v.dtype.is_floating_point and not torch.equal(v, original[k])})
+    assert changed_by_stage[0] == {"fc"}
+    assert changed_by_stage[1] == {"fc", "conv4", "bn4"}
+    assert changed_by_stage[-1] == {"fc"} | {f"{p}{i}" for p in ("conv", "bn") for i in range(1, 5)}
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again = [m for _, m in cascading_randomization(model, seed=3)][-1]
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                 randomized.state_dict().values()))
+
+
+def test_measure_cost_counts_passes_and_removes_its_hooks():
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, 6, 16).eval()
+    inputs = torch.randn(5, 3, 16, 16, requires_grad=True)
+    with measure_cost(model, "cpu") as cost:
+        with torch.no_grad():
+            model(inputs)
+            model(inputs[:2])
+        model(inputs).sum().backward()
+    assert (cost.forward_images, cost.backward_images) == (12, 5)
+    assert cost.seconds > 0 and cost.peak_bytes >= 0
+    summary = cost.per_image(5)
+    assert summary["forward_passes_per_image"] == 12 / 5
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_measure_cost_sees_memory_freed_before_the_block_ends():
+    model = build_model("simple", 1, 2, 8)
+    with measure_cost(model, "cpu") as cost:
+        buffer = torch.ones(16 * 2 ** 20)  # 64 MiB, held for 50 ms then freed
+        time.sleep(0.05)
+        del buffer
+    assert 60 * 2 ** 20 < cost.peak_bytes < 200 * 2 ** 20

@@ -1,0 +1,90 @@
+"""visualize_all.py end to end on a tiny shapes model, and evaluate_attributions.py's core."""
+import json
+import re
+
+import pytest
+import torch
+
+import evaluate_attributions as ea
+import visualize_all
+from model.architectures import build_model
+from model.datasets import DATASET_INFO
+
+METRICS = ("deletion_auc", "insertion_auc", "pointing", "mass_inside", "randomized_top_layer",
+           "randomized_all_layers", "forward_passes_per_image", "backward_passes_per_image",
+           "seconds", "ms_per_image", "peak_memory_mib")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """A full report on a vgg trained by visualize_all itself for one epoch on 512 images."""
+    folder = tmp_path_factory.mktemp("report")
+    code = visualize_all.main(["--dataset", "shapes", "--checkpoint", str(folder / "tiny.pt"),
+                               "--retrain", "--epochs", "1", "--max-train-images", "512",
+                               "--num-images", "6", "--out", str(folder / "report")])
+    assert code == 0
+    return folder / "report"
+
+
+def test_every_section_is_on_the_page_and_every_image_exists(report):
+    page = (report / "index.html").read_text()
+    for name in visualize_all.SECTION_NAMES:
+        assert f"id='{name}'" in page
+    sources = re.findall(r"<img src='([^']+)'", page)
+    assert len(sources) > 20
+    for source in sources:
+        assert not source.startswith(("/", "http")), source  # relative links only
+        assert (report / source).is_file(), source
+    assert "evolution_" in page  # trained with snapshots, so the evolution figures are there
+    assert "<table>" in page and "random" in page
+
+
+def test_summary_holds_every_metric_and_what_reproduces_the_run(report):
+    summary = json.loads((report / "summary.json").read_text())
+    scores = summary["evaluation"]["scores"]
+    assert set(scores) == set(ea.ATTRIBUTIONS)  # vgg: cam applies
+    for method, values in scores.items():
+        assert set(METRICS) <= set(values), method
+        assert all(isinstance(v, float) and v == v for v in values.values()), method
+    assert set(summary["seconds"]) == {"training", *visualize_all.SECTION_NAMES}
+    for key in ("git_commit", "versions", "device", "seed", "training_args", "report_args",
+                "test_accuracy", "gallery_test_indices"):
+        assert key in summary
+    assert not any(section["failed"] for section in summary["sections"])
+
+
+def test_methods_selects_sections(report, tmp_path):
+    checkpoint = str(report.parent / "tiny.pt")
+    code = visualize_all.main(["--checkpoint", checkpoint, "--methods", "cam", "occlusion",
+                               "--out", str(tmp_path)])
+    assert code == 0
+    page = (tmp_path / "index.html").read_text()
+    assert "id='cam'" in page and "id='occlusion'" in page and "id='evaluation'" not in page
+    assert set(json.loads((tmp_path / "summary.json").read_text())["seconds"]) == {
+        "occlusion", "cam"}
+
+
+def test_evaluate_on_a_toy_net_counts_passes_and_flags_model_independent_maps():
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, 6, 16).eval()
+    inputs = torch.randn(4, 3, 16, 16)
+    targets = torch.tensor([0, 1, 2, 3])
+    info = DATASET_INFO["shapes"]
+    settings = ea.Settings(info, "conv4", patch=4, stride=4)
+    methods = ["occlusion", "cam", "gradcam", "scorecam", "saliency", "random"]
+    result = ea.evaluate(model, inputs, targets, methods, settings, steps=4, sanity_images=4)
+    scores = result.scores
+    assert scores["occlusion"]["forward_passes_per_image"] == 1 + 16  # 4 x 4 patch positions
+    assert scores["occlusion"]["backward_passes_per_image"] == 0
+    assert scores["gradcam"]["forward_passes_per_image"] == 1
+    assert scores["gradcam"]["backward_passes_per_image"] == 1
+    assert scores["scorecam"]["forward_passes_per_image"] == 1 + 64  # one per conv4 channel
+    # CAM is Grad-CAM for a GAP + Linear head (Selvaraju et al. 2017, sec. 3.1).
+    cam, gradcam = methods.index("cam"), methods.index("gradcam")
+    assert result.agreement[cam, gradcam] > 0.999
+    # The random map ignores the model: randomizing the weights cannot change it.
+    assert result.randomization["random"] == [1.0] * 5
+    assert result.randomization["saliency"][-1] < 0.9
+    assert all(torch.isfinite(m).all() and m.min() >= 0 and m.max() <= 1
+               for m in result.maps.values())
+    assert "| random |" in ea.markdown_table(result.methods, result.scores)

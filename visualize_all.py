@@ -1,0 +1,409 @@
+"""One command, one report folder: every method on one model, and how far to trust each map.
+
+    python visualize_all.py --dataset shapes                  # trains first if needed, ~2 min
+    python visualize_all.py --dataset shapes --methods cam occlusion evaluation
+    python visualize_all.py --dataset mnist --arch simple --data-dir data --num-images 200
+    python visualize_all.py --dataset shapes --retrain        # train anew, with snapshots
+
+Trains the model when its checkpoint is missing (or with ``--retrain``, keeping a snapshot per
+epoch for the feature-evolution figures), picks a fixed, seeded gallery of test images (right
+and wrong decisions, several classes), runs each method script with its own defaults on them,
+scores every attribution method (evaluate_attributions.py) on ``--num-images`` test images,
+and writes ``outputs/report_<dataset>_<arch>/``: ``index.html`` (one offline page), the PNGs
+in a folder per method, ``summary.json`` and ``log.txt`` (everything the scripts printed).
+"""
+import contextlib
+import datetime
+import html
+import io
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import class_activation_maps
+import deconvnet
+import evaluate_attributions
+import feature_maps
+import gradient_ascent
+import max_activation_search
+import occlusion_sensitivity
+import train_cnn
+from model.architectures import conv_layer_names
+from model.checkpoint import default_checkpoint_path, library_versions, load_model
+from model.cli import ArgumentParser, common_parser, positive_int, run
+from model.datasets import load_dataset
+from model.errors import UserError
+from model.images import sample_test_images
+from model.runtime import atomic_open, resolve_device, save_figure, save_json, seed_everything
+
+ROOT = Path(__file__).resolve().parent
+GALLERY_SIZE = 6
+
+
+@dataclass
+class Section:
+    """One method's part of the report: what to run and the two lines a reader needs."""
+
+    name: str
+    title: str
+    paper: str
+    shows: str
+    look_for: str
+    commands: object  # function(ReportContext) -> list of (script module, argv)
+
+
+@dataclass
+class ReportContext:
+    """What every section is run with."""
+
+    gallery: list  # test indices: misclassified first, then correct
+    layers: list  # the conv layers, in order
+    num_images: int
+
+
+def _index_flags(indices):
+    return ["--index", *map(str, indices)]
+
+
+def _occlusion(context):
+    # One wrong and one right decision: the map of a mistake shows what misled the net.
+    chosen = [context.gallery[0], context.gallery[-1]]
+    return [(occlusion_sensitivity, _index_flags(chosen))]
+
+
+def _cam(context):
+    return [(class_activation_maps, _index_flags(context.gallery) + ["--gallery", "0"])]
+
+
+def _deconvnet(context):
+    return [(deconvnet, _index_flags(context.gallery[-1:]))]
+
+
+def _max_activation(context):
+    return [(max_activation_search, ["--layer", context.layers[-1], "--channels", "0-5",
+                                     "--project"])]
+
+
+def _feature_maps(context):
+    return [(feature_maps, _index_flags(context.gallery[-1:]))]
+
+
+def _gradient_ascent(context):
+    middle = context.layers[len(context.layers) // 2]
+    return [(gradient_ascent, []), (gradient_ascent, ["--layer", middle, "--filters", "0-7"])]
+
+
+def _evaluation(context):
+    return [(evaluate_attributions, ["--num-images", str(context.num_images)])]
+
+
+SECTIONS = (
+    Section("occlusion", "Occlusion sensitivity", "Zeiler & Fergus 2014, sec. 4.2",
+            "How the probability of the explained class changes as a patch (a blurred copy of "
+            "the image) slides over it, and which class wins at each patch position.",
+            "A drop concentrated on the object means the net uses the object; a drop on the "
+            "background of a mistake shows what misled it.", _occlusion),
+    Section("cam", "Class activation maps (CAM family)",
+            "Zhou et al. 2016; Selvaraju et al. 2017; Chattopadhay et al. 2018; Wang et al. "
+            "2020 (Score-CAM); Jiang et al. 2021 (LayerCAM) and more",
+            "Where in the last conv layer's maps the evidence for the class lies, by each way "
+            "of weighting the channels; then one image with every class as the target.",
+            "Methods that agree point at the object; a map that barely changes between "
+            "classes explains the image, not the decision.", _cam),
+    Section("deconvnet", "DeconvNet projections", "Zeiler & Fergus 2014, sec. 2.1, Fig. 2",
+            "For each conv layer, the strongest channels of one image, projected back to "
+            "pixels through the switches of the max pools, beside the receptive-field crop.",
+            "Early layers respond to edges and colours, deeper ones to parts and whole shapes; "
+            "the projection shows which pixels made the unit fire.", _deconvnet),
+    Section("max_activation", "Top activating test images", "Zeiler & Fergus 2014, Fig. 2",
+            "For channels of the last conv layer, the nine test images that excite each most, "
+            "cropped to the receptive field of the maximum, with DeconvNet projections.",
+            "A channel whose nine crops share one pattern has learned that pattern; mixed "
+            "crops suggest a unit that answers to several things.", _max_activation),
+    Section("feature_maps", "Filters, feature maps, dead filters and training evolution",
+            "Zeiler & Fergus 2014, sec. 4 and Fig. 4",
+            "The learned weights, every channel's response to one image, how often each "
+            "channel fires on test images, and the maps after each training epoch.",
+            "Smooth, oriented first-layer filters and few dead channels mean healthy training; "
+            "the evolution shows features sharpening as epochs pass.", _feature_maps),
+    Section("gradient_ascent", "Class and filter model visualization",
+            "Simonyan et al. 2014, sec. 2; Erhan et al. 2009",
+            "Images optimized from scratch to maximize a class score (titled with the "
+            "probability reached) or a filter's mean activation.",
+            "Recognizable parts of the class mean the net learned the object; texture-only "
+            "images mean it keys on texture.", _gradient_ascent),
+    Section("evaluation", "How far to trust each map",
+            "Petsiuk et al. 2018; Zhang et al. 2016; Adebayo et al. 2018",
+            "Every attribution method scored on the same test images: deletion / insertion "
+            "AUC, pointing game, model randomization, agreement and cost, against a random "
+            "map.",
+            "Good maps beat the random row on every faithfulness column and decorrelate when "
+            "the weights are randomized; a map that stays similar ignores the model.",
+            _evaluation),
+)
+SECTION_NAMES = tuple(section.name for section in SECTIONS)
+
+
+def git_commit():
+    """The repository's commit, with ``+dirty`` for uncommitted changes, or ``unknown``."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty.strip() else "")
+
+
+@dataclass
+class ScriptRun:
+    """What one script call did."""
+
+    command: str
+    code: int
+    figures: list  # PNG paths it wrote, in order
+    seconds: float
+    errors: str  # what it printed on stderr
+
+
+def run_script(module, argv, log):
+    """Run a script's ``main`` in this process with its output captured into ``log``."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = module.main(argv)
+    seconds = time.perf_counter() - started
+    printed = stdout.getvalue()
+    # Progress bars rewrite their line with carriage returns: keep each line's final state.
+    errors = "\n".join(line.rsplit("\r", 1)[-1] for line in stderr.getvalue().splitlines())
+    command = f"python {module.__name__}.py {' '.join(argv)}"
+    log.write(f"$ {command}\n{printed}{errors}\n(exit code {code}, {seconds:.1f} s)\n\n")
+    figures = [line[len("wrote "):] for line in printed.splitlines()
+               if line.startswith("wrote ") and line.endswith(".png")]
+    return ScriptRun(command, code, figures, seconds, errors)
+
+
+def last_line(text):
+    """The last non-empty line of a script's stderr: its error message."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message (see log.txt)"
+
+
+def train_if_needed(args, checkpoint, log):
+    """Train into ``checkpoint`` (with per-epoch snapshots) when it is missing or --retrain.
+
+    Returns:
+        the seconds training took, or None when the checkpoint was used as it is.
+    """
+    if checkpoint.exists() and not args.retrain:
+        return None
+    argv = ["--dataset", args.dataset, "--arch", args.arch, "--data-dir", args.data_dir,
+            "--device", args.device, "--seed", str(args.seed), "--out", str(checkpoint),
+            "--save-every-epoch", "--no-progress"]
+    for flag, value in (("--epochs", args.epochs),
+                        ("--max-train-images", args.max_train_images)):
+        if value is not None:
+            argv += [flag, str(value)]
+    tqdm.write(f"training {args.arch} on {args.dataset} into {checkpoint}")
+    training = run_script(train_cnn, argv, log)
+    if training.code != 0:
+        raise UserError(f"training failed: {last_line(training.errors)}")
+    return training.seconds
+
+
+def run_section(section, context, common, out, log):
+    """Run one section's scripts into ``out/<section>``; a JSON-ready result."""
+    result = {"name": section.name, "figures": [], "seconds": 0.0, "failed": [],
+              "commands": []}
+    for module, argv in section.commands(context):
+        script = run_script(module, common + ["--out", str(out / section.name)] + argv, log)
+        result["commands"].append(script.command)
+        result["figures"] += [Path(f).relative_to(out).as_posix() for f in script.figures]
+        result["seconds"] += script.seconds
+        if script.code != 0:
+            result["failed"].append(last_line(script.errors))
+            tqdm.write(f"{section.name}: failed: {last_line(script.errors)}")
+    return result
+
+
+def build_report(args):
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    checkpoint_file = Path(args.checkpoint or default_checkpoint_path(args.dataset, args.arch))
+    out = Path(args.out or f"outputs/report_{args.dataset}_{args.arch}")
+    sections = [s for s in SECTIONS if args.methods is None or s.name in args.methods]
+    common = ["--checkpoint", str(checkpoint_file), "--data-dir", args.data_dir,
+              "--device", args.device, "--seed", str(args.seed)]
+    times, results = {}, []
+    with atomic_open(out / "log.txt") as raw_log:
+        log = io.TextIOWrapper(raw_log, encoding="utf-8")
+        progress = tqdm(total=len(sections) + 1, desc="report", unit="step")
+        trained = train_if_needed(args, checkpoint_file, log)
+        if trained is not None:
+            times["training"] = trained
+        expected = () if args.checkpoint else (args.dataset, args.arch)
+        model, info, checkpoint = load_model(checkpoint_file, device, *expected)
+        test_set = load_dataset(info.name, "test", args.data_dir)
+        gallery, _ = sample_test_images(model, test_set, GALLERY_SIZE, args.seed, device,
+                                        wrong_share=0.34)
+        context = ReportContext(gallery.tolist(), conv_layer_names(model), args.num_images)
+        title = f"{checkpoint['arch']} on {info.name}"
+        save_figure(train_cnn.plot_training_curve(checkpoint["history"], title),
+                    out / "training_curve.png")
+        progress.update()
+        for section in sections:
+            progress.set_postfix_str(section.name)
+            results.append(run_section(section, context, common, out, log))
+            times[section.name] = results[-1]["seconds"]
+            progress.update()
+        progress.close()
+        log.flush()
+        log.detach()  # atomic_open closes the file
+
+    evaluation = None
+    if any(s.name == "evaluation" for s in sections):
+        evaluation = read_json(out / "evaluation" / "evaluation.json")
+    summary = report_summary(args, device, info, checkpoint, checkpoint_file, context, times,
+                             results, evaluation)
+    save_json(summary, out / "summary.json")
+    with atomic_open(out / "index.html") as page:
+        page.write(render_html(summary, sections, results, evaluation).encode())
+    print(f"wrote {out / 'index.html'}, {out / 'summary.json'} and {out / 'log.txt'}")
+    print("seconds: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in times.items())
+          + f"; total {sum(times.values()):.1f}")
+    if any(result["failed"] for result in results):
+        raise UserError("some sections failed (see above and log.txt); the report marks them")
+
+
+def read_json(path):
+    """A JSON file's content, or None if it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def report_summary(args, device, info, checkpoint, checkpoint_file, context, times, results,
+                   evaluation):
+    """Everything needed to read and reproduce the report, JSON-ready."""
+    return {
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": "python visualize_all.py " + " ".join(sys.argv[1:]),
+        "git_commit": git_commit(), "versions": library_versions(),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})"
+                                 if device.type == "cuda" else ""),
+        "dataset": info.name, "arch": checkpoint["arch"], "checkpoint": str(checkpoint_file),
+        "test_accuracy": checkpoint["test_accuracy"], "epochs": checkpoint["epoch"],
+        "training_args": checkpoint.get("train_args"), "report_args": vars(args),
+        "seed": args.seed, "gallery_test_indices": context.gallery,
+        "seconds": times, "sections": results, "evaluation": evaluation,
+    }
+
+
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+.paper { color: #666; font-size: .9em; }
+.what { background: #f5f7fa; border-left: 4px solid #4a7bd0; padding: .5em .8em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .8em; color: #666; }
+table { border-collapse: collapse; font-size: .85em; }
+th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+tr.baseline td { color: #777; } .failed { color: #b00; }
+code, pre { font-size: .85em; background: #f5f5f5; }
+"""
+
+
+def render_html(summary, sections, results, evaluation):
+    """The report page: relative links only, readable offline."""
+    escape = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>cnn-viz report: {escape(summary['arch'])} on "
+             f"{escape(summary['dataset'])}</title><style>{PAGE_STYLE}</style></head><body>",
+             f"<h1>cnn-viz report: {escape(summary['arch'])} on "
+             f"{escape(summary['dataset'])}</h1>",
+             f"<p>Test accuracy <b>{100 * summary['test_accuracy']:.2f}%</b> after "
+             f"{summary['epochs']} epochs. Checkpoint <code>{escape(summary['checkpoint'])}"
+             f"</code>, device {escape(summary['device'])}, seed {summary['seed']}.</p>",
+             "<figure><img src='training_curve.png' alt='training curve'>"
+             "<figcaption>training curve: loss and accuracy per epoch</figcaption></figure>",
+             "<p>Sections: " + ", ".join(f"<a href='#{s.name}'>{escape(s.title)}</a>"
+                                         for s in sections) + "</p>"]
+    for section, result in zip(sections, results):
+        parts.append(f"<h2 id='{section.name}'>{escape(section.title)}</h2>"
+                     f"<p class='paper'>{escape(section.paper)} &middot; "
+                     f"{result['seconds']:.1f} s</p>"
+                     f"<p class='what'><b>What it shows:</b> {escape(section.shows)}<br>"
+                     f"<b>What to look for:</b> {escape(section.look_for)}</p>")
+        for failure in result["failed"]:
+            parts.append(f"<p class='failed'>This part failed: {escape(failure)}</p>")
+        if section.name == "evaluation" and evaluation is not None:
+            parts.append(evaluation_table(evaluation))
+        for figure in result["figures"]:
+            parts.append(f"<figure><img src='{escape(figure)}' alt='{escape(figure)}'>"
+                         f"<figcaption>{escape(figure)}</figcaption></figure>")
+        parts.append("<details><summary>commands</summary><pre>"
+                     + escape("\n".join(result["commands"])) + "</pre></details>")
+    reproduce = {key: summary[key] for key in ("command", "git_commit", "versions", "seed",
+                                               "training_args", "report_args")}
+    parts.append("<h2 id='reproduce'>Reproduce</h2><pre>"
+                 + escape(json.dumps(reproduce, indent=1)) + "</pre></body></html>")
+    return "\n".join(parts)
+
+
+def evaluation_table(evaluation):
+    """The method x metric table of evaluation.json as HTML, with a how-to-read row."""
+    headings, rows = evaluate_attributions.table_rows(evaluation["methods"],
+                                                      evaluation["scores"])
+    readings = evaluate_attributions.column_readings(evaluation["scores"])
+    lines = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headings) + "</tr>",
+             "<tr><td><i>read</i></td>" + "".join(f"<td><i>{html.escape(r)}</i></td>"
+                                                  for r in readings) + "</tr>"]
+    for row in rows:
+        baseline = " class='baseline'" if row[0] == evaluate_attributions.BASELINE else ""
+        lines.append(f"<tr{baseline}>" + "".join(f"<td>{html.escape(cell)}</td>"
+                                                 for cell in row) + "</tr>")
+    settings = evaluation["settings"]
+    note = (f"<p>{len(evaluation['test_indices'])} test images, target = {settings['target']};"
+            f" deletion and insertion in {settings['deletion_insertion_steps']} steps; "
+            f"randomization on {settings['sanity_images']} images; occlusion "
+            f"{settings['occlusion_patch']} px {settings['occlusion_baseline']} patch, stride "
+            f"{settings['occlusion_stride']}; CAM layer {settings['layer']}.</p>")
+    return "<table>" + "".join(lines) + "</table>" + note
+
+
+def get_args_parser():
+    parser = ArgumentParser(description=__doc__.split("\n")[0], parents=[common_parser()])
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint to report on (default: "
+                             "outputs/checkpoints/<dataset>_<arch>.pt, trained if missing)")
+    parser.add_argument("--out", default=None,
+                        help="report folder (default: outputs/report_<dataset>_<arch>)")
+    parser.add_argument("--methods", nargs="+", choices=SECTION_NAMES, default=None,
+                        help="sections to run (default: all)")
+    parser.add_argument("--num-images", type=positive_int, default=100,
+                        help="test images the evaluation scores (default: 100)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train anew even if the checkpoint exists (with snapshots)")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="epochs when training (default: the dataset's recipe)")
+    parser.add_argument("--max-train-images", type=positive_int, default=None,
+                        help="train on the first N training images only (quick runs)")
+    return parser
+
+
+def main(argv=None):
+    return run(build_report, get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
