@@ -39,7 +39,7 @@ from model.datasets import load_dataset
 from model.errors import UserError
 from model.evaluation import (area_under_curve, cascading_randomization,
                               deletion_insertion_curves, measure_cost, spearman)
-from model.heatmaps import DIVERGING_CMAP, normalize_maps
+from model.heatmaps import DIVERGING_CMAP, normalize_maps, plot_map_table
 from model.images import checkpoint_parser, load_method_model, sample_test_images
 from model.metrics import mass_inside, pointing_hits
 from model.runtime import save_json, seed_everything, write_figure
@@ -119,6 +119,8 @@ class Evaluation:
         scores: method -> {metric: value}, the table.
         stages: the layers randomized, top first (cumulative).
         randomization: method -> mean Spearman correlation with the original map per stage.
+        cascade: method -> (sanity images, 1 + stages, H, W) maps: the original, then after
+            each stage (Adebayo et al. 2018, Fig. 2).
         agreement: (M, M) mean Spearman correlation between methods' maps.
     """
 
@@ -128,6 +130,7 @@ class Evaluation:
     scores: dict
     stages: list
     randomization: dict
+    cascade: dict
     agreement: torch.Tensor
 
 
@@ -169,19 +172,23 @@ def evaluate(model, inputs, targets, methods, settings, masks=None, steps=16,
 
     few_inputs, few_targets = inputs[:sanity_images], targets[:sanity_images]
     stages, randomization = [], {method: [] for method in methods}
+    cascade = {method: [maps[method][:sanity_images].cpu()] for method in methods}
     for stage, randomized in cascading_randomization(model, settings.seed):
         stages.append(stage)
         for method in methods:
             changed = attribution_maps(method, randomized, few_inputs, few_targets, settings)
             correlation = spearman(changed, maps[method][:sanity_images]).mean()
             randomization[method].append(float(correlation))
+            cascade[method].append(changed.cpu())
+    cascade = {method: torch.stack(stages_maps, 1) for method, stages_maps in cascade.items()}
     for method in methods:
         scores[method]["randomized_top_layer"] = randomization[method][0]
         scores[method]["randomized_all_layers"] = randomization[method][-1]
 
     agreement = torch.tensor([[float(spearman(maps[a], maps[b]).mean()) for b in methods]
                               for a in methods])
-    return Evaluation(methods, maps, curves, scores, stages, randomization, agreement)
+    return Evaluation(methods, maps, curves, scores, stages, randomization, cascade,
+                      agreement)
 
 
 # Table columns: (metric key, heading, how to read it)
@@ -288,6 +295,13 @@ def plot_randomization(evaluation):
     return figure
 
 
+def plot_randomization_maps(image, evaluation, index, title):
+    """Image ``index``'s map by each method as the layers are randomized (Adebayo Fig. 2)."""
+    maps = torch.stack([evaluation.cascade[method][index] for method in evaluation.methods])
+    return plot_map_table(image, maps, evaluation.methods, ["original"] + evaluation.stages,
+                          f"{title}: maps as the weights are randomized, top layer first")
+
+
 def plot_agreement(evaluation):
     """The methods' mean rank correlation as a heatmap with the value in each cell."""
     count = len(evaluation.methods)
@@ -378,6 +392,12 @@ def evaluate_command(args):
               out / "evaluation.json")
     write_figure(plot_curves(evaluation), out / "deletion_insertion.png")
     write_figure(plot_randomization(evaluation), out / "randomization.png")
+    # The paper's example is a correct decision: show the first one among the checked images.
+    right = (labels[:args.sanity_images] == targets[:args.sanity_images].cpu()).nonzero()
+    shown = int(right[0, 0]) if len(right) else 0
+    image = info.denormalize(inputs[shown:shown + 1])[0]
+    write_figure(plot_randomization_maps(image, evaluation, shown, f"test_{int(indices[shown])}"),
+                 out / "randomization_maps.png")
     write_figure(plot_agreement(evaluation), out / "agreement.png")
     titles = [f"test_{i}\ntrue {info.classes[t]}, pred {info.classes[p]}"
               for i, t, p in zip(indices.tolist(), labels.tolist(), targets.tolist())]

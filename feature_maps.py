@@ -17,7 +17,6 @@
 import sys
 from pathlib import Path
 
-import matplotlib
 import torch
 from matplotlib.figure import Figure
 
@@ -26,7 +25,8 @@ from model.checkpoint import load_model, snapshot_path
 from model.cli import ArgumentParser, positive_int, run
 from model.datasets import load_dataset
 from model.engine import iterate_batches
-from model.heatmaps import DIVERGING_CMAP, HEATMAP_CMAP, frame, show_image
+from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, cell_centers, frame, grid_mosaic,
+                            normalize_maps, plot_map_table, show_image, show_mosaic)
 from model.images import checkpoint_path, method_parser, prepare_method
 from model.runtime import save_json, write_figure
 
@@ -103,42 +103,6 @@ def plot_first_layer(weights, title):
     return figure
 
 
-def grid_mosaic(cells, gap=1, label_gap=0):
-    """Lay (R, C, h, w) cells out as one 2-D array, NaN between them (drawn as white).
-
-    Each cell is preceded by ``gap`` columns on its left and ``gap + label_gap`` rows above it
-    (room for a label); one image instead of R x C subplots keeps drawing fast for 64 x 64
-    kernels or maps.
-    """
-    rows, columns, height, width = cells.shape
-    top = gap + label_gap
-    mosaic = torch.full((rows * (height + top) + gap, columns * (width + gap) + gap),
-                        float("nan"))
-    slots = mosaic[:rows * (height + top), :columns * (width + gap)]
-    slots = slots.unfold(0, height + top, height + top).unfold(1, width + gap, width + gap)
-    slots[:, :, top:, gap:] = cells  # slots is a view into the mosaic
-    return mosaic
-
-
-def cell_centers(index, size, step, offset):
-    """Mosaic coordinates of the centres of cells ``index`` of ``size`` pixels, ``step`` apart."""
-    return [offset + i * step + (size - 1) / 2 for i in index]
-
-
-def rescale_each(maps):
-    """Every (h, w) map to [0, 1] between its own minimum and maximum (a flat map gives 0)."""
-    flat = maps.flatten(-2)
-    low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
-    return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(maps)
-
-
-def show_mosaic(axis, mosaic, cmap, vmin, vmax):
-    """Draw a mosaic with its NaN gaps in white, pixels as blocks; returns the artist."""
-    colormap = matplotlib.colormaps[cmap].with_extremes(bad="white")
-    return axis.imshow(mosaic.numpy(), cmap=colormap, vmin=vmin, vmax=vmax,
-                       interpolation="nearest")
-
-
 def plot_kernel_grid(weights, title, max_filters=64, max_inputs=64):
     """Deeper-layer kernels: a row per filter, a column per input channel, one shared scale."""
     weights = weights[:max_filters, :max_inputs]
@@ -174,7 +138,7 @@ def plot_feature_maps(image, activation, title, columns=8):
     columns = min(columns, count)
     rows = -(-count // columns)
     cells = torch.full((rows * columns, height, width), float("nan"))
-    cells[:count] = rescale_each(activation.float().cpu())
+    cells[:count] = normalize_maps(activation.cpu())
     label_gap = max(2, height // 3)
     mosaic = grid_mosaic(cells.view(rows, columns, height, width), label_gap=label_gap)
     cell = 1.4  # inches per map
@@ -214,26 +178,9 @@ def plot_evolution(image, maps_by_epoch, layer, title, max_channels):
     epochs = list(maps_by_epoch)
     stacked = torch.stack([maps_by_epoch[epoch][:max_channels].float().cpu()
                            for epoch in epochs], 1)  # (channels, epochs, h, w)
-    channels, _, height, width = stacked.shape
-    mosaic = grid_mosaic(rescale_each(stacked))
-    cell = 1.1  # inches per map
-    figure = Figure(figsize=(cell * (len(epochs) + 1) + 0.8, cell * channels + 0.9))
-    image_axis, maps_axis = figure.subplots(1, 2, width_ratios=[1, len(epochs)])
-    show_image(image_axis, image, "input")
-    image_axis.set_anchor("N")  # beside the first row, not floating mid-height
-    maps_axis.set_anchor("NW")  # the channel labels next to their maps
-    show_mosaic(maps_axis, mosaic, HEATMAP_CMAP, 0.0, 1.0)
-    maps_axis.set_xticks(cell_centers(range(len(epochs)), width, width + 1, 1),
-                         [f"epoch {epoch}" for epoch in epochs], fontsize=8)
-    maps_axis.xaxis.tick_top()
-    maps_axis.set_yticks(cell_centers(range(channels), height, height + 1, 1),
-                         [f"ch {channel}" for channel in range(channels)], fontsize=7)
-    maps_axis.tick_params(length=0)
-    for side in maps_axis.spines.values():
-        side.set_visible(False)
-    figure.suptitle(f"{title}: {layer}")
-    figure.tight_layout()
-    return figure
+    return plot_map_table(image, normalize_maps(stacked.flatten(0, 1)).view_as(stacked),
+                          [f"ch {channel}" for channel in range(len(stacked))],
+                          [f"epoch {epoch}" for epoch in epochs], f"{title}: {layer}")
 
 
 def snapshot_epochs(checkpoint):

@@ -1,6 +1,6 @@
 """One command, one report folder: every method on one model, and how far to trust each map.
 
-    python visualize_all.py --dataset shapes                  # trains first if needed, ~2 min
+    python visualize_all.py --dataset shapes                  # trains first if needed, ~90 s
     python visualize_all.py --dataset shapes --methods cam occlusion evaluation
     python visualize_all.py --dataset mnist --arch simple --data-dir data --num-images 200
     python visualize_all.py --dataset shapes --retrain        # train anew, with snapshots

@@ -101,7 +101,7 @@ def average_ranks(values):
 
     (N, M) -> (N, M) float, the ranks Spearman's coefficient uses.
     """
-    values = values.float()
+    values = values.float().contiguous()  # slices of a cascade are strided
     ordered = values.sort(dim=1).values
     below = torch.searchsorted(ordered, values, side="left")  # entries smaller than each
     up_to = torch.searchsorted(ordered, values, side="right")  # entries not larger

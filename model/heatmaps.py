@@ -1,8 +1,10 @@
-"""Heatmap arithmetic and drawing shared by every method: normalization, resizing, overlays."""
+"""Heatmap arithmetic and drawing shared by every method: normalization, resizing, overlays,
+mosaics."""
 import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 
 EPSILON = 1e-8
 HEATMAP_CMAP = "inferno"  # perceptually uniform: equal steps of value look like equal steps
@@ -72,3 +74,57 @@ def class_colormap(num_classes):
     """A qualitative colormap with one distinct colour per class (tab10, or tab20 for more)."""
     base = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20"]
     return matplotlib.colors.ListedColormap([base(index) for index in range(num_classes)])
+
+
+def grid_mosaic(cells, gap=1, label_gap=0):
+    """Lay (R, C, h, w) cells out as one 2-D array, NaN between them (drawn as white).
+
+    Each cell is preceded by ``gap`` columns on its left and ``gap + label_gap`` rows above it
+    (room for a label); one image instead of R x C subplots keeps drawing fast for 64 x 64
+    kernels or maps.
+    """
+    rows, columns, height, width = cells.shape
+    top = gap + label_gap
+    mosaic = torch.full((rows * (height + top) + gap, columns * (width + gap) + gap),
+                        float("nan"))
+    slots = mosaic[:rows * (height + top), :columns * (width + gap)]
+    slots = slots.unfold(0, height + top, height + top).unfold(1, width + gap, width + gap)
+    slots[:, :, top:, gap:] = cells  # slots is a view into the mosaic
+    return mosaic
+
+
+def cell_centers(index, size, step, offset):
+    """Mosaic coordinates of the centres of cells ``index`` of ``size`` pixels, ``step`` apart."""
+    return [offset + i * step + (size - 1) / 2 for i in index]
+
+
+def show_mosaic(axis, mosaic, cmap, vmin, vmax):
+    """Draw a mosaic with its NaN gaps in white, pixels as blocks; returns the artist."""
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad="white")
+    return axis.imshow(mosaic.numpy(), cmap=colormap, vmin=vmin, vmax=vmax,
+                       interpolation="nearest")
+
+
+def plot_map_table(image, maps, row_labels, column_labels, title, cell=1.1):
+    """The input beside a table of (R, C, h, w) maps in [0, 1], rows and columns labelled.
+
+    One mosaic image rather than R x C subplots, so that a 16 x 10 table draws in a blink.
+    """
+    rows, columns, height, width = maps.shape
+    figure = Figure(figsize=(cell * (columns + 1) + 1.0, cell * rows + 0.9))
+    image_axis, maps_axis = figure.subplots(1, 2, width_ratios=[1, columns])
+    show_image(image_axis, image, "input")
+    image_axis.set_anchor("N")  # beside the first row, not floating mid-height
+    maps_axis.set_anchor("NW")  # the row labels next to their maps
+    show_mosaic(maps_axis, grid_mosaic(maps), HEATMAP_CMAP, 0.0, 1.0)
+    maps_axis.set_xticks(cell_centers(range(columns), width, width + 1, 1), column_labels,
+                         fontsize=8)
+    maps_axis.xaxis.tick_top()
+    maps_axis.set_yticks(cell_centers(range(rows), height, height + 1, 1), row_labels,
+                         fontsize=8)
+    maps_axis.tick_params(length=0)
+    for side in maps_axis.spines.values():
+        side.set_visible(False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -65,7 +65,7 @@ def test_unknown_layer_exits_2(trained_shapes_checkpoint, tmp_path):
 
 
 def test_grid_mosaic_places_every_cell_below_its_label_gap():
-    from feature_maps import grid_mosaic
+    from model.heatmaps import grid_mosaic
 
     weights = torch.randn(3, 4, 3, 3)
     for label_gap in (0, 2):
@@ -77,13 +77,3 @@ def test_grid_mosaic_places_every_cell_below_its_label_gap():
                 top, left = 1 + label_gap + step * row, 1 + 4 * column
                 assert torch.equal(mosaic[top:top + 3, left:left + 3], weights[row, column])
         assert torch.isnan(mosaic).sum() == mosaic.numel() - weights.numel()  # only the gaps
-
-
-def test_rescale_each_stretches_every_map_on_its_own():
-    from feature_maps import rescale_each
-
-    maps = torch.stack([torch.arange(4.0).view(2, 2), 10 + 5 * torch.arange(4.0).view(2, 2),
-                        torch.full((2, 2), 3.0)])
-    scaled = rescale_each(maps)
-    assert torch.allclose(scaled[0], scaled[1]) and torch.equal(scaled[2], torch.zeros(2, 2))
-    assert scaled[0].min() == 0 and scaled[0].max() == 1

@@ -9,6 +9,7 @@ import evaluate_attributions as ea
 import visualize_all
 from model.architectures import build_model
 from model.datasets import DATASET_INFO
+from model.evaluation import spearman
 
 METRICS = ("deletion_auc", "insertion_auc", "pointing", "mass_inside", "randomized_top_layer",
            "randomized_all_layers", "forward_passes_per_image", "backward_passes_per_image",
@@ -79,12 +80,22 @@ def test_evaluate_on_a_toy_net_counts_passes_and_flags_model_independent_maps():
     assert scores["gradcam"]["forward_passes_per_image"] == 1
     assert scores["gradcam"]["backward_passes_per_image"] == 1
     assert scores["scorecam"]["forward_passes_per_image"] == 1 + 64  # one per conv4 channel
+    assert scores["scorecam"]["backward_passes_per_image"] == 0  # no gradient needed
+    assert scores["cam"]["backward_passes_per_image"] == 0
     # CAM is Grad-CAM for a GAP + Linear head (Selvaraju et al. 2017, sec. 3.1).
     cam, gradcam = methods.index("cam"), methods.index("gradcam")
     assert result.agreement[cam, gradcam] > 0.999
     # The random map ignores the model: randomizing the weights cannot change it.
     assert result.randomization["random"] == [1.0] * 5
     assert result.randomization["saliency"][-1] < 0.9
+    # The cascade figure shows the very maps the correlations were computed from.
+    for method in methods:
+        cascade = result.cascade[method]
+        assert cascade.shape == (4, 1 + len(result.stages), 16, 16)
+        assert torch.equal(cascade[:, 0], result.maps[method][:4])
+        correlations = [float(spearman(cascade[:, stage], cascade[:, 0]).mean())
+                        for stage in range(1, cascade.shape[1])]
+        assert correlations == pytest.approx(result.randomization[method], abs=1e-6)
     assert all(torch.isfinite(m).all() and m.min() >= 0 and m.max() <= 1
                for m in result.maps.values())
     assert "| random |" in ea.markdown_table(result.methods, result.scores)
