@@ -17,6 +17,7 @@ import datetime
 import html
 import io
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -191,9 +192,9 @@ def run_script(module, argv, log):
 
 
 def last_line(text):
-    """The last non-empty line of a script's stderr: its error message."""
+    """The last non-empty line of a script's stderr: its error message, without "error: "."""
     lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no message (see log.txt)"
+    return lines[-1].removeprefix("error: ") if lines else "no message (see log.txt)"
 
 
 def train_if_needed(args, checkpoint, log):
@@ -242,9 +243,10 @@ def build_report(args):
     common = ["--checkpoint", str(checkpoint_file), "--data-dir", args.data_dir,
               "--device", args.device, "--seed", str(args.seed)]
     times, results = {}, []
-    with atomic_open(out / "log.txt") as raw_log:
+    # The bar is closed on any error too, so that the error is the terminal's last line.
+    with (atomic_open(out / "log.txt") as raw_log,
+          tqdm(total=len(sections) + 1, desc="report", unit="step") as progress):
         log = io.TextIOWrapper(raw_log, encoding="utf-8")
-        progress = tqdm(total=len(sections) + 1, desc="report", unit="step")
         trained = train_if_needed(args, checkpoint_file, log)
         if trained is not None:
             times["training"] = trained
@@ -263,7 +265,6 @@ def build_report(args):
             results.append(run_section(section, context, common, out, log))
             times[section.name] = results[-1]["seconds"]
             progress.update()
-        progress.close()
         log.flush()
         log.detach()  # atomic_open closes the file
 
@@ -295,7 +296,7 @@ def report_summary(args, device, info, checkpoint, checkpoint_file, context, tim
     """Everything needed to read and reproduce the report, JSON-ready."""
     return {
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": "python visualize_all.py " + " ".join(sys.argv[1:]),
+        "command": args.command,
         "git_commit": git_commit(), "versions": library_versions(),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})"
                                  if device.type == "cuda" else ""),
@@ -402,7 +403,10 @@ def get_args_parser():
 
 
 def main(argv=None):
-    return run(build_report, get_args_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = get_args_parser().parse_args(argv)
+    args.command = " ".join(["python visualize_all.py", *map(shlex.quote, argv)])
+    return run(build_report, args)
 
 
 if __name__ == "__main__":

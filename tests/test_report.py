@@ -1,9 +1,12 @@
 """visualize_all.py end to end on a tiny shapes model, and evaluate_attributions.py's core."""
 import json
 import re
+import sys
+from urllib.error import URLError
 
 import pytest
 import torch
+import torchvision.datasets
 
 import evaluate_attributions as ea
 import visualize_all
@@ -52,6 +55,7 @@ def test_summary_holds_every_metric_and_what_reproduces_the_run(report):
                 "test_accuracy", "gallery_test_indices"):
         assert key in summary
     assert not any(section["failed"] for section in summary["sections"])
+    assert summary["command"].startswith("python visualize_all.py --dataset shapes --checkpoint")
 
 
 def test_methods_selects_sections(report, tmp_path):
@@ -99,3 +103,54 @@ def test_evaluate_on_a_toy_net_counts_passes_and_flags_model_independent_maps():
     assert all(torch.isfinite(m).all() and m.min() >= 0 and m.max() <= 1
                for m in result.maps.values())
     assert "| random |" in ea.markdown_table(result.methods, result.scores)
+
+
+def test_evaluation_is_reproducible_on_the_cpu():
+    info = DATASET_INFO["shapes"]
+    settings = ea.Settings(info, "conv4", patch=4, stride=4, seed=5)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model("vgg", 3, 6, 16).eval()
+        inputs, targets = torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2])
+        runs.append(ea.evaluate(model, inputs, targets, list(ea.ATTRIBUTIONS), settings,
+                                steps=4, sanity_images=3))
+    first, second = runs
+    for method in ea.ATTRIBUTIONS:
+        assert torch.equal(first.maps[method], second.maps[method]), method
+        assert torch.equal(first.cascade[method], second.cascade[method]), method
+        for mode in ("deletion", "insertion"):
+            assert torch.equal(first.curves[method][mode], second.curves[method][mode])
+    assert torch.equal(first.agreement, second.agreement)
+
+
+def test_a_failing_section_is_marked_and_the_others_are_still_written(report, tmp_path,
+                                                                       monkeypatch, capsys):
+    def broken(argv):
+        print("error: the occlusion went wrong", file=sys.stderr)
+        return 2
+
+    monkeypatch.setattr(visualize_all.occlusion_sensitivity, "main", broken)
+    code = visualize_all.main(["--checkpoint", str(report.parent / "tiny.pt"), "--methods",
+                               "occlusion", "cam", "--out", str(tmp_path)])
+    assert code == 2
+    last = [line for line in capsys.readouterr().err.splitlines() if line.strip()][-1]
+    assert last.startswith("error: some sections failed")
+    page = (tmp_path / "index.html").read_text()
+    assert "This part failed: the occlusion went wrong" in page
+    assert list((tmp_path / "cam").glob("*.png"))
+
+
+def test_a_failed_training_is_one_line_after_the_progress_bar(tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    code = visualize_all.main(["--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
+                               "--checkpoint", str(tmp_path / "m.pt"), "--out",
+                               str(tmp_path / "report")])
+    assert code == 2
+    err = capsys.readouterr().err
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith("error: training failed: mnist: the download failed")
+    assert "Traceback" not in err and not (tmp_path / "m.pt").exists()
