@@ -321,10 +321,18 @@ def plot_agreement(evaluation):
     return figure
 
 
-def plot_maps(images, evaluation, titles, count=4):
-    """The first ``count`` evaluated images with every method's map."""
-    maps = {method: evaluation.maps[method][:count] for method in evaluation.methods}
-    return plot_cam_grid(images[:count], maps, titles[:count])
+def plot_maps(images, evaluation, titles, rows):
+    """Every method's map of the evaluated images ``rows`` (indices into the batch)."""
+    maps = {method: evaluation.maps[method][rows] for method in evaluation.methods}
+    return plot_cam_grid(images[rows], maps, [titles[row] for row in rows])
+
+
+def mixed_rows(labels, predictions, count=4):
+    """``count`` image rows: up to half misclassified, the rest correct (more wrong ones only
+    where too few are right)."""
+    wrong = (labels != predictions).nonzero()[:, 0].tolist()
+    right = (labels == predictions).nonzero()[:, 0].tolist()
+    return (wrong[:count // 2] + right + wrong[count // 2:])[:count]
 
 
 def summary(evaluation, settings, steps, sanity_images, indices):
@@ -393,15 +401,16 @@ def evaluate_command(args):
     write_figure(plot_curves(evaluation), out / "deletion_insertion.png")
     write_figure(plot_randomization(evaluation), out / "randomization.png")
     # The paper's example is a correct decision: show the first one among the checked images.
-    right = (labels[:args.sanity_images] == targets[:args.sanity_images].cpu()).nonzero()
-    shown = int(right[0, 0]) if len(right) else 0
+    shown = mixed_rows(labels[:args.sanity_images], targets[:args.sanity_images].cpu(),
+                       count=1)[0]
     image = info.denormalize(inputs[shown:shown + 1])[0]
     write_figure(plot_randomization_maps(image, evaluation, shown, f"test_{int(indices[shown])}"),
                  out / "randomization_maps.png")
     write_figure(plot_agreement(evaluation), out / "agreement.png")
     titles = [f"test_{i}\ntrue {info.classes[t]}, pred {info.classes[p]}"
               for i, t, p in zip(indices.tolist(), labels.tolist(), targets.tolist())]
-    write_figure(plot_maps(info.denormalize(inputs), evaluation, titles), out / "maps.png")
+    rows = mixed_rows(labels, targets.cpu())
+    write_figure(plot_maps(info.denormalize(inputs), evaluation, titles, rows), out / "maps.png")
     print(f"{len(inputs)} {info.name} test images, target = predicted class")
     print(markdown_table(evaluation.methods, evaluation.scores))
 

@@ -154,3 +154,11 @@ def test_a_failed_training_is_one_line_after_the_progress_bar(tmp_path, monkeypa
     last = [line for line in err.splitlines() if line.strip()][-1]
     assert last.startswith("error: training failed: mnist: the download failed")
     assert "Traceback" not in err and not (tmp_path / "m.pt").exists()
+
+
+def test_mixed_rows_shows_both_kinds_of_decision():
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    predictions = torch.tensor([1, 2, 3, 3, 4, 5])  # rows 0-2 wrong, 3-5 right
+    assert ea.mixed_rows(labels, predictions) == [0, 1, 3, 4]
+    assert ea.mixed_rows(labels, predictions, count=1) == [3]
+    assert ea.mixed_rows(labels, labels + 1, count=2) == [0, 1]  # none right
