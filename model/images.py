@@ -229,13 +229,15 @@ def resolve_targets(spec, info, logits, labels):
 
 
 @torch.no_grad()
+@torch.no_grad()
 def sample_test_images(model, test_set, count, seed, device, wrong_share=0.25,
                        batch_size=512):
-    """A fixed, seeded sample of test images that mixes right and wrong decisions.
+    """A fixed, seeded sample of test images that mixes right and wrong decisions and classes.
 
     Up to ``wrong_share`` of the ``count`` images are misclassified ones (as many as the model
-    makes), the rest correctly classified; each group is drawn at random with ``seed`` from the
-    whole split, so several classes appear. Misclassified images come first.
+    makes), the rest correctly classified. Each group is drawn at random with ``seed`` and then
+    taken class by class in turn (one image of every class, then a second of every class, ...),
+    so that as many classes as possible appear. Misclassified images come first.
 
     Returns:
         (indices (count,) int64, predictions (count,) int64), on the CPU.
@@ -246,7 +248,18 @@ def sample_test_images(model, test_set, count, seed, device, wrong_share=0.25,
     count = min(count, len(test_set))
     wrong = (predictions != test_set.labels).nonzero()[:, 0]
     right = (predictions == test_set.labels).nonzero()[:, 0]
-    wrong = wrong[torch.randperm(len(wrong), generator=generator)][:int(wrong_share * count)]
-    right = right[torch.randperm(len(right), generator=generator)][:count - len(wrong)]
+    wrong = _classes_in_turn(wrong, test_set.labels, generator)[:int(wrong_share * count)]
+    right = _classes_in_turn(right, test_set.labels, generator)[:count - len(wrong)]
     indices = torch.cat([wrong, right])
     return indices, predictions[indices]
+
+
+def _classes_in_turn(indices, labels, generator):
+    """``indices`` shuffled, then reordered so that classes take turns (a stable sort by how
+    many of the same class came before)."""
+    shuffled = indices[torch.randperm(len(indices), generator=generator)]
+    if not len(shuffled):
+        return shuffled
+    one_hot = torch.nn.functional.one_hot(labels[shuffled])
+    turn = (one_hot.cumsum(0) * one_hot).sum(1)  # 1 for a class's first image, 2 for its second
+    return shuffled[torch.sort(turn, stable=True).indices]

@@ -78,3 +78,37 @@ def test_normalized_maps_are_finite_in_unit_range_even_when_constant():
     assert torch.isfinite(normalized).all()
     assert normalized.min() >= 0 and normalized.max() <= 1
     assert (normalized[:2] == 0).all() and normalized[2].max() == pytest.approx(1.0)
+
+
+class PixelOracle(torch.nn.Module):
+    """Predicts the class written in the image's first pixel value (0-5)."""
+
+    def __init__(self, info):
+        super().__init__()
+        self.info = info
+
+    def forward(self, inputs):
+        value = self.info.denormalize(inputs)[:, 0, 0, 0].mul(255).round().long()
+        return torch.nn.functional.one_hot(value, 6).float()
+
+
+def test_sample_test_images_mixes_wrong_and_right_decisions_and_every_class():
+    from model.datasets import DATASET_INFO, ImageDataset
+    from model.images import sample_test_images
+
+    labels = torch.arange(60) % 6
+    predicted = labels.clone()
+    predicted[:12] = (labels[:12] + 1) % 6  # the first 12 images are misclassified
+    images = predicted.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).to(torch.uint8)
+    dataset = ImageDataset(DATASET_INFO["shapes"], images, labels)
+    oracle = PixelOracle(dataset.info)
+
+    def sample(seed):
+        return sample_test_images(oracle, dataset, 12, seed, "cpu", wrong_share=0.5)
+
+    indices, predictions = sample(0)
+    assert torch.equal(predictions, predicted[indices])
+    assert (indices[:6] < 12).all() and (indices[6:] >= 12).all()  # wrong first, then right
+    assert set(labels[indices[:6]].tolist()) == set(range(6))  # every class among the wrong
+    assert set(labels[indices[6:]].tolist()) == set(range(6))  # and among the right
+    assert torch.equal(sample(0)[0], indices) and not torch.equal(sample(1)[0], indices)
