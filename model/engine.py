@@ -178,7 +178,6 @@ def _check_finite_weights(model, epoch):
                                         f"epoch {epoch}; try a smaller --lr")
 
 
-@torch.no_grad()
 def fast_layout(images):
     """``images`` stored channels-last (same values, other memory order).
 
@@ -189,6 +188,7 @@ def fast_layout(images):
     return images.contiguous(memory_format=torch.channels_last)
 
 
+@torch.no_grad()
 def evaluate(model, dataset, device, batch_size=512):
     """Mean cross-entropy and accuracy of ``model`` on ``dataset``.
 

@@ -229,7 +229,6 @@ def resolve_targets(spec, info, logits, labels):
 
 
 @torch.no_grad()
-@torch.no_grad()
 def sample_test_images(model, test_set, count, seed, device, wrong_share=0.25,
                        batch_size=512):
     """A fixed, seeded sample of test images that mixes right and wrong decisions and classes.

@@ -127,3 +127,17 @@ def test_out_that_is_a_folder_is_refused_in_one_line(tmp_path, capsys):
     assert code == 2
     lines = stderr_lines(capsys.readouterr())
     assert len(lines) == 1 and "cannot write" in lines[0]
+
+
+def test_test_split_passes_build_no_autograd_graph(shapes_test_split):
+    from model.architectures import build_model
+    from model.images import sample_test_images
+
+    net = build_model("simple", 3, 6, 32).eval()
+    grad_seen = []
+    net.register_forward_hook(lambda module, inputs, output: grad_seen.append(
+        torch.is_grad_enabled()))
+    small = shapes_test_split.subset(64)
+    model.engine.evaluate(net, small, "cpu")
+    sample_test_images(net, small, 8, seed=0, device="cpu")
+    assert grad_seen and not any(grad_seen)
