@@ -185,11 +185,11 @@ def _heap_reader():
 
     CPU tensors live in the C heap; glibc's ``mallinfo2`` counts its bytes in use (small
     blocks plus mmapped large ones), which, unlike resident memory, falls again when a tensor
-    is freed. Elsewhere (macOS, musl) fall back to resident memory from /proc, or 0.
+    is freed. Elsewhere (macOS, musl, Windows) fall back to resident memory from /proc, or 0.
     """
     try:
         mallinfo2 = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return _resident_bytes
     mallinfo2.restype = _MallInfo2
 
