@@ -146,6 +146,7 @@ def plot_feature_maps(image, activation, title, columns=8):
                              + 0.7))
     image_axis, maps_axis = figure.subplots(1, 2, width_ratios=[1, columns])
     show_image(image_axis, image, "input")
+    image_axis.set_anchor("N")  # beside the first row, not floating mid-height
     show_mosaic(maps_axis, mosaic, HEATMAP_CMAP, 0.0, 1.0)
     maps_axis.axis("off")
     for channel, peak in enumerate(activation.flatten(1).amax(1).tolist()):
