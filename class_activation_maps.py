@@ -35,7 +35,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 
 from deconvnet import compute_input_gradient
 from model.architectures import conv_layer_names, get_layer, split_at
@@ -45,6 +44,7 @@ from model.engine import fast_layout, iterate_batches
 from model.errors import UserError
 from model.heatmaps import normalize_maps, resize_maps, show_image, show_overlay
 from model.images import method_parser, prepare_method, resolve_targets
+from model.plotting import Figure
 from model.runtime import write_figure
 
 EPSILON = 1e-7
@@ -120,7 +120,7 @@ def score_weights(model, inputs, activations, targets, batch_size, channels=None
     chosen = channels.shape[1]
     image_index = torch.arange(count, device=inputs.device).repeat_interleave(chosen)
     flat_channels = channels.flatten()
-    scores = torch.empty(count * chosen, device=inputs.device)
+    scores = torch.empty(count * chosen, dtype=activations.dtype, device=inputs.device)
     size = inputs.shape[-1]
     for start in range(0, count * chosen, batch_size):
         part = slice(start, start + batch_size)
@@ -129,7 +129,7 @@ def score_weights(model, inputs, activations, targets, batch_size, channels=None
         masked = inputs[image_index[part]] * masks[:, None]
         probabilities = torch.softmax(model(fast_layout(masked)), 1)
         scores[part] = probabilities.gather(1, targets[image_index[part], None])[:, 0]
-    weights = torch.zeros(count, total_channels, device=inputs.device)
+    weights = torch.zeros(count, total_channels, dtype=activations.dtype, device=inputs.device)
     weights.scatter_(1, channels, scores.view(count, chosen))
     return weights
 
@@ -143,7 +143,8 @@ def ablation_weights(head, activations, logits, targets, batch_size):
     count, channels = activations.shape[:2]
     image_index = torch.arange(count, device=activations.device).repeat_interleave(channels)
     channel_index = torch.arange(channels, device=activations.device).repeat(count)
-    ablated_scores = torch.empty(count * channels, device=activations.device)
+    ablated_scores = torch.empty(count * channels, dtype=activations.dtype,
+                                 device=activations.device)
     for start in range(0, count * channels, batch_size):
         part = slice(start, start + batch_size)
         ablated = activations[image_index[part]].clone()
@@ -230,7 +231,7 @@ def cam_weights(head, targets):
         raise UserError("cam needs the chosen layer to feed global average pooling and one "
                         "Linear layer (the last conv layer of --arch vgg); use gradcam, its "
                         "generalization, for other layers and nets")
-    return head[-1].weight[targets]
+    return head[-1].weight[targets].detach()  # (N, K); maps carry no autograd history
 
 
 def compute_cam(model, inputs, targets, method, layer, *, batch_size=256, max_channels=16,

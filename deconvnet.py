@@ -25,20 +25,20 @@ where f_l is the ReLU's input on the forward pass.
 A conv layer name (``--layer conv3``) means the output of its whole block: conv, BatchNorm and
 ReLU, the rectified feature maps the paper projects.
 """
+import itertools
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
-from model.architectures import conv_layer_names, split_at
+from model.architectures import conv_layer_names, layer_names, split_at
 from model.cli import ArgumentParser, non_negative_int, positive_int, run
 from model.errors import UserError
 from model.heatmaps import HEATMAP_CMAP, frame, show_image
 from model.images import method_parser, prepare_method
+from model.plotting import Figure, Rectangle
 from model.receptive_field import receptive_field
 from model.runtime import write_figure
 
@@ -52,10 +52,16 @@ def activation_layers(model, name):
     A conv layer name extends to the BatchNorm and ReLU right after it (``split_at``).
 
     Raises:
-        UserError: unknown name, or a layer outside the convolutional part of the net.
+        UserError: unknown name, a layer outside the convolutional part of the net, or one
+            above a layer the mirror cannot invert (global average pooling).
     """
     stack = list(split_at(model, name)[0])
-    assert all(isinstance(module, _MIRRORABLE) for module in stack), "unmirrorable layer"
+    if not all(isinstance(module, _MIRRORABLE) for module in stack):
+        mirrorable = [layer for layer, _ in zip(layer_names(model), itertools.takewhile(
+            lambda module: isinstance(module, _MIRRORABLE), model.children()))]
+        raise UserError(f"layer '{name}' cannot be projected back to pixels: the DeconvNet "
+                        "mirrors conv, BatchNorm, ReLU and max-pool layers only; choose one "
+                        f"of: {', '.join(mirrorable)}")
     return stack
 
 
@@ -146,7 +152,8 @@ def compute_projections(model, inputs, layer, channels, rule="deconvnet", whole_
         -1, -1, *activation.shape[2:]))  # (N, J, h, w)
     kept = selected if whole_map else _keep_maximum(selected)
     # One mirror pass for all (image, channel) pairs: repeat each image's records J times.
-    signal = torch.zeros(count, chosen, *activation.shape[1:], device=inputs.device)
+    signal = torch.zeros(count, chosen, *activation.shape[1:], dtype=activation.dtype,
+                         device=inputs.device)
     signal.scatter_(2, channels[:, :, None, None, None].expand(-1, -1, 1, *kept.shape[2:]),
                     kept[:, :, None])  # (N, J, K, h, w)
     repeated = [_repeat(record, chosen) for record in records]

@@ -26,9 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import torch
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from class_activation_maps import cam_applies, compute_cam, plot_cam_grid
@@ -42,6 +40,7 @@ from model.evaluation import (area_under_curve, cascading_randomization,
 from model.heatmaps import DIVERGING_CMAP, normalize_maps, plot_map_table
 from model.images import checkpoint_parser, load_method_model, sample_test_images
 from model.metrics import mass_inside, pointing_hits
+from model.plotting import Figure, matplotlib
 from model.runtime import save_json, seed_everything, write_figure
 from occlusion_sensitivity import baseline_images, compute_occlusion
 

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
 
 from model.architectures import block_end, conv_layer_names, get_layer, layer_names, split_at
 from model.checkpoint import load_model, snapshot_path
@@ -28,6 +27,7 @@ from model.engine import iterate_batches
 from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, cell_centers, frame, grid_mosaic,
                             normalize_maps, plot_map_table, show_image, show_mosaic)
 from model.images import checkpoint_path, method_parser, prepare_method
+from model.plotting import Figure
 from model.runtime import save_json, write_figure
 
 VIEWS = ("filters", "maps", "dead", "evolution")

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from max_activation_search import parse_channels, search_top_activations
@@ -43,6 +42,7 @@ from model.filters import gaussian_blur
 from model.datasets import load_dataset
 from model.heatmaps import show_image
 from model.images import checkpoint_parser, load_method_model
+from model.plotting import Figure
 from model.runtime import seed_everything, write_figure
 
 # Colour correlation of natural images (the square root of their RGB covariance), as used by
@@ -79,13 +79,13 @@ def _random_start(shape, init, generator):
 class PixelImage:
     """Direct parameterization: the normalized image itself, clipped to the valid range."""
 
-    def __init__(self, count, info, init, generator, device):
+    def __init__(self, count, info, init, generator, device, dtype=torch.float32):
         shape = (count, info.channels, info.image_size, info.image_size)
         start = _random_start(shape, init, generator)
-        self.low = info.normalize(torch.zeros(1, info.channels, 1, 1, device=device))
-        self.high = info.normalize(torch.ones(1, info.channels, 1, 1, device=device))
+        self.low = info.normalize(torch.zeros(1, info.channels, 1, 1, device=device, dtype=dtype))
+        self.high = info.normalize(torch.ones(1, info.channels, 1, 1, device=device, dtype=dtype))
         # "zero" is the zero of the normalized input, the dataset's mean image.
-        self.parameters = [start.to(device).requires_grad_(True)]
+        self.parameters = [start.to(device, dtype).requires_grad_(True)]
 
     def image(self):
         """The normalized (N, C, H, W) input."""
@@ -105,17 +105,17 @@ class FourierImage:
     """Olah et al. 2017: a Fourier spectrum scaled by 1/f, colours decorrelated, a sigmoid
     keeping pixels in (0, 1). Blur and clipping are unnecessary and do nothing."""
 
-    def __init__(self, count, info, init, generator, device, decay=1.0):
+    def __init__(self, count, info, init, generator, device, dtype=torch.float32, decay=1.0):
         size = info.image_size
         fy = torch.fft.fftfreq(size)[:, None]
         fx = torch.fft.rfftfreq(size)[None, :]
         frequency = torch.sqrt(fx ** 2 + fy ** 2)
         floor = torch.tensor(1.0 / size)  # the constant term gets the lowest frequency's scale
-        self.scale = (1.0 / torch.maximum(frequency, floor) ** decay).to(device)
+        self.scale = (1.0 / torch.maximum(frequency, floor) ** decay).to(device, dtype)
         shape = (count, info.channels, size, size // 2 + 1, 2)
         # A zero spectrum is a mid-gray image.
         spectrum = _random_start(shape, init, generator)
-        self.parameters = [spectrum.to(device).requires_grad_(True)]
+        self.parameters = [spectrum.to(device, dtype).requires_grad_(True)]
         self.info, self.size = info, size
 
     def image(self):
@@ -185,10 +185,10 @@ def gradient_ascent(model, info, units, *, layer=None, neuron=False, param="pixe
         images (N, C, H, W) in [0, 1] and the objective values reached (N,).
     """
     generator = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
+    weight = next(model.parameters())  # the images follow the model's device and dtype
     kind = PixelImage if param == "pixel" else FourierImage
-    parameterization = kind(len(units), info, init, generator, device)
-    objective = objective_function(model, layer, units.to(device), neuron)
+    parameterization = kind(len(units), info, init, generator, weight.device, weight.dtype)
+    objective = objective_function(model, layer, units.to(weight.device), neuron)
     optimizer = torch.optim.Adam(parameterization.parameters, lr=lr)
     polish_from = steps - round(polish * steps)
     for step in tqdm(range(steps), disable=not progress, desc="gradient ascent", unit="step"):

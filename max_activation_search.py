@@ -22,8 +22,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from tqdm import tqdm
 
 from deconvnet import compute_projections, projection_display
@@ -35,6 +33,7 @@ from model.errors import UserError
 from model.heatmaps import frame, show_image
 from model.receptive_field import receptive_field
 from model.images import checkpoint_parser, checkpoint_path, load_method_model
+from model.plotting import Figure, Rectangle
 from model.runtime import save_json, seed_everything, write_figure
 
 MAX_SHOWN = 16  # images per channel in the figures: a figure of k subplots grows with k
@@ -58,11 +57,11 @@ class TopActivations:
     channel_max: torch.Tensor
 
     @classmethod
-    def empty(cls, channels, k, device):
-        return cls(torch.full((channels, k), -torch.inf, device=device),
+    def empty(cls, channels, k, device, dtype=torch.float32):
+        return cls(torch.full((channels, k), -torch.inf, dtype=dtype, device=device),
                    torch.full((channels, k), -1, dtype=torch.int64, device=device),
                    torch.zeros(channels, k, 2, dtype=torch.int64, device=device),
-                   torch.full((channels,), -torch.inf, device=device))
+                   torch.full((channels,), -torch.inf, dtype=dtype, device=device))
 
     def merge(self, activations, first_index, score="max"):
         """Fold one batch of activations (B, K, h, w), dataset indices first_index.., in.
@@ -114,14 +113,17 @@ class TopActivations:
 def layer_function(model, layer):
     """The function from inputs to the layer's activations as (N, K, h, w).
 
-    ``fc`` (the last Linear layer) gives the class scores as (N, classes, 1, 1).
+    ``fc`` (the last Linear layer) gives the class scores as (N, classes, 1, 1). The inputs
+    are cast to the model's dtype (normalized images are float32; a test net may be float64).
     """
+    dtype = next(model.parameters()).dtype
     if isinstance(get_layer(model, layer), nn.Linear):
         if layer != list(dict(model.named_children()))[-1]:
             raise UserError(f"--layer {layer}: only the final Linear layer (the classes) or a "
                             "layer of the convolutional part can be searched")
-        return lambda inputs: model(inputs)[:, :, None, None]
-    return split_at(model, layer)[0]
+        return lambda inputs: model(inputs.to(dtype))[:, :, None, None]
+    body = split_at(model, layer)[0]
+    return lambda inputs: body(inputs.to(dtype))
 
 
 @torch.no_grad()
@@ -146,7 +148,8 @@ def search_top_activations(model, dataset, layer, k=9, score="max", batch_size=2
                           desc=f"scanning {layer}", unit="batch"):
         activations = function(inputs)
         if result is None:
-            result = TopActivations.empty(activations.shape[1], k, activations.device)
+            result = TopActivations.empty(activations.shape[1], k, activations.device,
+                                          activations.dtype)
         result.merge(activations, seen, score)
         seen += len(inputs)
     result.locate_maxima(function, dataset, device)

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
 
 from model.cli import ArgumentParser, positive_int, run
 from model.engine import fast_layout
@@ -27,6 +25,7 @@ from model.filters import gaussian_blur
 from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, class_colormap, frame, show_image,
                             show_overlay)
 from model.images import method_parser, prepare_method, resolve_targets
+from model.plotting import Figure, Patch, Rectangle
 from model.runtime import write_figure
 
 
@@ -126,7 +125,7 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
 
     base = torch.softmax(model(inputs), dim=1)
     base_probability = base.gather(1, targets[:, None])[:, 0]
-    probability = torch.empty(count * positions, device=inputs.device)
+    probability = torch.empty(count * positions, dtype=base.dtype, device=inputs.device)
     top_class = torch.empty(count * positions, dtype=torch.int64, device=inputs.device)
     for start in range(0, count * positions, batch_size):
         flat = torch.arange(start, min(start + batch_size, count * positions),
@@ -141,8 +140,8 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     probability, top_class = probability.view(grid), top_class.view(grid)
     drop = base_probability[:, None, None] - probability
     # Each pixel's mean drop over the windows that cover it (captum's per-pixel averaging).
-    coverage = windows.float().sum(0)  # (H, W)
-    summed = torch.einsum("np,phw->nhw", drop.flatten(1), windows.float())
+    coverage = windows.to(drop.dtype).sum(0)  # (H, W)
+    summed = torch.einsum("np,phw->nhw", drop.flatten(1), windows.to(drop.dtype))
     pixel_drop = summed / coverage.clamp_min(1.0)
     return OcclusionResult(probability, drop, top_class, base_probability, pixel_drop,
                            tops, lefts)

@@ -15,18 +15,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from model.architectures import build_model
 from model.checkpoint import (check_destination, curve_path, default_checkpoint_path,
-                              load_checkpoint, save_checkpoint, snapshot_path)
+                              load_model, save_checkpoint, snapshot_path)
 from model.cli import (ArgumentParser, common_parser, non_negative_float, positive_float,
                        positive_int, run)
 from model.datasets import load_dataset
 from model.engine import RECIPES, TrainingDivergedError, fit, make_optimizer
 from model.errors import UserError
-from model.runtime import check_writable_file, resolve_device, save_figure, seed_everything
+from model.plotting import Figure
+from model.runtime import (check_name_length, check_writable_file, resolve_device, save_figure,
+                           seed_everything)
 
 
 def get_args_parser():
@@ -46,25 +47,33 @@ def get_args_parser():
     parser.add_argument("--out", default=None,
                         help="checkpoint path (default: outputs/checkpoints/<dataset>_<arch>.pt)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the checkpoint at --out")
+                        help="continue from the checkpoint at --out, with its stored settings "
+                             "(epochs, batch size, lr, weight decay, augmentation, seed, "
+                             "max train images) for every option not given")
     parser.add_argument("--save-every-epoch", action="store_true",
                         help="also keep a snapshot per epoch in <out stem>_epochs/ "
                              "(for feature evolution during training)")
     parser.add_argument("--max-train-images", type=positive_int, default=None,
                         help="train on the first N training images only (quick runs)")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
+    parser.set_defaults(seed=None)  # 0, or the resumed checkpoint's seed (apply_recipe)
     return parser
 
 
-def apply_recipe(args):
-    """Fill every training option left unset with the dataset's recipe."""
+RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "augment")
+
+
+def apply_recipe(args, stored=None):
+    """Fill every training option left unset: from ``stored`` (the ``train_args`` of the
+    checkpoint being resumed, so that a resumed run continues the same schedule), else from
+    the dataset's recipe (seed 0, every training image)."""
     recipe = RECIPES[(args.dataset, args.arch)]
-    for field in ("epochs", "batch_size", "lr", "weight_decay", "augment"):
+    defaults = {**{field: getattr(recipe, field) for field in RECIPE_FIELDS},
+                "seed": 0, "max_train_images": None}
+    for field, default in defaults.items():
         if getattr(args, field) is None:
-            setattr(args, field, getattr(recipe, field))
+            setattr(args, field, (stored or {}).get(field, default))
     args.vgg_plan = recipe.vgg_plan
-    if args.out is None:
-        args.out = str(default_checkpoint_path(args.dataset, args.arch))
 
 
 def plot_training_curve(history, title):
@@ -105,15 +114,22 @@ def restore(checkpoint, args, model_args, model, optimizer):
 
 
 def train(args):
-    apply_recipe(args)
+    if args.out is None:
+        args.out = str(default_checkpoint_path(args.dataset, args.arch))
     device = resolve_device(args.device)
     # Check the destination before any work: --resume needs a usable checkpoint there, and a
     # new run may only replace a checkpoint of the same dataset and arch.
     if args.resume:
         check_writable_file(args.out)
-        resumed = load_checkpoint(args.out, args.dataset, args.arch)
+        resumed = load_model(args.out, "cpu", args.dataset, args.arch)[2]  # validated whole
+        apply_recipe(args, resumed.get("train_args"))
     else:
         check_destination(args.out, args.dataset, args.arch)
+        apply_recipe(args)
+    # The files written beside the checkpoint need their names to fit too.
+    check_name_length(curve_path(args.out), "--out (its training curve)")
+    if args.save_every_epoch:
+        check_name_length(snapshot_path(args.out, args.epochs), "--out (its snapshots)")
     seed_everything(args.seed)
     train_set = load_dataset(args.dataset, "train", args.data_dir).subset(args.max_train_images)
     test_set = load_dataset(args.dataset, "test", args.data_dir)

@@ -36,8 +36,9 @@ import max_activation_search
 import occlusion_sensitivity
 import train_cnn
 from model.architectures import conv_layer_names
-from model.checkpoint import default_checkpoint_path, library_versions, load_model
-from model.cli import ArgumentParser, common_parser, positive_int, run
+from model.checkpoint import (CheckpointError, default_checkpoint_path, library_versions,
+                              load_checkpoint, load_model)
+from model.cli import ArgumentParser, Terminated, common_parser, positive_int, run
 from model.datasets import load_dataset
 from model.errors import UserError
 from model.images import sample_test_images
@@ -174,8 +175,16 @@ class ScriptRun:
     errors: str  # what it printed on stderr
 
 
+INTERRUPTED, TERMINATED = 130, 143  # the exit codes of model.cli.run after Ctrl-C, SIGTERM
+
+
 def run_script(module, argv, log):
-    """Run a script's ``main`` in this process with its output captured into ``log``."""
+    """Run a script's ``main`` in this process with its output captured into ``log``.
+
+    Raises:
+        KeyboardInterrupt (or ``Terminated``): the script was stopped by Ctrl-C (SIGTERM), so
+            the report stops too, at once; the message is the script's last line.
+    """
     stdout, stderr = io.StringIO(), io.StringIO()
     started = time.perf_counter()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -186,6 +195,10 @@ def run_script(module, argv, log):
     errors = "\n".join(line.rsplit("\r", 1)[-1] for line in stderr.getvalue().splitlines())
     command = f"python {module.__name__}.py {' '.join(argv)}"
     log.write(f"$ {command}\n{printed}{errors}\n(exit code {code}, {seconds:.1f} s)\n\n")
+    if code == INTERRUPTED:
+        raise KeyboardInterrupt(last_line(errors))
+    if code == TERMINATED:
+        raise Terminated("SIGTERM", last_line(errors).split(" (terminated by")[0])
     figures = [line[len("wrote "):] for line in printed.splitlines()
                if line.startswith("wrote ") and line.endswith(".png")]
     return ScriptRun(command, code, figures, seconds, errors)
@@ -197,23 +210,48 @@ def last_line(text):
     return lines[-1].removeprefix("error: ") if lines else "no message (see log.txt)"
 
 
+def unfinished(checkpoint):
+    """Whether ``checkpoint`` is a training run stopped before its last epoch (Ctrl-C)."""
+    try:
+        stored = load_checkpoint(checkpoint)
+    except CheckpointError:
+        return False  # loading it for the report says what is wrong with it
+    return stored["epoch"] < (stored.get("epochs") or 0)
+
+
 def train_if_needed(args, checkpoint, log):
-    """Train into ``checkpoint`` (with per-epoch snapshots) when it is missing or --retrain.
+    """Train into ``checkpoint`` (with per-epoch snapshots) when it is missing or --retrain,
+    and finish the training of an interrupted run.
 
     Returns:
         the seconds training took, or None when the checkpoint was used as it is.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C during training, with a message that says how to continue.
     """
-    if checkpoint.exists() and not args.retrain:
+    resume = not args.retrain and checkpoint.exists() and unfinished(checkpoint)
+    if checkpoint.exists() and not args.retrain and not resume:
         return None
     argv = ["--dataset", args.dataset, "--arch", args.arch, "--data-dir", args.data_dir,
             "--device", args.device, "--seed", str(args.seed), "--out", str(checkpoint),
-            "--save-every-epoch", "--no-progress"]
+            "--save-every-epoch", "--no-progress"] + (["--resume"] if resume else [])
     for flag, value in (("--epochs", args.epochs),
                         ("--max-train-images", args.max_train_images)):
         if value is not None:
             argv += [flag, str(value)]
-    tqdm.write(f"training {args.arch} on {args.dataset} into {checkpoint}")
-    training = run_script(train_cnn, argv, log)
+    verb = "continuing the interrupted training of" if resume else "training"
+    tqdm.write(f"{verb} {args.arch} on {args.dataset} into {checkpoint}")
+    try:
+        training = run_script(train_cnn, argv, log)
+    except KeyboardInterrupt as stop:
+        again = ("rerun without --retrain to continue it" if args.retrain
+                 else "run the same command again to continue it")
+        note = (f"interrupted during training: {checkpoint} keeps the last finished epoch; "
+                f"{again}" if checkpoint.is_file() else
+                "interrupted during training, before its first epoch ended: nothing was "
+                "saved")
+        stop.args = (note,)
+        raise
     if training.code != 0:
         raise UserError(f"training failed: {last_line(training.errors)}")
     return training.seconds
@@ -242,7 +280,7 @@ def build_report(args):
     sections = [s for s in SECTIONS if args.methods is None or s.name in args.methods]
     common = ["--checkpoint", str(checkpoint_file), "--data-dir", args.data_dir,
               "--device", args.device, "--seed", str(args.seed)]
-    times, results = {}, []
+    times, results, stopped = {}, [], None
     # The bar is closed on any error too, so that the error is the terminal's last line.
     with (atomic_open(out / "log.txt") as raw_log,
           tqdm(total=len(sections) + 1, desc="report", unit="step") as progress):
@@ -262,23 +300,37 @@ def build_report(args):
         progress.update()
         for section in sections:
             progress.set_postfix_str(section.name)
-            results.append(run_section(section, context, common, out, log))
+            try:
+                results.append(run_section(section, context, common, out, log))
+            except KeyboardInterrupt as stop:  # keep what is finished, say what is not
+                stopped = (section, stop)
+                log.write(f"stopped during {section.name}: {stop}\n")
+                break
             times[section.name] = results[-1]["seconds"]
             progress.update()
         log.flush()
         log.detach()  # atomic_open closes the file
 
+    finished = sections[:len(results)]
     evaluation = None
-    if any(s.name == "evaluation" for s in sections):
+    if any(s.name == "evaluation" for s in finished):
         evaluation = read_json(out / "evaluation" / "evaluation.json")
     summary = report_summary(args, device, info, checkpoint, checkpoint_file, context, times,
                              results, evaluation)
+    if stopped:
+        summary["interrupted_during"] = stopped[0].name
     save_json(summary, out / "summary.json")
     with atomic_open(out / "index.html") as page:
-        page.write(render_html(summary, sections, results, evaluation).encode())
+        page.write(render_html(summary, finished, results, evaluation).encode())
     print(f"wrote {out / 'index.html'}, {out / 'summary.json'} and {out / 'log.txt'}")
     print("seconds: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in times.items())
           + f"; total {sum(times.values()):.1f}")
+    if stopped:
+        section, stop = stopped
+        stop.args = (f"interrupted during {section.name}: {out / 'index.html'} shows the "
+                     f"{len(results)} finished section(s) and says so; run the same command "
+                     "again for the whole report",)
+        raise stop
     if any(result["failed"] for result in results):
         raise UserError("some sections failed (see above and log.txt); the report marks them")
 
@@ -339,6 +391,11 @@ def render_html(summary, sections, results, evaluation):
              "<figcaption>training curve: loss and accuracy per epoch</figcaption></figure>",
              "<p>Sections: " + ", ".join(f"<a href='#{s.name}'>{escape(s.title)}</a>"
                                          for s in sections) + "</p>"]
+    if summary.get("interrupted_during"):
+        parts.append(f"<p class='failed'><b>This run was interrupted</b> (Ctrl-C or a signal) "
+                     f"during the section {escape(summary['interrupted_during'])}: it and the "
+                     "sections after it are missing from this page. Run the same command "
+                     "again for the whole report.</p>")
     for section, result in zip(sections, results):
         parts.append(f"<h2 id='{section.name}'>{escape(section.title)}</h2>"
                      f"<p class='paper'>{escape(section.paper)} &middot; "

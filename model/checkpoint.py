@@ -19,11 +19,12 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from .architectures import build_model
 from .datasets import DatasetInfo
 from .errors import UserError
-from .runtime import atomic_open, check_writable_file
+from .runtime import atomic_open, check_name_length, check_writable_file, os_reason
 
 FORMAT = "cnn-viz-checkpoint"
 FORMAT_VERSION = 1
@@ -105,6 +106,7 @@ def load_checkpoint(path, dataset=None, arch=None):
             unreadable, not a cnn-viz checkpoint, or for another dataset or architecture.
     """
     path = Path(path)
+    check_name_length(path, f"checkpoint {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
@@ -112,6 +114,8 @@ def load_checkpoint(path, dataset=None, arch=None):
                               f"{train_command(dataset, arch, path)}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_reason(path, error)}") from None
     except Exception as error:  # zip, pickle, EOF and unsafe-global errors all mean "unusable"
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated or "
                               f"not written by torch.save): {_load_failure(error)}") from None
@@ -170,7 +174,35 @@ def model_from_checkpoint(checkpoint, device="cpu", source="the checkpoint"):
     except (RuntimeError, TypeError) as error:
         raise CheckpointError(f"{source}: checkpoint weights do not fit its architecture: "
                               f"{' '.join(str(error).split())[:240]}") from None
+    _check_dataset_fits(model, checkpoint["model_args"], info, source)
     return model.to(device).eval(), info
+
+
+def _check_dataset_fits(model, model_args, info, source):
+    """Refuse a checkpoint whose dataset description disagrees with its network: images would
+    be read with the wrong channels or size, or classes named wrongly.
+
+    Raises:
+        CheckpointError: the first disagreement, with both numbers.
+    """
+    first_conv = next(module for module in model.modules() if isinstance(module, nn.Conv2d))
+    outputs = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+    problems = [
+        (info.channels != first_conv.in_channels,
+         f"{info.channels} channel(s), but its first conv layer takes {first_conv.in_channels}"),
+        (len(info.mean) != info.channels or len(info.std) != info.channels,
+         f"{info.channels} channel(s), but {len(info.mean)} normalization mean(s) and "
+         f"{len(info.std)} std(s)"),
+        (len(info.classes) != outputs.out_features,
+         f"{len(info.classes)} class names, but the network has {outputs.out_features} "
+         "outputs"),
+        (info.image_size != model_args["image_size"],
+         f"{info.image_size} px images, but its model_args say {model_args['image_size']}"),
+    ]
+    for wrong, description in problems:
+        if wrong:
+            raise CheckpointError(f"{source} is inconsistent: its dataset has {description}; "
+                                  "it cannot be used")
 
 
 def load_model(path, device="cpu", dataset=None, arch=None):

@@ -2,15 +2,23 @@
 
 Every script follows the same contract: problems with the user's input raise :class:`UserError`,
 and :func:`run` turns them, and any unexpected exception, into one line on stderr and exit code
-2 (a traceback only with ``--debug``); Ctrl-C prints one line and exits 130. Argument errors
-found by argparse follow the same rule.
+2 (a traceback only with ``--debug``); Ctrl-C prints one line and exits 130, SIGTERM (and
+SIGHUP) exits 143 after the same clean-up. Argument errors found by argparse follow the same
+rule.
 """
 import argparse
+import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 from .architectures import ARCHITECTURES
 from .datasets import DATASETS
 from .errors import UserError
+from .runtime import os_reason
+
+MAX_SEED = 2**32 - 1  # NumPy's limit; torch and Python accept it too
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -52,6 +60,14 @@ def non_negative_float(text):
     return value
 
 
+def seed_int(text):
+    """argparse type: an integer in 0..2**32-1, the range every random generator accepts."""
+    value = _parse(int, text, "an integer")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED}, got {text}")
+    return value
+
+
 def _parse(kind, text, description):
     try:
         return kind(text)
@@ -72,28 +88,65 @@ def common_parser():
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N; auto picks CUDA when present "
                              "(default: auto)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
+    parser.add_argument("--seed", type=seed_int, default=0,
                         help="seed for every random source (default: 0)")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback instead of a one-line error")
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that the same clean-up runs (temporary files
+    removed, the last good checkpoint kept)."""
+
+    def __init__(self, signal_name, note=""):
+        super().__init__(note)
+        self.signal_name = signal_name
+
+
+@contextmanager
+def terminate_like_ctrl_c():
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(number, frame):
+        raise Terminated(signal.Signals(number).name)
+
+    numbers = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {number: signal.signal(number, stop) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def run(command, args, interrupted=None):
     """Call ``command(args)`` and turn every way it can fail into one line on stderr.
 
     Returns 0 on success; 2 after a :class:`UserError` or any other exception, printed as one
-    line (with ``--debug`` the exception propagates with its traceback); 130 after Ctrl-C,
-    printing ``interrupted()`` when given. Outputs are written atomically
-    (``model.runtime.atomic_open``), so a failure or Ctrl-C never leaves a half-written file.
+    line (with ``--debug`` the exception propagates with its traceback); 130 after Ctrl-C and
+    143 after SIGTERM or SIGHUP, printing the interruption's own message if it was raised with
+    one, else ``interrupted()`` when given, else "interrupted". Outputs are written
+    atomically (``model.runtime.atomic_open``), so a failure, Ctrl-C or SIGTERM never leaves a
+    half-written or temporary file.
     """
     try:
-        command(args)
-    except KeyboardInterrupt:
+        with terminate_like_ctrl_c():
+            command(args)
+    except KeyboardInterrupt as stop:
         if args.debug:
             raise
-        print(f"\n{interrupted() if interrupted else 'interrupted'}", file=sys.stderr)
-        return 130
+        note = str(stop) or (interrupted() if interrupted else "interrupted")
+        if isinstance(stop, Terminated):
+            note = f"{note} (terminated by {stop.signal_name})"
+        print(f"\n{note}", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): stop like SIGPIPE
+        _silence_stdout()
+        return 141
     except Exception as error:  # noqa: BLE001 -- the CLI boundary: no traceback for users
         if args.debug:
             raise
@@ -102,12 +155,23 @@ def run(command, args, interrupted=None):
     return 0
 
 
+def _silence_stdout():
+    """Point stdout at the null device, so that Python's final flush into the closed pipe
+    prints no "Exception ignored" message."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no real file (tests, IDEs)
+        pass
+
+
 def describe_error(error):
     """One line for an exception: a :class:`UserError`'s own message, else what went wrong."""
     if isinstance(error, UserError):
         return " ".join(str(error).split())
     if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
         return "out of memory; try a smaller --batch-size or fewer images"
+    if isinstance(error, OSError) and error.filename:  # the file system said no
+        return f"{error.filename}: {os_reason(error.filename, error)}"
     lines = str(error).strip().splitlines()
     detail = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
     return f"unexpected {detail} (rerun with --debug for the traceback)"

@@ -8,6 +8,7 @@ and normalized (and augmented) on the device in one step each, without a per-ima
 transform pipeline.
 """
 import functools
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -15,6 +16,8 @@ from urllib.error import URLError
 import torch
 
 from . import shapes
+from .dataset_files import (DELETE_ADVICE, DamagedDatasetError, check_labels,
+                            check_mnist_split, damaged_cifar_files)
 from .errors import UserError
 
 DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10")
@@ -126,6 +129,46 @@ def _torchvision_arrays(name, root, train):
     return data.data.unsqueeze(1).contiguous(), data.targets.to(torch.int64)
 
 
+def _read_checked(name, root, train):
+    """:func:`_torchvision_arrays` with the files checked first (``model.dataset_files``), so
+    that a damaged or mismatched file is named instead of read wrongly or re-downloaded.
+
+    Raises:
+        DamagedDatasetError: a file is there but truncated, altered or mismatched.
+        RuntimeError: torchvision's "Dataset not found" (files missing).
+    """
+    info = DATASET_INFO[name]
+    folder, _ = expected_files(name, root)
+    if name == "cifar10":
+        try:
+            images, labels = _torchvision_arrays(name, root, train)
+        except RuntimeError:  # missing, or a file whose MD5 sum differs
+            import torchvision.datasets as tvd
+
+            damaged = damaged_cifar_files(folder, tvd.CIFAR10.train_list + tvd.CIFAR10.test_list)
+            if damaged:
+                raise DamagedDatasetError(
+                    f"{folder / damaged[0]} is damaged: its MD5 sum differs from the published "
+                    f"file's (truncated or altered)"
+                    + (f", and so do {', '.join(damaged[1:])}" if damaged[1:] else "")
+                    + f"; {DELETE_ADVICE}") from None
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as error:
+            raise DamagedDatasetError(f"a CIFAR-10 file in {folder} cannot be read "
+                                      f"({type(error).__name__}: {_one_line(error)}); "
+                                      f"{DELETE_ADVICE}") from None
+        check_labels(labels, len(info.classes), folder)
+        return images, labels
+    prefix = "train" if train else "t10k"
+    images_file, labels_file = (folder / f"{prefix}-images-idx3-ubyte",
+                                folder / f"{prefix}-labels-idx1-ubyte")
+    if images_file.is_file() and labels_file.is_file():
+        check_mnist_split(images_file, labels_file, info.image_size)
+    images, labels = _torchvision_arrays(name, root, train)
+    check_labels(labels, len(info.classes), labels_file)
+    return images, labels
+
+
 def _download(name, root):
     import torchvision.datasets as tvd
 
@@ -160,6 +203,7 @@ def load_dataset(name, split, data_dir="data", download=True):
     Raises:
         DatasetUnavailableError: the files are missing and could not be downloaded; the
             message names the folder and files torchvision expects and suggests ``shapes``.
+        DamagedDatasetError: a file is there but damaged or mismatched; the message names it.
     """
     if name not in DATASET_INFO:
         raise UserError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
@@ -170,13 +214,15 @@ def load_dataset(name, split, data_dir="data", download=True):
         return ImageDataset(info, *_shapes_split(split))
     train = split == "train"
     try:
-        images, labels = _torchvision_arrays(name, data_dir, train)
-    except RuntimeError as missing:  # torchvision's "Dataset not found or corrupted"
+        images, labels = _read_checked(name, data_dir, train)
+    except RuntimeError as missing:  # torchvision's "Dataset not found"
         reason = str(missing).split(".")[0].lower()
         if download:
             try:
                 _download(name, data_dir)
-                images, labels = _torchvision_arrays(name, data_dir, train)
+                images, labels = _read_checked(name, data_dir, train)
+            except DamagedDatasetError:
+                raise
             except Exception as error:  # URLError, OSError, RuntimeError: all mean "no data"
                 reason = _download_failure(error, data_dir)
             else:

@@ -79,7 +79,7 @@ def deletion_insertion_curves(model, inputs, targets, maps, mode, steps=16, subs
     changed = torch.linspace(0, pixels, steps + 1, device=inputs.device).round().long()
     start, end = (inputs, substrate) if mode == "deletion" else (substrate, inputs)
 
-    curves = torch.empty(count * (steps + 1), device=inputs.device)
+    curves = torch.empty(count * (steps + 1), dtype=inputs.dtype, device=inputs.device)
     for first in range(0, len(curves), batch_size):
         flat = torch.arange(first, min(first + batch_size, len(curves)), device=inputs.device)
         image, step = flat // (steps + 1), flat % (steps + 1)

@@ -1,14 +1,19 @@
 """Heatmap arithmetic and drawing shared by every method: normalization, resizing, overlays,
 mosaics."""
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
+
+from .plotting import Figure, matplotlib
 
 EPSILON = 1e-8
 HEATMAP_CMAP = "inferno"  # perceptually uniform: equal steps of value look like equal steps
 DIVERGING_CMAP = "RdBu_r"
+
+
+def _as_float(maps):
+    """float32, or float64 when the maps already are (bool, integer and half maps: float32)."""
+    return maps.to(torch.promote_types(maps.dtype, torch.float32))
 
 
 def normalize_maps(maps):
@@ -17,9 +22,10 @@ def normalize_maps(maps):
     Args:
         maps: (N, ...) any number of trailing dimensions.
     Returns:
-        same shape, finite, in [0, 1] (NaN and Inf inputs are treated as 0).
+        same shape, float32 (float64 for float64 maps), finite, in [0, 1] (NaN and Inf
+        inputs are treated as 0).
     """
-    maps = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    maps = torch.nan_to_num(_as_float(maps), nan=0.0, posinf=0.0, neginf=0.0)
     flat = maps.flatten(1)
     low = flat.min(1, keepdim=True).values
     span = flat.max(1, keepdim=True).values - low
@@ -29,7 +35,7 @@ def normalize_maps(maps):
 def resize_maps(maps, size, mode="bilinear"):
     """Resize (N, h, w) maps to (N, size, size); ``mode`` is ``bilinear`` or ``nearest``."""
     extra = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(maps[:, None].float(), size=(size, size), mode=mode, **extra)[:, 0]
+    return F.interpolate(_as_float(maps)[:, None], size=(size, size), mode=mode, **extra)[:, 0]
 
 
 def to_display(image):

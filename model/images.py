@@ -4,6 +4,7 @@ Shared by every method script: ``method_parser`` adds the flags, ``load_method_m
 loads the checkpoint, ``select_inputs`` turns ``--index``/``--image`` into a normalized batch,
 and ``resolve_targets`` turns ``--target`` into one class index per image.
 """
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from .errors import UserError
 from .runtime import prepare_output_folder, resolve_device, seed_everything
 
 MAX_IMAGE_PIXELS = 50_000_000  # larger files are refused rather than decoded
+MAX_NAME_PART = 40  # characters kept of each file or folder name in an image's output name
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a camera held the picture
 DEFAULT_DATASET, DEFAULT_ARCH = "shapes", "vgg"
 
 
@@ -109,7 +112,7 @@ def select_inputs(args, info, device):
     if args.image:
         images = torch.stack([load_image_file(path, info) for path in args.image])
         labels = torch.full((len(images),), -1, dtype=torch.int64)
-        names = [Path(path).stem for path in args.image]
+        names = image_names(args.image)
         return Selection(info.normalize(images.to(device)), labels.to(device), names)
     test_set = load_dataset(info.name, "test", args.data_dir)
     for index in args.index:
@@ -123,13 +126,49 @@ def select_inputs(args, info, device):
                      masks)
 
 
+def image_names(paths):
+    """A distinct short name per image file, for figure titles and output file names.
+
+    The name is the file's stem (``cats/1.jpg`` -> ``1``). Where stems clash, just enough of
+    the folders above is put in front to tell the files apart (``cats/1.jpg`` and
+    ``dogs/1.jpg`` -> ``cats_1`` and ``dogs_1``), and files of one folder that differ only in
+    their extension keep it (``x_png``, ``x_jpg``); the same file named twice gets ``_2``.
+    Each part is cut to ``MAX_NAME_PART`` characters, so that output names stay within the
+    file system's limit.
+    """
+    files = [Path(os.path.abspath(path)) for path in paths]
+
+    def folders(file):
+        return [part[:MAX_NAME_PART] for part in file.parts[1:-1]]
+
+    def name(file):
+        stem, mine = file.stem[:MAX_NAME_PART], folders(file)
+        rivals = {other for other in files if other != file and other.stem == file.stem}
+        elsewhere = [folders(other) for other in rivals if folders(other) != mine]
+        depth = next((d for d in range(len(mine) + 1)
+                      if all(chain[len(chain) - d:] != mine[len(mine) - d:]
+                             for chain in elsewhere)), len(mine))
+        parts = mine[len(mine) - depth:] + [stem]
+        if len(elsewhere) < len(rivals):  # a rival in the same folder: only the suffix differs
+            parts.append(file.suffix.lstrip(".")[:MAX_NAME_PART])
+        return "_".join(parts)
+
+    names, counts = [], {}
+    for file in files:  # number repeats (the same file twice, or a name that happens to clash)
+        text = name(file)
+        counts[text] = counts.get(text, 0) + 1
+        names.append(text if counts[text] == 1 else f"{text}_{counts[text]}")
+    return names
+
+
 def load_image_file(path, info):
     """Read an image file as uint8 (C, H, W) in the model's channels and size.
 
-    Colour is converted to grayscale for 1-channel models and grayscale (or a palette, alpha
-    or 16-bit image) to RGB for 3-channel ones; another size is resized (bilinear,
-    antialiased). A note on stderr says so. Files over ``MAX_IMAGE_PIXELS`` are refused before
-    they are decoded.
+    A photo stored sideways with an EXIF orientation tag (as phones do) is first turned
+    upright. Colour is converted to grayscale for 1-channel models and grayscale (or a
+    palette, alpha or 16-bit image) to RGB for 3-channel ones; another size is resized
+    (bilinear, antialiased). A note on stderr says so. Files over ``MAX_IMAGE_PIXELS`` are
+    refused before they are decoded.
     """
     from PIL import Image
 
@@ -159,6 +198,8 @@ def _open_image(path):
             image = Image.open(path)
     except FileNotFoundError:
         raise UserError(f"--image {path}: no such file") from None
+    except PermissionError:
+        raise UserError(f"--image {path}: cannot read it (permission denied)") from None
     except Image.DecompressionBombError:
         raise UserError(f"--image {path}: larger than {limit}; shrink it first") from None
     except (UnidentifiedImageError, OSError) as error:
@@ -172,9 +213,15 @@ def _open_image(path):
 
 
 def _decode(path, image, mode):
-    """Decode an opened image into ``mode``; a UserError for a truncated or broken file."""
+    """Decode an opened image, upright (EXIF orientation applied), into ``mode``; a UserError
+    for a truncated or broken file."""
+    from PIL import ImageOps
+
     try:
-        return image.convert(mode)
+        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            print(f"note: turned {path} upright as its EXIF orientation tag says",
+                  file=sys.stderr)
+        return ImageOps.exif_transpose(image).convert(mode)
     except (OSError, ValueError, SyntaxError) as error:
         raise UserError(f"--image {path}: not a readable image ({error})") from None
 

@@ -7,14 +7,20 @@ Helpers: ``cli`` runs a script in-process and returns (exit code, stderr lines);
 """
 import copy
 import dataclasses
+import errno
 import hashlib
 import json
+import os
+import pickle
+import stat
+import struct
 import subprocess
 import sys
 import time
 from urllib.error import URLError
 
 import matplotlib.figure
+import numpy as np
 import pytest
 import torch
 import torchvision.datasets
@@ -26,6 +32,8 @@ import evaluate_attributions
 import feature_maps
 import gradient_ascent
 import max_activation_search
+import model.checkpoint
+import model.cli
 import model.datasets
 import model.images
 import model.runtime
@@ -491,7 +499,7 @@ def break_loading(monkeypatch, exception):
         raise exception
 
     monkeypatch.setattr(model.images, "load_model", fail)
-    monkeypatch.setattr(train_cnn, "apply_recipe", fail)
+    monkeypatch.setattr(train_cnn, "resolve_device", fail)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -618,3 +626,504 @@ def test_an_interrupted_png_write_leaves_the_old_file_and_no_half_file(
     for name in SCRIPTS:
         source = (ROOT / f"{name}.py").read_text()
         assert ".savefig(" not in source and "open(" not in source, name
+
+
+# --- Interruptions and signals ----------------------------------------------------------------
+
+def test_ctrl_c_in_the_report_stops_at_once_and_keeps_the_finished_sections(
+        trained_shapes_checkpoint, tmp_path, monkeypatch, capsys):
+    import visualize_all
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(class_activation_maps, "prepare_method", ctrl_c)
+    out = tmp_path / "report"
+    code = visualize_all.main(["--checkpoint", str(trained_shapes_checkpoint), "--methods",
+                               "occlusion", "cam", "feature_maps", "--out", str(out)])
+    assert code == 130
+    last = stderr_lines(capsys.readouterr())[-1]
+    assert last.startswith("interrupted during cam:") and "run the same command again" in last
+    assert list((out / "occlusion").glob("*.png"))  # finished before Ctrl-C
+    assert not (out / "feature_maps").exists()  # never started
+    page = (out / "index.html").read_text()
+    assert "This run was interrupted" in page and "id='occlusion'" in page
+    assert "id='feature_maps'" not in page
+    assert json.loads((out / "summary.json").read_text())["interrupted_during"] == "cam"
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_ctrl_c_in_the_report_training_says_how_to_continue_and_the_rerun_resumes(
+        straight_run, tmp_path, monkeypatch, capsys):
+    import model.engine
+    import visualize_all
+
+    schedule = model.engine.learning_rate_at
+
+    def ctrl_c_in_epoch_two(step, *args, **kwargs):
+        if step == 256 // 64 + 2:
+            raise KeyboardInterrupt
+        return schedule(step, *args, **kwargs)
+
+    checkpoint = tmp_path / "report.pt"
+    argv = ["--dataset", "shapes", "--arch", "simple", "--checkpoint", str(checkpoint),
+            "--epochs", "2", "--max-train-images", "256", "--methods", "occlusion",
+            "--out", str(tmp_path / "report")]
+    monkeypatch.setattr(model.engine, "learning_rate_at", ctrl_c_in_epoch_two)
+    assert visualize_all.main(argv) == 130
+    last = stderr_lines(capsys.readouterr())[-1]
+    assert last == (f"interrupted during training: {checkpoint} keeps the last finished epoch; "
+                    "run the same command again to continue it")
+    assert load_checkpoint(checkpoint)["epoch"] == 1
+    assert not (tmp_path / "report" / "index.html").exists()
+    monkeypatch.undo()
+    assert visualize_all.main(argv) == 0  # continues the training, then writes the report
+    resumed, straight = load_checkpoint(checkpoint), load_checkpoint(straight_run)
+    assert resumed["epoch"] == 2
+    for key, value in straight["model_state"].items():  # same machine: the same arithmetic
+        assert torch.equal(resumed["model_state"][key], value), key
+
+
+HANG_WHILE_SAVING_EPOCH_TWO = """
+import pathlib, runpy, sys, time
+import model.checkpoint as checkpoint
+marker = pathlib.Path(sys.argv[1])
+real_save = checkpoint.torch.save
+def slow_save(data, file):
+    if data["epoch"] == 2:
+        file.write(b"half a checkpoint")
+        marker.touch()
+        time.sleep(600)
+    real_save(data, file)
+checkpoint.torch.save = slow_save
+sys.argv = ["train_cnn.py"] + sys.argv[2:]
+runpy.run_path("train_cnn.py", run_name="__main__")
+"""
+
+
+def test_sigterm_while_saving_cleans_up_like_ctrl_c(tmp_path):
+    """A real process sent SIGTERM in the middle of writing its checkpoint."""
+    out, marker = tmp_path / "run.pt", tmp_path / "saving"
+    process = subprocess.Popen(
+        [sys.executable, "-c", HANG_WHILE_SAVING_EPOCH_TWO, str(marker), *TRAIN_QUICK,
+         "--epochs", "2", "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "training never reached the second save"
+            time.sleep(0.2)
+        process.terminate()  # SIGTERM
+        code = process.wait(timeout=60)
+        lines = [line for line in process.stderr.read().splitlines() if line.strip()]
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert code == 143
+    assert lines[-1] == (f"interrupted: {out} keeps the last finished epoch; continue with "
+                         "--resume (terminated by SIGTERM)")
+    assert load_checkpoint(out)["epoch"] == 1
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+def test_resume_continues_with_the_stored_settings(straight_run, tmp_path, capsys):
+    """--resume alone (no --epochs, --lr, --seed, ...) continues the interrupted schedule."""
+    out = tmp_path / "resumed.pt"
+    out.write_bytes(snapshot_path(straight_run, 1).read_bytes())
+    code, lines = cli("train_cnn", ["--arch", "simple", "--resume", "--no-progress",
+                                    "--out", out], capsys)
+    assert code == 0, lines
+    resumed, straight = load_checkpoint(out), load_checkpoint(straight_run)
+    assert resumed["epoch"] == 2 and resumed["train_args"]["max_train_images"] == 256
+    for key, value in straight["model_state"].items():
+        assert torch.equal(resumed["model_state"][key], value), key
+
+
+# --- Image files: names, orientation ----------------------------------------------------------
+
+def test_images_with_the_same_name_in_two_folders_get_distinct_outputs(
+        trained_shapes_checkpoint, tmp_path, capsys):
+    colours = {"cats": (200, 30, 30), "dogs": (30, 30, 200)}
+    for folder, colour in colours.items():
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (32, 32), colour).save(tmp_path / folder / "1.png")
+    out = tmp_path / "out"
+    code, lines = cli("occlusion_sensitivity", [
+        "--checkpoint", trained_shapes_checkpoint, "--stride", "8", "--out", out,
+        "--image", tmp_path / "cats" / "1.png", tmp_path / "dogs" / "1.png"], capsys)
+    assert code == 0, lines
+    assert sorted(path.name for path in out.iterdir()) == ["occlusion_cats_1.png",
+                                                           "occlusion_dogs_1.png"]
+    assert (out / "occlusion_cats_1.png").read_bytes() != (out / "occlusion_dogs_1.png"
+                                                             ).read_bytes()
+
+
+def test_image_names_are_distinct_short_and_readable(tmp_path):
+    long_stem = "p" * 300
+    paths = ["cats/1.jpg", "dogs/1.jpg", "a/x/2.png", "b/x/2.png", "x.png", "x.jpg",
+             "same.png", "same.png", "photo.jpg", f"{long_stem}.png"]
+    names = model.images.image_names([tmp_path / path for path in paths])
+    assert names == ["cats_1", "dogs_1", "a_x_2", "b_x_2", "x_png", "x_jpg", "same", "same_2",
+                     "photo", "p" * model.images.MAX_NAME_PART]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_applied_before_resizing(suffix, tmp_path, capsys):
+    """A phone photo stored sideways: wide pixels, red left half, orientation 6 (rotate 90
+    degrees clockwise to view): upright it is tall with red on top."""
+    stored = Image.new("RGB", (64, 32), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 32, 32))
+    exif = Image.Exif()
+    exif[model.images.EXIF_ORIENTATION] = 6
+    path = tmp_path / f"sideways{suffix}"
+    stored.save(path, exif=exif, quality=95)
+    pixels = model.images.load_image_file(path, DATASET_INFO["shapes"]).int()  # (3, 32, 32)
+    red_top, blue_bottom = pixels[:, 4, 16], pixels[:, 27, 16]
+    assert red_top[0] > 200 and red_top[2] < 50, red_top
+    assert blue_bottom[2] > 200 and blue_bottom[0] < 50, blue_bottom
+    assert f"note: turned {path} upright as its EXIF orientation tag says" in \
+        capsys.readouterr().err
+
+
+# --- Files on shared machines and full disks --------------------------------------------------
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_outputs_get_the_permissions_a_plain_open_would_give(umask, mode, tmp_path):
+    previous = os.umask(umask)
+    try:
+        model.runtime.save_json({"a": 1}, tmp_path / "new.json")
+        existing = tmp_path / "private.json"
+        existing.write_text("{}")
+        existing.chmod(0o600)
+        model.runtime.save_json({"a": 2}, existing)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == mode
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o600  # an existing file keeps its mode
+
+
+def test_a_script_output_and_a_checkpoint_are_readable_by_others(trained_shapes_checkpoint,
+                                                                 tmp_path):
+    previous = os.umask(0o022)
+    try:
+        assert occlusion_sensitivity.main(["--checkpoint", str(trained_shapes_checkpoint),
+                                           "--index", "0", "--stride", "8",
+                                           "--out", str(tmp_path)]) == 0
+        assert train_cnn.main(TRAIN_QUICK + ["--epochs", "1", "--max-train-images", "64",
+                                             "--out", str(tmp_path / "c.pt")]) == 0
+    finally:
+        os.umask(previous)
+    for name in ("occlusion_test_0.png", "c.pt", "c_curve.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every atomic write goes to /dev/full, which fails each write with ENOSPC."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    real_mkstemp = model.runtime.tempfile.mkstemp
+
+    def mkstemp(dir, prefix, suffix):
+        handle, name = real_mkstemp(dir=dir, prefix=prefix, suffix=suffix)
+        os.dup2(os.open("/dev/full", os.O_WRONLY), handle)
+        return handle, name
+
+    monkeypatch.setattr(model.runtime.tempfile, "mkstemp", mkstemp)
+
+
+def test_disk_full_while_saving_a_checkpoint_says_so_and_keeps_the_old_one(
+        straight_run, tmp_path, full_disk, capsys):
+    out = tmp_path / "run.pt"
+    out.write_bytes(snapshot_path(straight_run, 1).read_bytes())
+    before = out.read_bytes()
+    code, lines = cli("train_cnn", TRAIN_QUICK + ["--epochs", "2", "--resume", "--out", out],
+                      capsys)
+    assert_refused(code, lines, f"cannot write {out}: the disk is full",
+                   f"the earlier {out} is kept as it was")
+    assert out.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_disk_full_while_writing_a_figure(trained_shapes_checkpoint, tmp_path, full_disk,
+                                          capsys):
+    code, lines = cli("occlusion_sensitivity", ["--checkpoint", trained_shapes_checkpoint,
+                                                "--index", "0", "--stride", "8", "--out",
+                                                tmp_path], capsys)
+    assert_refused(code, lines, "occlusion_test_0.png: the disk is full", "nothing was written")
+    assert not list(tmp_path.iterdir())
+
+
+def test_names_too_long_for_the_file_system(trained_shapes_checkpoint, tmp_path, capsys):
+    limit = model.runtime.name_limit(tmp_path)
+    too_long = tmp_path / ("c" * (limit + 1) + ".pt")
+    code, lines = cli("occlusion_sensitivity", ["--checkpoint", too_long, "--out", tmp_path],
+                      capsys)
+    assert_refused(code, lines, "cannot use checkpoint", f"this file system allows {limit}")
+    code, lines = cli("train_cnn", TRAIN_QUICK + ["--out", too_long], capsys)
+    assert_refused(code, lines, "cannot use --out", f"this file system allows {limit}")
+    code, lines = cli("feature_maps", ["--checkpoint", trained_shapes_checkpoint, "--out",
+                                       tmp_path / ("d" * (limit + 1)) / "maps"], capsys)
+    assert_refused(code, lines, "cannot use --out", f"this file system allows {limit}")
+    curve_too_long = tmp_path / ("e" * (limit - 5) + ".pt")  # fits; <stem>_curve.png not
+    code, lines = cli("train_cnn", TRAIN_QUICK + ["--out", curve_too_long], capsys)
+    assert_refused(code, lines, "cannot use --out (its training curve)")
+    assert not curve_too_long.exists()
+    # Names that fit, although the hidden temporary names beside them would not.
+    longest = tmp_path / ("b" * (limit - 10) + ".pt")
+    code, lines = cli("train_cnn", TRAIN_QUICK + ["--epochs", "1", "--max-train-images", "64",
+                                                  "--out", longest], capsys)
+    assert code == 0, lines
+    assert load_checkpoint(longest)["epoch"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_os_error_names_its_file_instead_of_unexpected():
+    error = OSError(errno.ENAMETOOLONG, "File name too long", "x" * 300)
+    assert "unexpected" not in model.cli.describe_error(error)
+    assert "too long" in model.cli.describe_error(error)
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/out.png")
+    assert model.cli.describe_error(full) == "/data/out.png: the disk is full (No space left " \
+                                             "on device)"
+
+
+def test_unreadable_checkpoint_says_permission_denied(trained_shapes_checkpoint, tmp_path,
+                                                      monkeypatch, capsys):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(model.checkpoint.torch, "load", denied)
+    code, lines = cli("occlusion_sensitivity", ["--checkpoint", trained_shapes_checkpoint,
+                                                "--out", tmp_path], capsys)
+    assert_refused(code, lines, f"cannot read checkpoint {trained_shapes_checkpoint}",
+                   "Permission denied")
+
+
+# --- Options and checkpoints that used to say "unexpected" ------------------------------------
+
+@pytest.mark.parametrize("value", ["-1", "4294967296", "99999999999"])
+@pytest.mark.parametrize("script", ["train_cnn", "occlusion_sensitivity"])
+def test_seed_outside_the_generators_range(script, value, trained_shapes_checkpoint, tmp_path,
+                                           capsys):
+    argv = (TRAIN_QUICK + ["--out", tmp_path / "x.pt"] if script == "train_cnn"
+            else method_argv(script, trained_shapes_checkpoint, tmp_path))
+    code, lines = cli(script, argv + ["--seed", value], capsys)
+    assert_refused(code, lines, "--seed", "must be an integer from 0 to 4294967295")
+
+
+def test_the_largest_seed_works(trained_shapes_checkpoint, tmp_path, capsys):
+    code, lines = cli("occlusion_sensitivity", method_argv(
+        "occlusion_sensitivity", trained_shapes_checkpoint, tmp_path, "--index", "0",
+        "--stride", "8", "--seed", "4294967295"), capsys)
+    assert code == 0, lines
+
+
+@pytest.fixture(scope="module")
+def vgg_checkpoint(tmp_path_factory):
+    """An untrained shapes ``vgg`` checkpoint (it has a global-average-pooling layer)."""
+    path = tmp_path_factory.mktemp("vgg") / "shapes_vgg.pt"
+    model_args = {"arch": "vgg", "in_channels": 3, "num_classes": 6, "image_size": 32,
+                  "vgg_plan": "small"}
+    save_checkpoint(path, model=build_model(**model_args), model_args=model_args,
+                    info=DATASET_INFO["shapes"], epoch=1, epochs=1,
+                    history=[{"epoch": 1, "test_accuracy": 0.2}], train_args={})
+    return path
+
+
+def test_deconvnet_above_global_average_pooling(vgg_checkpoint, tmp_path, capsys):
+    code, lines = cli("deconvnet", method_argv("deconvnet", vgg_checkpoint, tmp_path,
+                                               "--layer", "gap"), capsys)
+    assert_refused(code, lines, "layer 'gap' cannot be projected back to pixels",
+                   "choose one of: conv1, bn1, relu1, pool1", "relu4")
+
+
+def inconsistent_checkpoints(good, folder):
+    """name -> (path, words): a dataset description that disagrees with the network."""
+    cases = {}
+    checkpoint = torch.load(good, weights_only=True)
+    fewer_names = copy.deepcopy(checkpoint)
+    fewer_names["dataset"]["classes"] = fewer_names["dataset"]["classes"][:5]
+    cases["class names"] = (fewer_names, "its dataset has 5 class names, but the network has "
+                                         "6 outputs")
+    gray = copy.deepcopy(checkpoint)
+    gray["dataset"].update(channels=1, mean=[0.5], std=[0.25])
+    cases["channels"] = (gray, "its dataset has 1 channel(s), but its first conv layer takes 3")
+    short_std = copy.deepcopy(checkpoint)
+    short_std["dataset"]["std"] = [0.25]
+    cases["normalization"] = (short_std, "1 std(s)")
+    paths = {}
+    for name, (data, words) in cases.items():
+        paths[name] = (folder / f"{name.replace(' ', '_')}.pt", words)
+        torch.save(data, paths[name][0])
+    return paths
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_checkpoint_whose_dataset_disagrees_with_its_network_is_refused(
+        script, trained_shapes_checkpoint, tmp_path, capsys):
+    for name, (path, words) in inconsistent_checkpoints(trained_shapes_checkpoint,
+                                                        tmp_path).items():
+        before = path.read_bytes()
+        runs = ([TRAIN_QUICK + ["--out", path, "--resume"], TRAIN_QUICK + ["--out", path]]
+                if script == "train_cnn" else [method_argv(script, path, tmp_path)])
+        for argv in runs:
+            code, lines = cli(script, argv, capsys)
+            assert_refused(code, lines, str(path), "is inconsistent", words)
+        assert path.read_bytes() == before, name
+
+
+# --- Damaged or mismatched dataset files ------------------------------------------------------
+
+def write_idx(path, array):
+    """``array`` (uint8) as an IDX file, the MNIST distribution's format."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root, images=5, labels=5, label_values=None):
+    """A complete small MNIST folder; the train split gets the given counts and labels."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        values = rng.integers(0, 10, size=labels) if label_values is None else label_values
+        write_idx(raw / f"{prefix}-images-idx3-ubyte",
+                  rng.integers(0, 256, size=(images, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.asarray(values))
+    return raw
+
+
+def damage(raw, case):
+    """Damage the train split of a good MNIST folder; the words its error must contain."""
+    images, labels = raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"
+    if case == "truncated images":
+        images.write_bytes(images.read_bytes()[:1000])
+        return images, "is truncated"
+    if case == "wrong magic":
+        labels.write_bytes(b"\x00\x00\x09\x01" + labels.read_bytes()[4:])
+        return labels, "is not an IDX file of unsigned bytes"
+    if case == "appended bytes":
+        labels.write_bytes(labels.read_bytes() + b"\x00")
+        return labels, "is longer than its header declares"
+    if case == "wrong image size":
+        write_idx(images, np.zeros((5, 32, 32)))
+        return images, "not N images of 28x28"
+
+
+@pytest.mark.parametrize("case", ["truncated images", "wrong magic", "appended bytes",
+                                  "wrong image size", "fewer labels", "label out of range"])
+def test_damaged_mnist_files_are_named_and_never_redownloaded(case, tmp_path, monkeypatch,
+                                                              capsys):
+    monkeypatch.setattr(model.datasets, "_download",
+                        lambda *args: pytest.fail("a damaged file must not trigger a download"))
+    if case == "fewer labels":
+        raw = write_mnist(tmp_path, images=5, labels=4)
+        culprit, words = raw / "train-labels-idx1-ubyte", "has 4 labels but " \
+                                                          "train-images-idx3-ubyte has 5 images"
+    elif case == "label out of range":
+        raw = write_mnist(tmp_path, label_values=np.array([3, 1, 12, 0, 9]))
+        culprit, words = raw / "train-labels-idx1-ubyte", "label 12 at entry 2 is outside " \
+                                                          "the 10 classes (0-9)"
+    else:
+        culprit, words = damage(write_mnist(tmp_path), case)
+    code, lines = cli("train_cnn", ["--dataset", "mnist", "--arch", "simple", "--data-dir",
+                                    tmp_path, "--out", tmp_path / "m.pt"], capsys)
+    assert_refused(code, lines, str(culprit), words, "delete it")
+    assert "unexpected" not in lines[0] and "download failed" not in lines[0]
+
+
+def write_cifar(folder, labels=None, truncate=None):
+    """Tiny CIFAR-10 batches in torchvision's pickle layout (2 images each)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = {"data": rng.integers(0, 256, size=(2, 3 * 32 * 32), dtype=np.uint8),
+                "labels": labels or [1, 2]}
+        (folder / name).write_bytes(pickle.dumps(data))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({"label_names": list(DATASET_INFO["cifar10"].classes)}))
+    if truncate:
+        (folder / truncate).write_bytes((folder / truncate).read_bytes()[:100])
+
+
+def test_damaged_cifar_file_is_named_by_its_checksum(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(model.datasets, "_download",
+                        lambda *args: pytest.fail("a damaged file must not trigger a download"))
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder)  # every file there, none with the published MD5 sum
+    code, lines = cli("train_cnn", ["--dataset", "cifar10", "--data-dir", tmp_path,
+                                    "--out", tmp_path / "c.pt"], capsys)
+    assert_refused(code, lines, f"{folder / 'data_batch_1'} is damaged: its MD5 sum differs",
+                   "and so do data_batch_2", "test_batch", "delete it")
+
+
+@pytest.mark.parametrize("case", ["truncated", "label out of range"])
+def test_unreadable_cifar_batches_and_bad_labels(case, tmp_path, monkeypatch, capsys):
+    # Presence-only checksums, as in tests/test_datasets.py: tiny files cannot match them.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity",
+                        lambda path, md5=None: os.path.isfile(path))
+    folder = tmp_path / "cifar-10-batches-py"
+    if case == "truncated":
+        write_cifar(folder, truncate="data_batch_3")
+        words = "cannot be read"
+    else:
+        write_cifar(folder, labels=[4, 10])
+        words = "label 10 at entry 1 is outside the 10 classes"
+    code, lines = cli("train_cnn", ["--dataset", "cifar10", "--data-dir", tmp_path,
+                                    "--out", tmp_path / "c.pt"], capsys)
+    assert_refused(code, lines, str(folder), words)
+
+
+# --- stderr stays quiet on success ------------------------------------------------------------
+
+def test_unwritable_matplotlib_folders_and_missing_glyphs_print_nothing(
+        trained_shapes_checkpoint, tmp_path):
+    """A read-only home (matplotlib would warn at import) and a non-Latin file name (it would
+    warn per missing glyph): stderr holds only the script's own note."""
+    home = tmp_path / "home"
+    home.write_text("a file where the home folder should be")
+    image = tmp_path / "猫.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(image)
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    environment.update(HOME=str(home), TMPDIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "occlusion_sensitivity.py", "--checkpoint",
+         str(trained_shapes_checkpoint), "--image", str(image), "--stride", "8", "--out",
+         str(tmp_path / "out")], cwd=ROOT, env=environment, capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"note: resized {image} from 40x30 to 32x32"]
+    assert (tmp_path / "out" / "occlusion_猫.png").is_file()
+
+
+def test_only_model_plotting_imports_matplotlib():
+    """matplotlib's set-up (model.plotting) must run before matplotlib is first imported."""
+    for path in [*ROOT.glob("*.py"), *(ROOT / "model").glob("*.py")]:
+        if path.name != "plotting.py":
+            source = path.read_text()
+            assert "import matplotlib" not in source and "from matplotlib" not in source, path
+
+
+def test_a_closed_stdout_pipe_stops_quietly(tmp_path):
+    """`python train_cnn.py ... | head -0`: the reader is gone before the first line."""
+    process = subprocess.Popen([sys.executable, "train_cnn.py", *TRAIN_QUICK, "--epochs", "1",
+                                "--out", str(tmp_path / "x.pt")], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    code = process.wait(timeout=300)
+    errors = process.stderr.read()
+    process.stderr.close()
+    assert code == 141 and errors == "", errors
+
+
+def test_an_output_that_is_a_symbolic_link_is_written_through(tmp_path):
+    target = tmp_path / "big_disk" / "run.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    link = tmp_path / "run.json"
+    link.symlink_to(target)
+    model.runtime.save_json({"epoch": 2}, link)
+    assert link.is_symlink() and json.loads(target.read_text()) == {"epoch": 2}
