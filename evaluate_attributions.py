@@ -19,8 +19,10 @@ misclassified where the model errs that often) and is scored by:
 - cost: forward and backward passes per image, wall time and peak memory.
 
 A ``random`` row (a uniformly random map per image, independent of the model) gives the chance
-level of every number. Gradient maps are reduced to one value per pixel as max_c |g_c|
-(Simonyan et al. 2014, sec. 3.1); every map is min-max normalized.
+level of every number. The methods and their options are the registry's
+(``model.attribution.METHODS``, those marked ``evaluated``); each reduces its map to one value
+per pixel as its entry's ``display`` says (saliency: max_c |g_c|, Simonyan et al. 2014, sec.
+3.1; Integrated Gradients: the sum over colour channels), and every map is min-max normalized.
 """
 import sys
 from dataclasses import dataclass
@@ -29,88 +31,59 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from class_activation_maps import cam_applies, compute_cam, plot_cam_grid
-from deconvnet import compute_input_gradient
-from model.architectures import conv_layer_names, get_layer, split_at
+from model.architectures import conv_layer_names
+from model.attribution import BASELINE, METHODS
+from model.cam import cam_layer_applies
 from model.cli import ArgumentParser, positive_int, run
 from model.datasets import load_dataset
 from model.errors import UserError
-from model.evaluation import (area_under_curve, cascading_randomization,
+from model.faithfulness import (area_under_curve, cascading_randomization,
                               deletion_insertion_curves, measure_cost, spearman)
-from model.heatmaps import DIVERGING_CMAP, normalize_maps, plot_map_table
+from model.heatmaps import DIVERGING_CMAP, normalize_maps, plot_map_table, plot_overlay_grid
 from model.images import checkpoint_parser, load_method_model, sample_test_images
+from model.layers import resolve_layer
 from model.metrics import mass_inside, pointing_hits
 from model.plotting import Figure, matplotlib
 from model.runtime import save_json, seed_everything, write_figure
-from occlusion_sensitivity import baseline_images, compute_occlusion
 
 
 @dataclass
 class Settings:
-    """What the methods need beyond model and images (the scripts' defaults unless noted)."""
+    """What the methods are run with beyond model and images; every other option is the
+    registry's default (``model.registry``), the same as in the method scripts."""
 
-    info: object  # DatasetInfo: for the occlusion fill
+    info: object  # DatasetInfo: for occlusion's fill and the IG baseline
     layer: str  # the CAM layer: the last conv layer
     batch_size: int = 256
-    patch: int = 4
-    stride: int = 2  # occlusion_sensitivity.py uses 1; 2 costs a quarter and ranks alike
-    baseline: str = "blur"
+    occlusion_stride: int = 2  # the script's default is 1; 2 costs a quarter and ranks alike
     seed: int = 0
 
-
-def _occlusion(model, inputs, targets, settings):
-    fill = baseline_images(inputs, settings.info, settings.baseline, settings.patch)
-    return compute_occlusion(model, inputs, targets, fill, settings.patch, settings.stride,
-                             settings.batch_size).pixel_drop
-
-
-def _cam(method):
-    return lambda model, inputs, targets, settings: compute_cam(
-        model, inputs, targets, method, settings.layer, batch_size=settings.batch_size)
+    def options(self, method):
+        """The keyword options of one method's call."""
+        options = dict(info=self.info, batch_size=self.batch_size, seed=self.seed)
+        if method == "occlusion":
+            options["stride"] = self.occlusion_stride
+        return options
 
 
-def _input_gradient(rule):
-    # Simonyan et al. 2014, sec. 3.1: a pixel's importance is its largest |gradient| over
-    # the colour channels.
-    return lambda model, inputs, targets, settings: compute_input_gradient(
-        model, inputs, targets, rule).abs().amax(1)
-
-
-def _random(model, inputs, targets, settings):
-    generator = torch.Generator().manual_seed(settings.seed)
-    return torch.rand((len(inputs), *inputs.shape[2:]), generator=generator).to(inputs.device)
-
-
-# name -> function(model, inputs, targets, settings) -> (N, H, W) importance map
-ATTRIBUTIONS = {
-    "occlusion": _occlusion,
-    "cam": _cam("cam"),
-    "gradcam": _cam("gradcam"),
-    "gradcam++": _cam("gradcam++"),
-    "scorecam": _cam("scorecam"),
-    "layercam": _cam("layercam"),
-    "saliency": _input_gradient("saliency"),
-    "guided-backprop": _input_gradient("guided"),
-    "deconvnet": _input_gradient("deconvnet"),
-    "random": _random,
-}
-BASELINE = "random"
-
-
-def available_methods(model, layer):
-    """Every method that applies to the model (CAM needs GAP + one Linear after ``layer``)."""
-    usable = cam_applies(split_at(model, layer)[1])
-    return [m for m in ATTRIBUTIONS if m != "cam" or usable]
+def available_methods(model, layer, inputs):
+    """Every method the registry scores by default that applies to the model (CAM needs its
+    layer to feed global average pooling and one Linear layer)."""
+    usable = cam_layer_applies(model, layer, inputs)
+    return [name for name, method in METHODS.items()
+            if method.evaluated and ("gap-linear" not in method.needs or usable)]
 
 
 def attribution_maps(method, model, inputs, targets, settings):
     """One method's maps for a batch: (N, C, H, W) -> (N, H, W) in [0, 1], finite."""
-    return normalize_maps(ATTRIBUTIONS[method](model, inputs, targets, settings).detach())
+    maps = METHODS[method](model, inputs, targets, layer=settings.layer,
+                           **settings.options(method))
+    return normalize_maps(maps.detach())
 
 
 @dataclass
 class Evaluation:
-    """Everything :func:`evaluate` measured, per method (in ``methods`` order).
+    """Everything :func:`score_methods` measured, per method (in ``methods`` order).
 
     Attributes:
         maps: method -> (N, H, W) maps of the evaluated images.
@@ -133,14 +106,14 @@ class Evaluation:
     agreement: torch.Tensor
 
 
-def evaluate(model, inputs, targets, methods, settings, masks=None, steps=16,
+def score_methods(model, inputs, targets, methods, settings, masks=None, steps=16,
              sanity_images=16, progress=False):
     """Score attribution methods on one batch of images (see the module docstring).
 
     Args:
         model: the network in eval mode.
         inputs: (N, C, H, W) normalized images; targets: (N,) the class each map explains.
-        methods: names from ``ATTRIBUTIONS``.
+        methods: names from ``model.attribution.METHODS``.
         masks: (N, H, W) bool object masks for the pointing game, or None.
         steps: deletion and insertion steps over the whole image.
         sanity_images: how many of the images the randomization check uses.
@@ -247,11 +220,13 @@ def markdown_table(methods, scores):
 
 
 def line_style(methods, method):
-    """A distinct colour per method; the random baseline black and dashed."""
+    """A distinct colour and line style per method; the random baseline black and dashed."""
     if method == BASELINE:
         return {"color": "black", "linestyle": "--"}
-    others = [m for m in methods if m != BASELINE]
-    return {"color": matplotlib.colormaps["tab10"](others.index(method) % 10)}
+    index = [m for m in methods if m != BASELINE].index(method)
+    # Ten colours; past ten methods the colours repeat with another line style.
+    return {"color": matplotlib.colormaps["tab10"](index % 10),
+            "linestyle": ("-", "-.", ":")[index // 10 % 3]}
 
 
 def plot_curves(evaluation):
@@ -323,7 +298,7 @@ def plot_agreement(evaluation):
 def plot_maps(images, evaluation, titles, rows):
     """Every method's map of the evaluated images ``rows`` (indices into the batch)."""
     maps = {method: evaluation.maps[method][rows] for method in evaluation.methods}
-    return plot_cam_grid(images[rows], maps, [titles[row] for row in rows])
+    return plot_overlay_grid(images[rows], maps, [titles[row] for row in rows])
 
 
 def mixed_rows(labels, predictions, count=4):
@@ -341,9 +316,10 @@ def summary(evaluation, settings, steps, sanity_images, indices):
             "agreement": evaluation.agreement.tolist(),
             "mean_curves": {m: {mode: c.mean(0).tolist() for mode, c in modes.items()}
                             for m, modes in evaluation.curves.items()},
-            "settings": {"layer": settings.layer, "occlusion_patch": settings.patch,
-                         "occlusion_stride": settings.stride,
-                         "occlusion_baseline": settings.baseline,
+            "settings": {"layer": settings.layer,
+                         "occlusion_patch": METHODS["occlusion"].defaults["patch"],
+                         "occlusion_stride": settings.occlusion_stride,
+                         "occlusion_baseline": METHODS["occlusion"].defaults["baseline"],
                          "deletion_insertion_steps": steps, "sanity_images": sanity_images,
                          "target": "predicted class", "seed": settings.seed},
             "test_indices": indices.tolist()}
@@ -352,8 +328,9 @@ def summary(evaluation, settings, steps, sanity_images, indices):
 def get_args_parser():
     parser = ArgumentParser(description=__doc__.split("\n")[0],
                             parents=[checkpoint_parser("evaluate_attributions")])
-    parser.add_argument("--methods", nargs="+", choices=tuple(ATTRIBUTIONS), default=None,
-                        help="methods to score (default: every one that applies)")
+    parser.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=None,
+                        help="methods to score (default: every one the registry marks as "
+                             "evaluated that applies)")
     parser.add_argument("--num-images", type=positive_int, default=100,
                         help="test images to explain (default: 100)")
     parser.add_argument("--steps", type=positive_int, default=16,
@@ -372,16 +349,18 @@ def get_args_parser():
 def prepare_evaluation(args, model, info, device):
     """Choose the images and settings of an evaluation run from ``args``."""
     layer = args.layer or conv_layer_names(model)[-1]
-    get_layer(model, layer)
-    methods = args.methods or available_methods(model, layer)
-    if "cam" in methods and not cam_applies(split_at(model, layer)[1]):
-        raise UserError("cam needs the layer to feed global average pooling and one Linear "
-                        "layer (--arch vgg, its last conv layer); leave cam out")
+    resolve_layer(model, layer)
     test_set = load_dataset(info.name, "test", args.data_dir)
+    probe = info.normalize(test_set.images[:2].to(device))
+    methods = args.methods or available_methods(model, layer, probe)
+    needs_gap = [m for m in methods if "gap-linear" in METHODS[m].needs]
+    if needs_gap and not cam_layer_applies(model, layer, probe):
+        raise UserError(f"{needs_gap[0]} needs the layer to feed global average pooling and "
+                        f"one Linear layer (--arch vgg, its last conv layer); leave "
+                        f"{needs_gap[0]} out")
     indices, predictions = sample_test_images(model, test_set, args.num_images, args.seed,
                                               device, batch_size=args.batch_size)
-    settings = Settings(info, layer, args.batch_size, stride=args.occlusion_stride,
-                        seed=args.seed)
+    settings = Settings(info, layer, args.batch_size, args.occlusion_stride, args.seed)
     masks = None if test_set.masks is None else test_set.masks[indices].to(device)
     return (methods, settings, info.normalize(test_set.images[indices].to(device)),
             predictions.to(device), test_set.labels[indices], masks, indices)
@@ -392,30 +371,33 @@ def evaluate_command(args):
     device, model, info = load_method_model(args)
     methods, settings, inputs, targets, labels, masks, indices = prepare_evaluation(
         args, model, info, device)
-    evaluation = evaluate(model, inputs, targets, methods, settings, masks, args.steps,
+    evaluation = score_methods(model, inputs, targets, methods, settings, masks, args.steps,
                           args.sanity_images, progress=True)
     out = Path(args.out)
-    save_json(summary(evaluation, settings, args.steps, args.sanity_images, indices),
-              out / "evaluation.json")
-    write_figure(plot_curves(evaluation), out / "deletion_insertion.png")
-    write_figure(plot_randomization(evaluation), out / "randomization.png")
+    written = [save_json(summary(evaluation, settings, args.steps, args.sanity_images, indices),
+                         out / "evaluation.json"),
+               write_figure(plot_curves(evaluation), out / "deletion_insertion.png"),
+               write_figure(plot_randomization(evaluation), out / "randomization.png")]
     # The paper's example is a correct decision: show the first one among the checked images.
     shown = mixed_rows(labels[:args.sanity_images], targets[:args.sanity_images].cpu(),
                        count=1)[0]
     image = info.denormalize(inputs[shown:shown + 1])[0]
-    write_figure(plot_randomization_maps(image, evaluation, shown, f"test_{int(indices[shown])}"),
-                 out / "randomization_maps.png")
-    write_figure(plot_agreement(evaluation), out / "agreement.png")
+    written.append(write_figure(plot_randomization_maps(image, evaluation, shown,
+                                                        f"test_{int(indices[shown])}"),
+                                out / "randomization_maps.png"))
+    written.append(write_figure(plot_agreement(evaluation), out / "agreement.png"))
     titles = [f"test_{i}\ntrue {info.classes[t]}, pred {info.classes[p]}"
               for i, t, p in zip(indices.tolist(), labels.tolist(), targets.tolist())]
     rows = mixed_rows(labels, targets.cpu())
-    write_figure(plot_maps(info.denormalize(inputs), evaluation, titles, rows), out / "maps.png")
+    written.append(write_figure(plot_maps(info.denormalize(inputs), evaluation, titles, rows),
+                                out / "maps.png"))
     print(f"{len(inputs)} {info.name} test images, target = predicted class")
     print(markdown_table(evaluation.methods, evaluation.scores))
+    return written
 
 
-def main(argv=None):
-    return run(evaluate_command, get_args_parser().parse_args(argv))
+def main(argv=None, written=None):
+    return run(evaluate_command, get_args_parser().parse_args(argv), written=written)
 
 
 if __name__ == "__main__":

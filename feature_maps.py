@@ -19,14 +19,16 @@ from pathlib import Path
 
 import torch
 
-from model.architectures import block_end, conv_layer_names, get_layer, layer_names, split_at
+from model.architectures import conv_layer_names, get_layer
 from model.checkpoint import load_model, snapshot_path
 from model.cli import ArgumentParser, positive_int, run
 from model.datasets import load_dataset
 from model.engine import iterate_batches
 from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, cell_centers, frame, grid_mosaic,
-                            normalize_maps, plot_map_table, show_image, show_mosaic)
+                            normalize_maps, plot_map_table, show_image, show_mosaic,
+                            signed_display)
 from model.images import checkpoint_path, method_parser, prepare_method
+from model.layers import as_feature_maps, layer_outputs
 from model.plotting import Figure
 from model.runtime import save_json, write_figure
 
@@ -35,20 +37,15 @@ VIEWS = ("filters", "maps", "dead", "evolution")
 
 @torch.no_grad()
 def layer_activations(model, inputs, layers):
-    """One forward pass, returning the activation of each named layer: name -> (N, K, h, w).
+    """One forward pass, as far as the last of ``layers``: name -> (N, K, h, w) activations.
 
-    A conv name stands for its block's output (``block_end``).
+    A conv name stands for its block's output (``model.layers``).
+
+    Raises:
+        UserError: a layer whose output is no stack of feature maps (Flatten, Linear).
     """
-    ends = {block_end(model, layer): layer for layer in layers}
-    last = max(layer_names(model).index(end) for end in ends)
-    activations, signal = {}, inputs
-    for index, (name, module) in enumerate(model.named_children()):
-        signal = module(signal)
-        if name in ends:
-            activations[ends[name]] = signal
-        if index == last:
-            break
-    return activations
+    outputs = layer_outputs(model, layers, inputs)
+    return {name: as_feature_maps(outputs[name], model, name) for name in layers}
 
 
 @torch.no_grad()
@@ -69,11 +66,6 @@ def dead_filter_report(model, dataset, layers, device, batch_size=256):
     return report
 
 
-def weight_display(weights):
-    """Weights to [0, 1] around a mid-gray zero, scaled by their largest magnitude."""
-    return (0.5 + 0.5 * weights / weights.abs().max().clamp_min(1e-12)).clamp(0, 1)
-
-
 def plot_first_layer(weights, title):
     """First-layer filters (K, C, kh, kw): RGB images for C = 3, annotated heatmaps for C = 1."""
     count = len(weights)
@@ -88,7 +80,7 @@ def plot_first_layer(weights, title):
         axis = axes.flat[index]
         axis.axis("on")
         if kernel.shape[0] == 3:
-            show_image(axis, weight_display(kernel), f"filter {index}")
+            show_image(axis, signed_display(kernel), f"filter {index}")
             continue
         axis.imshow(kernel[0].numpy(), cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit)
         frame(axis, f"filter {index}")
@@ -205,35 +197,40 @@ def get_args_parser():
 
 
 def visualize(args):
+    """Draw the ``--show`` views for the chosen image.
+
+    Returns:
+        the paths written, in order: filters, maps, dead-filter figure and JSON, evolution.
+    """
     device, model, info, selection = prepare_method(args)
     checkpoint = checkpoint_path(args)
     layers = args.layers or conv_layer_names(model)
-    for layer in layers:
-        split_at(model, layer)  # feature maps exist only in the convolutional part
+    layer_activations(model, selection.inputs[:1], layers)  # feature maps only, checked early
     out = Path(args.out)
     image, name = info.denormalize(selection.inputs[:1])[0], selection.names[0]
+    paths = []
 
     if "filters" in args.show:
         convs = conv_layer_names(model)
         first = get_layer(model, convs[0]).weight.detach().cpu()
-        write_figure(plot_first_layer(first, f"{convs[0]} filters"),
-                     out / f"filters_{convs[0]}.png")
+        paths.append(write_figure(plot_first_layer(first, f"{convs[0]} filters"),
+                                  out / f"filters_{convs[0]}.png"))
         for layer in convs[1:]:
             weights = get_layer(model, layer).weight.detach().cpu()
-            write_figure(plot_kernel_grid(weights, f"{layer} kernels"),
-                         out / f"filters_{layer}.png")
+            paths.append(write_figure(plot_kernel_grid(weights, f"{layer} kernels"),
+                                      out / f"filters_{layer}.png"))
     if "maps" in args.show:
         for layer, activation in layer_activations(model, selection.inputs[:1], layers).items():
             figure = plot_feature_maps(image, activation[0], f"{name}: {layer} feature maps")
-            write_figure(figure, out / f"maps_{name}_{layer}.png")
+            paths.append(write_figure(figure, out / f"maps_{name}_{layer}.png"))
     if "dead" in args.show:
         dataset = load_dataset(info.name, "test", args.data_dir).subset(args.num_images)
         report = dead_filter_report(model, dataset, layers, device, args.batch_size)
         title = f"share of {len(dataset)} test images on which each channel fires"
-        write_figure(plot_dead_report(report, title), out / "dead_filters.png")
+        paths.append(write_figure(plot_dead_report(report, title), out / "dead_filters.png"))
         summary = {layer: {"dead": entry["dead"], "active_share": entry["active_share"].tolist()}
                    for layer, entry in report.items()}
-        save_json(summary, out / "dead_filters.json")
+        paths.append(save_json(summary, out / "dead_filters.json"))
         for layer, entry in report.items():
             print(f"{layer}: {len(entry['dead'])} dead channels {entry['dead'] or ''}")
     if "evolution" in args.show:
@@ -241,7 +238,7 @@ def visualize(args):
         if not snapshots:
             print(f"note: no snapshots in {snapshot_path(checkpoint, 1).parent}; train with "
                   "--save-every-epoch for the evolution figures", file=sys.stderr)
-            return
+            return paths
         maps = {layer: {} for layer in layers}
         for epoch, path in snapshots:
             snapshot, _, _ = load_model(path, device)
@@ -251,11 +248,12 @@ def visualize(args):
         for layer in layers:
             figure = plot_evolution(image, maps[layer], layer, f"{name}, epochs 1-{epoch}",
                                     args.max_channels)
-            write_figure(figure, out / f"evolution_{name}_{layer}.png")
+            paths.append(write_figure(figure, out / f"evolution_{name}_{layer}.png"))
+    return paths
 
 
-def main(argv=None):
-    return run(visualize, get_args_parser().parse_args(argv))
+def main(argv=None, written=None):
+    return run(visualize, get_args_parser().parse_args(argv), written=written)
 
 
 if __name__ == "__main__":

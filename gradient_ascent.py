@@ -33,15 +33,16 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from max_activation_search import parse_channels, search_top_activations
-from model.architectures import get_layer, split_at
+from model.activation_search import parse_channels, search_top_activations
+from model.architectures import get_layer
 from model.cli import (ArgumentParser, non_negative_float, non_negative_int,
                        positive_float, positive_int, run)
-from model.errors import UserError
-from model.filters import gaussian_blur
+from model.blur import gaussian_blur
 from model.datasets import load_dataset
+from model.errors import UserError
 from model.heatmaps import show_image
 from model.images import checkpoint_parser, load_method_model
+from model.layers import as_feature_maps, layer_output, resolve_layer
 from model.plotting import Figure
 from model.runtime import seed_everything, write_figure
 
@@ -148,16 +149,15 @@ def objective_function(model, layer, units, neuron):
     """
     if layer is None:
         return lambda inputs: model(inputs).gather(1, units[:, None])[:, 0]
-    body = split_at(model, layer)[0]
-    if neuron and isinstance(body[-1], nn.ReLU):
-        # One unit: ascend its value before the ReLU, which has the same maximum wherever it
-        # is positive, so a unit that starts negative still gets a gradient. The mean keeps
-        # its ReLU (before it, the mean is another, linear objective); a random start image
-        # (--init random, the default for filters) gives it live units to climb from.
-        body = body[:-1]
+    # One unit: ascend its value before the ReLU, which has the same maximum wherever it is
+    # positive, so a unit that starts negative still gets a gradient. The mean keeps its ReLU
+    # (before it, the mean is another, linear objective); a random start image (--init
+    # random, the default for filters) gives it live units to climb from.
+    before = neuron and isinstance(model.get_submodule(resolve_layer(model, layer)), nn.ReLU)
 
     def channel_value(inputs):
-        activation = body(inputs)[torch.arange(len(units)), units]  # (N, h, w)
+        maps = as_feature_maps(layer_output(model, layer, inputs, before), model, layer)
+        activation = maps[torch.arange(len(units)), units]  # (N, h, w)
         if neuron:
             return activation[:, activation.shape[1] // 2, activation.shape[2] // 2]
         return activation.mean((1, 2))
@@ -326,7 +326,95 @@ def get_args_parser():
     return parser
 
 
+def class_probabilities(model, info, images, classes, device):
+    """Softmax probability of ``classes`` (N,) for the [0, 1] ``images`` (N, C, H, W): a list."""
+    with torch.no_grad():
+        scores = torch.softmax(model(info.normalize(images.to(device))), 1)
+    return scores.gather(1, classes[:, None].to(device))[:, 0].tolist()
+
+
+def visualize_classes(args, model, info, rules, options, device):
+    """Class model visualization: one image per class of ``--classes`` (and the ablation).
+
+    Returns:
+        the paths written: the class grid, then the ablation figure with ``--ablation``.
+    """
+    out = Path(args.out)
+    classes = torch.tensor(parse_classes(args.classes, info.classes) if args.classes
+                           else range(len(info.classes)))
+    images, _ = gradient_ascent(model, info, classes, param=args.param, regularizers=rules,
+                                progress=True, **options)
+    probabilities = class_probabilities(model, info, images, classes, device)
+    titles = [f"{info.classes[c]}\np = {p:.3f}" for c, p in zip(classes.tolist(), probabilities)]
+    figure = plot_grid(images.cpu(), titles, f"class model visualization ({args.param}, "
+                                             f"{args.steps} steps)")
+    paths = [write_figure(figure, out / f"{info.name}_classes_{args.param}.png")]
+    for c, p in zip(classes.tolist(), probabilities):
+        print(f"class {info.classes[c]}: final probability {p:.4f}")
+    if args.ablation:
+        rows = {}
+        for name, make in ABLATION.items():
+            images, _ = gradient_ascent(model, info, classes, regularizers=make(rules),
+                                        **options)
+            rows[name] = (images.cpu(), class_probabilities(model, info, images, classes, device))
+        images, _ = gradient_ascent(model, info, classes, param="fft", regularizers=rules,
+                                    **options)
+        rows["fft"] = (images.cpu(), class_probabilities(model, info, images, classes, device))
+        names = [info.classes[c] for c in classes.tolist()]
+        figure = plot_ablation(rows, names, "the same classes and seed under each "
+                                            "regularization")
+        paths.append(write_figure(figure, out / f"{info.name}_ablation.png"))
+    return paths
+
+
+def visualize_channels(args, model, info, rules, options, device):
+    """Filter maximization (Erhan et al. 2009): one image per channel of ``--layer``, each
+    compared with the same statistic's best over the real test images.
+
+    Returns:
+        the paths written: the grid of the channels' images.
+    """
+    get_layer(model, args.layer)
+    probe = torch.zeros(1, info.channels, info.image_size, info.image_size, device=device)
+    with torch.no_grad():
+        count = as_feature_maps(layer_output(model, args.layer, probe), model,
+                                args.layer).shape[1]
+    units = torch.tensor(parse_channels(args.filters, count, "--filters") if args.filters
+                         else range(count))
+    images, reached = gradient_ascent(model, info, units, layer=args.layer,
+                                      neuron=args.neuron, param=args.param,
+                                      regularizers=rules, progress=True, **options)
+    kind = "centre unit" if args.neuron else "mean activation"
+    titles = [f"filter {int(u)}\n{float(v):.2f}" for u, v in zip(units, reached)]
+    figure = plot_grid(images.cpu(), titles, f"{args.layer}: images maximizing each "
+                                              f"filter's {kind} ({args.param})")
+    paths = [write_figure(figure, Path(args.out) / f"{info.name}_{args.layer}_filters.png")]
+    # Compare with the same statistic's best over the real test images: the mean
+    # activation with the highest mean, or for --neuron the highest single activation
+    # (taken anywhere in the map: jitter moves the pattern a few pixels off the centre).
+    with torch.no_grad():
+        maps = layer_output(model, args.layer, info.normalize(images.to(device)))[
+            torch.arange(len(units)), units.to(device)]  # (N, h, w)
+    achieved = maps.flatten(1).amax(1) if args.neuron else maps.mean((1, 2))
+    test_set = load_dataset(info.name, "test", args.data_dir)
+    scan = search_top_activations(model, test_set, args.layer, k=1,
+                                  score="max" if args.neuron else "mean", device=device)
+    best = (scan.channel_max if args.neuron else scan.values[:, 0])[units.to(device)]
+    ratios = achieved / best.clamp_min(1e-12)
+    for unit, value, ratio in zip(units.tolist(), achieved.tolist(), ratios.tolist()):
+        print(f"{args.layer} filter {unit}: {kind} reached {value:.3f}, "
+              f"{ratio:.2f} x its best on the test split")
+    print(f"{int((ratios >= 1).sum())} of {len(units)} filters reach at least their "
+          f"test-split maximum")
+    return paths
+
+
 def visualize(args):
+    """Resolve the mode's defaults, then draw the classes or the channels of ``--layer``.
+
+    Returns:
+        the paths written, in order (see :func:`visualize_classes`, :func:`visualize_channels`).
+    """
     seed_everything(args.seed)
     device, model, info = load_method_model(args)
     model.requires_grad_(False)  # only the image is optimized
@@ -349,74 +437,13 @@ def visualize(args):
                          blur_sigma=args.blur_sigma, tv=args.tv, clip=not args.no_clip)
     options = dict(steps=args.steps, lr=args.lr, polish=args.polish, init=args.init,
                    seed=args.seed)
-    out = Path(args.out)
-
-    def probabilities_of(images, classes):
-        with torch.no_grad():
-            scores = torch.softmax(model(info.normalize(images.to(device))), 1)
-        return scores.gather(1, classes[:, None].to(device))[:, 0].tolist()
-
     if filters:
-        get_layer(model, args.layer)
-        count = split_at(model, args.layer)[0](torch.zeros(
-            1, info.channels, info.image_size, info.image_size, device=device)).shape[1]
-        units = torch.tensor(parse_channels(args.filters, count, "--filters") if args.filters
-                             else range(count))
-        images, reached = gradient_ascent(model, info, units, layer=args.layer,
-                                          neuron=args.neuron, param=args.param,
-                                          regularizers=rules, progress=True, **options)
-        kind = "centre unit" if args.neuron else "mean activation"
-        titles = [f"filter {int(u)}\n{float(v):.2f}" for u, v in zip(units, reached)]
-        figure = plot_grid(images.cpu(), titles, f"{args.layer}: images maximizing each "
-                                                  f"filter's {kind} ({args.param})")
-        write_figure(figure, out / f"{info.name}_{args.layer}_filters.png")
-        # Compare with the same statistic's best over the real test images: the mean
-        # activation with the highest mean, or for --neuron the highest single activation
-        # (taken anywhere in the map: jitter moves the pattern a few pixels off the centre).
-        body = split_at(model, args.layer)[0]
-        with torch.no_grad():
-            maps = body(info.normalize(images.to(device)))[torch.arange(len(units)),
-                                                           units.to(device)]  # (N, h, w)
-        achieved = maps.flatten(1).amax(1) if args.neuron else maps.mean((1, 2))
-        test_set = load_dataset(info.name, "test", args.data_dir)
-        scan = search_top_activations(model, test_set, args.layer, k=1,
-                                      score="max" if args.neuron else "mean", device=device)
-        best = (scan.channel_max if args.neuron else scan.values[:, 0])[units.to(device)]
-        ratios = achieved / best.clamp_min(1e-12)
-        for unit, value, ratio in zip(units.tolist(), achieved.tolist(), ratios.tolist()):
-            print(f"{args.layer} filter {unit}: {kind} reached {value:.3f}, "
-                  f"{ratio:.2f} x its best on the test split")
-        print(f"{int((ratios >= 1).sum())} of {len(units)} filters reach at least their "
-              f"test-split maximum")
-        return
-    classes = torch.tensor(parse_classes(args.classes, info.classes) if args.classes
-                           else range(len(info.classes)))
-    images, _ = gradient_ascent(model, info, classes, param=args.param, regularizers=rules,
-                                progress=True, **options)
-    probabilities = probabilities_of(images, classes)
-    titles = [f"{info.classes[c]}\np = {p:.3f}" for c, p in zip(classes.tolist(), probabilities)]
-    figure = plot_grid(images.cpu(), titles, f"class model visualization ({args.param}, "
-                                             f"{args.steps} steps)")
-    write_figure(figure, out / f"{info.name}_classes_{args.param}.png")
-    for c, p in zip(classes.tolist(), probabilities):
-        print(f"class {info.classes[c]}: final probability {p:.4f}")
-    if args.ablation:
-        rows = {}
-        for name, make in ABLATION.items():
-            images, _ = gradient_ascent(model, info, classes, regularizers=make(rules),
-                                        **options)
-            rows[name] = (images.cpu(), probabilities_of(images, classes))
-        images, _ = gradient_ascent(model, info, classes, param="fft", regularizers=rules,
-                                    **options)
-        rows["fft"] = (images.cpu(), probabilities_of(images, classes))
-        names = [info.classes[c] for c in classes.tolist()]
-        figure = plot_ablation(rows, names, "the same classes and seed under each "
-                                            "regularization")
-        write_figure(figure, out / f"{info.name}_ablation.png")
+        return visualize_channels(args, model, info, rules, options, device)
+    return visualize_classes(args, model, info, rules, options, device)
 
 
-def main(argv=None):
-    return run(visualize, get_args_parser().parse_args(argv))
+def main(argv=None, written=None):
+    return run(visualize, get_args_parser().parse_args(argv), written=written)
 
 
 if __name__ == "__main__":

@@ -9,170 +9,33 @@ One pass over a split, in batches and without gradients, keeps for every channel
 the ``--k`` images with the highest score, the channel's maximum over positions (``--score
 mean`` for its mean), and the position of that maximum. Each batch's top-k is merged into the
 running top-k on tensors, so memory is channels x k whatever the number of images. Ties are
-broken by the lower image index (a stable merge), exactly as a full sort would.
+broken by the lower image index (a stable merge), exactly as a full sort would. The scan is
+``model.activation_search``; this script draws and saves its result.
 
 The receptive field of the maximum is computed from the layer stack (``model.receptive_field``)
 and drawn as a box; ``--project`` adds the DeconvNet projection of each top activation
-(deconvnet.py's core). A JSON file lists image indices, values, positions and the dead channels
+(``model.mirror``). A JSON file lists image indices, values, positions and the dead channels
 (never positive on the scan).
 """
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
-from deconvnet import compute_projections, projection_display
-from model.architectures import conv_layer_names, get_layer, split_at
+from model.activation_search import layer_function, parse_channels, search_top_activations
+from model.architectures import conv_layer_names, get_layer
 from model.cli import ArgumentParser, positive_int, run
 from model.datasets import load_dataset
-from model.engine import iterate_batches
 from model.errors import UserError
-from model.heatmaps import frame, show_image
+from model.heatmaps import frame, show_image, signed_display
 from model.receptive_field import receptive_field
 from model.images import checkpoint_parser, checkpoint_path, load_method_model
+from model.mirror import activation_layers, compute_projections
 from model.plotting import Figure, Rectangle
 from model.runtime import save_json, seed_everything, write_figure
 
 MAX_SHOWN = 16  # images per channel in the figures: a figure of k subplots grows with k
-
-
-@dataclass
-class TopActivations:
-    """The running result of a scan, for K channels.
-
-    Attributes:
-        values: (K, k) scores, best first (-inf where fewer than k images were seen).
-        indices: (K, k) dataset indices of those images (-1 where none).
-        positions: (K, k, 2) (row, col) of each channel's maximum in those images (filled
-            by :meth:`locate_maxima` after the scan).
-        channel_max: (K,) the highest activation of each channel over all images seen.
-    """
-
-    values: torch.Tensor
-    indices: torch.Tensor
-    positions: torch.Tensor
-    channel_max: torch.Tensor
-
-    @classmethod
-    def empty(cls, channels, k, device, dtype=torch.float32):
-        return cls(torch.full((channels, k), -torch.inf, dtype=dtype, device=device),
-                   torch.full((channels, k), -1, dtype=torch.int64, device=device),
-                   torch.zeros(channels, k, 2, dtype=torch.int64, device=device),
-                   torch.full((channels,), -torch.inf, dtype=dtype, device=device))
-
-    def merge(self, activations, first_index, score="max"):
-        """Fold one batch of activations (B, K, h, w), dataset indices first_index.., in.
-
-        Running entries come first in the concatenation and the sort is stable, so among
-        equal scores the lower dataset index wins, as in a full stable sort.
-        """
-        flat = activations.flatten(2)  # (B, K, hw)
-        peak = flat.amax(2)  # (B, K)
-        scores = (peak if score == "max" else flat.mean(2)).T  # (K, B)
-        self.channel_max = torch.maximum(self.channel_max, peak.amax(0))
-        # A batch image can enter a channel's top k only by beating its current k-th score:
-        # on a tie the running entry, with the lower dataset index, stays ahead. After the
-        # first batches few images qualify, so the sorts below run on those alone.
-        candidates = (scores > self.values[:, -1:]).any(0).nonzero()[:, 0]  # ascending
-        if len(candidates) == 0:
-            return
-        keep = min(self.k, len(candidates))
-        ranked = torch.sort(scores[:, candidates], dim=1, descending=True, stable=True)
-        best = candidates[ranked.indices[:, :keep]]  # (K, keep) batch positions
-        values = torch.cat([self.values, scores.gather(1, best)], dim=1)  # (K, k + keep)
-        indices = torch.cat([self.indices, best + first_index], dim=1)
-        order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :self.k]
-        self.values = values.gather(1, order)
-        self.indices = indices.gather(1, order)
-
-    def locate_maxima(self, function, dataset, device):
-        """Fill ``positions``: one more forward pass over the (at most K x k) kept images.
-
-        Finding the argmax only for the images that end up kept keeps it out of the scan.
-        """
-        kept = self.indices.clamp_min(0)  # (K, k); -1 (no image) reads image 0, unused
-        unique, inverse = torch.unique(kept, return_inverse=True)
-        activations = function(dataset.info.normalize(dataset.images[unique.cpu()].to(device)))
-        width = activations.shape[-1]
-        channel = torch.arange(kept.shape[0], device=activations.device)[:, None]
-        where = activations.flatten(2)[inverse, channel].argmax(2)  # (K, k): first maximum
-        self.positions = torch.stack([where // width, where % width], dim=2)
-
-    @property
-    def k(self):
-        return self.values.shape[1]
-
-    def dead_channels(self):
-        """Channels that were never positive on the scan."""
-        return (self.channel_max <= 0).nonzero()[:, 0].tolist()
-
-
-def layer_function(model, layer):
-    """The function from inputs to the layer's activations as (N, K, h, w).
-
-    ``fc`` (the last Linear layer) gives the class scores as (N, classes, 1, 1). The inputs
-    are cast to the model's dtype (normalized images are float32; a test net may be float64).
-    """
-    dtype = next(model.parameters()).dtype
-    if isinstance(get_layer(model, layer), nn.Linear):
-        if layer != list(dict(model.named_children()))[-1]:
-            raise UserError(f"--layer {layer}: only the final Linear layer (the classes) or a "
-                            "layer of the convolutional part can be searched")
-        return lambda inputs: model(inputs.to(dtype))[:, :, None, None]
-    body = split_at(model, layer)[0]
-    return lambda inputs: body(inputs.to(dtype))
-
-
-@torch.no_grad()
-def search_top_activations(model, dataset, layer, k=9, score="max", batch_size=256,
-                           device="cpu", progress=False):
-    """Scan ``dataset`` once and keep every channel's top-k images (see :class:`TopActivations`).
-
-    Args:
-        model: a net of the ``model`` package in eval mode.
-        dataset: an :class:`~model.datasets.ImageDataset`.
-        layer: a conv-part layer name, or the final Linear layer's name for classes.
-        k: images kept per channel; score: ``max`` or ``mean`` over positions.
-
-    Returns:
-        :class:`TopActivations`; memory stays O(channels x k) whatever ``len(dataset)``.
-    """
-    function = layer_function(model, layer)
-    result = None
-    seen = 0
-    batches = iterate_batches(dataset, batch_size, device)
-    for inputs, _ in tqdm(batches, total=-(-len(dataset) // batch_size), disable=not progress,
-                          desc=f"scanning {layer}", unit="batch"):
-        activations = function(inputs)
-        if result is None:
-            result = TopActivations.empty(activations.shape[1], k, activations.device,
-                                          activations.dtype)
-        result.merge(activations, seen, score)
-        seen += len(inputs)
-    result.locate_maxima(function, dataset, device)
-    return result
-
-
-def parse_channels(tokens, count, flag="--channels"):
-    """``["0-7", "12"]`` -> [0, ..., 7, 12], checked against ``count`` channels of ``flag``."""
-    channels = []
-    for token in tokens:
-        try:
-            low, _, high = token.partition("-")
-            low, high = int(low), int(high or low)
-        except ValueError:
-            raise UserError(f"{flag} {token}: use indices and ranges like 0-7 12") from None
-        if high < low:
-            raise UserError(f"{flag} {token}: an empty range; write it low-high")
-        channels.extend(range(low, high + 1))
-    bad = [c for c in channels if not 0 <= c < count]
-    if bad:
-        raise UserError(f"{flag} {bad[0]} is out of range: the layer has {count} channels "
-                        f"(0-{count - 1})")
-    return channels
 
 
 def unit_boxes(result, channels, field, image_size):
@@ -261,6 +124,11 @@ def check_arguments(args, model, layer, dataset, device):
 
 
 def search(args):
+    """Scan the split, then write the JSON report, the overview and the per-channel figures.
+
+    Returns:
+        the paths written, in order: JSON, overview, then one figure per detailed channel.
+    """
     seed_everything(args.seed)
     device, model, info = load_method_model(args)
     layer = args.layer or conv_layer_names(model)[-1]
@@ -270,7 +138,7 @@ def search(args):
                                     args.batch_size, device, progress=True)
     channel_count = result.values.shape[0]
     is_classes = isinstance(get_layer(model, layer), nn.Linear)
-    field = None if is_classes else receptive_field(split_at(model, layer)[0])
+    field = None if is_classes else receptive_field(activation_layers(model, layer))
     labels = (list(info.classes) if is_classes
               else [f"ch {c}" for c in range(channel_count)])
     all_channels = list(range(channel_count))
@@ -287,8 +155,8 @@ def search(args):
                                        "positions": result.positions[c].tolist(),
                                        "max": float(result.channel_max[c])}
                            for c in all_channels}}
-    save_json(report, out / f"{stem}_top{args.k}.json")
-    print(f"wrote {out / f'{stem}_top{args.k}.json'}; dead channels: "
+    paths = [save_json(report, out / f"{stem}_top{args.k}.json")]
+    print(f"wrote {paths[-1]}; dead channels: "
           f"{report['dead_channels'] or 'none'}")
 
     chosen = parse_channels(args.channels, channel_count) if args.channels else all_channels
@@ -296,8 +164,8 @@ def search(args):
     crops = [[images_of(c)[rank][:, t:b, l:r] for rank, (t, l, b, r) in enumerate(boxes[c])]
              for c in chosen]
     title = f"{info.name} {layer}: top {args.k} {args.split} images per channel ({args.score})"
-    write_figure(plot_overview(crops, [labels[c] for c in chosen], title),
-                 out / f"{stem}_overview.png")
+    paths.append(write_figure(plot_overview(crops, [labels[c] for c in chosen], title),
+                              out / f"{stem}_overview.png"))
 
     detailed = chosen if args.channels or channel_count <= 16 else []
     for c in detailed:
@@ -306,16 +174,17 @@ def search(args):
             inputs = info.normalize(dataset.images[result.indices[c]].to(device))
             channel = torch.full((args.k, 1), c, device=device)
             projections = compute_projections(model, inputs, layer, channel)[0][:, 0]
-            projections = torch.stack([projection_display(p) for p in projections]).cpu()
+            projections = torch.stack([signed_display(p) for p in projections]).cpu()
         figure = plot_channel(images_of(c), result.values[c].tolist(),
                               result.indices[c].tolist(), boxes[c],
                               f"{info.name} {layer} {labels[c]}: top {args.k} {args.split} "
                               f"images", projections)
-        write_figure(figure, out / f"{stem}_channel{c:03d}.png")
+        paths.append(write_figure(figure, out / f"{stem}_channel{c:03d}.png"))
+    return paths
 
 
-def main(argv=None):
-    return run(search, get_args_parser().parse_args(argv))
+def main(argv=None, written=None):
+    return run(search, get_args_parser().parse_args(argv), written=written)
 
 
 if __name__ == "__main__":

@@ -13,138 +13,20 @@ paper's Fig. 7b and 7e). All occluded variants go through the model in batches o
 ``--batch-size``.
 """
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from model.cli import ArgumentParser, positive_int, run
-from model.engine import fast_layout
-from model.errors import UserError
-from model.filters import gaussian_blur
 from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, class_colormap, frame, show_image,
                             show_overlay)
 from model.images import method_parser, prepare_method, resolve_targets
+from model.attribution import METHODS
+from model.occlusion import baseline_images, compute_occlusion
 from model.plotting import Figure, Patch, Rectangle
 from model.runtime import write_figure
 
-
-@dataclass
-class OcclusionResult:
-    """Occlusion maps for a batch of N images; positions form an (ny, nx) grid.
-
-    Attributes:
-        probability: (N, ny, nx) target probability with the patch at each position.
-        drop: (N, ny, nx) unoccluded target probability minus ``probability``.
-        top_class: (N, ny, nx) most probable class with the patch at each position.
-        base_probability: (N,) target probability of the unoccluded image.
-        pixel_drop: (N, H, W) per pixel, the mean drop over the positions whose patch covers
-            it (pixels no patch covers get 0): the drop map in image coordinates.
-        tops: (ny,) and ``lefts`` (nx,): pixel coordinates of the patch positions.
-    """
-
-    probability: torch.Tensor
-    drop: torch.Tensor
-    top_class: torch.Tensor
-    base_probability: torch.Tensor
-    pixel_drop: torch.Tensor
-    tops: torch.Tensor
-    lefts: torch.Tensor
-
-
-def patch_positions(size, patch, stride):
-    """Top (or left) coordinates of every patch position along one axis of ``size`` pixels.
-
-    Positions step by ``stride`` from 0, and the last one is moved flush with the far edge so
-    that every pixel is covered by at least one patch.
-    """
-    if patch > size:
-        raise UserError(f"--patch {patch} is larger than the {size}x{size} image")
-    starts = list(range(0, size - patch + 1, stride))
-    if starts[-1] != size - patch:
-        starts.append(size - patch)
-    return torch.tensor(starts)
-
-
-def baseline_images(inputs, info, baseline, patch):
-    """The fill for the patch, as a normalized (N, C, H, W) batch.
-
-    Args:
-        baseline: ``gray`` (pixel 0.5), ``zero`` (black), ``mean`` (the dataset's mean colour),
-            ``blur`` (the image blurred with a Gaussian of sigma patch/4), or a number in [0, 1].
-    """
-    pixels = info.denormalize(inputs)  # (N, C, H, W) in [0, 1]
-    if baseline == "blur":
-        return info.normalize(gaussian_blur(pixels, sigma=max(1.0, patch / 4)))
-    if baseline == "mean":
-        return torch.zeros_like(inputs)  # the mean colour is 0 after normalization
-    value = {"gray": 0.5, "zero": 0.0}.get(baseline)
-    if value is None:
-        try:
-            value = float(baseline)
-        except ValueError:
-            raise UserError(f"--baseline {baseline}: use gray, zero, mean, blur or a number "
-                            "in [0, 1]") from None
-        if not 0.0 <= value <= 1.0:
-            raise UserError(f"--baseline {baseline}: a pixel value must lie in [0, 1]")
-    return info.normalize(torch.full_like(pixels, value))
-
-
-def _covered(starts, patch, size):
-    """(len(starts), size) bool: which pixels of an axis each patch position covers."""
-    pixels = torch.arange(size)[None]
-    return (pixels >= starts[:, None]) & (pixels < starts[:, None] + patch)
-
-
-@torch.no_grad()
-def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=256):
-    """Occlusion sensitivity of a batch of images (Zeiler & Fergus 2014, sec. 4.2).
-
-    For every patch position (i, j) the image x is replaced inside the square by ``fill``:
-    x_ij = (1 - M_ij) * x + M_ij * fill, with M_ij the square's indicator, and
-    p_ij = softmax(f(x_ij))[target]. The N * ny * nx variants are built on the fly and run in
-    batches of ``batch_size``, so memory is bounded by the batch, not by the number of
-    positions.
-
-    Args:
-        model: the network in eval mode.
-        inputs: (N, C, H, W) normalized images.
-        targets: (N,) class per image.
-        fill: (N, C, H, W) normalized values for the patch (see :func:`baseline_images`).
-        patch, stride: square side and step in pixels.
-
-    Returns:
-        :class:`OcclusionResult`.
-    """
-    count, _, height, width = inputs.shape
-    tops, lefts = patch_positions(height, patch, stride), patch_positions(width, patch, stride)
-    in_rows = _covered(tops, patch, height).to(inputs.device)  # (ny, H)
-    in_cols = _covered(lefts, patch, width).to(inputs.device)  # (nx, W)
-    windows = (in_rows[:, None, :, None] & in_cols[None, :, None, :]).flatten(0, 1)  # (P, H, W)
-    positions = len(windows)
-
-    base = torch.softmax(model(inputs), dim=1)
-    base_probability = base.gather(1, targets[:, None])[:, 0]
-    probability = torch.empty(count * positions, dtype=base.dtype, device=inputs.device)
-    top_class = torch.empty(count * positions, dtype=torch.int64, device=inputs.device)
-    for start in range(0, count * positions, batch_size):
-        flat = torch.arange(start, min(start + batch_size, count * positions),
-                            device=inputs.device)
-        image_index, position_index = flat // positions, flat % positions
-        mask = windows[position_index][:, None]  # (B, 1, H, W)
-        variants = torch.where(mask, fill[image_index], inputs[image_index])  # (B, C, H, W)
-        scores = torch.softmax(model(fast_layout(variants)), dim=1)
-        probability[flat] = scores.gather(1, targets[image_index, None])[:, 0]
-        top_class[flat] = scores.argmax(1)
-    grid = (count, len(tops), len(lefts))
-    probability, top_class = probability.view(grid), top_class.view(grid)
-    drop = base_probability[:, None, None] - probability
-    # Each pixel's mean drop over the windows that cover it (captum's per-pixel averaging).
-    coverage = windows.to(drop.dtype).sum(0)  # (H, W)
-    summed = torch.einsum("np,phw->nhw", drop.flatten(1), windows.to(drop.dtype))
-    pixel_drop = summed / coverage.clamp_min(1.0)
-    return OcclusionResult(probability, drop, top_class, base_probability, pixel_drop,
-                           tops, lefts)
+DEFAULTS = METHODS["occlusion"].defaults
 
 
 def occluded_image(image, fill, top, left, patch):
@@ -212,17 +94,19 @@ def plot_occlusion(image, fill, result, index, patch, classes, title, strip=8):
 def get_args_parser():
     parser = ArgumentParser(description=__doc__.split("\n")[0],
                             parents=[method_parser("occlusion_sensitivity")])
-    parser.add_argument("--patch", type=positive_int, default=4,
-                        help="side of the occluding square in pixels (default: 4)")
-    parser.add_argument("--stride", type=positive_int, default=1,
-                        help="step between patch positions in pixels (default: 1)")
+    parser.add_argument("--patch", type=positive_int, default=DEFAULTS["patch"],
+                        help=f"side of the occluding square in pixels (default: "
+                             f"{DEFAULTS['patch']})")
+    parser.add_argument("--stride", type=positive_int, default=DEFAULTS["stride"],
+                        help=f"step between patch positions in pixels (default: "
+                             f"{DEFAULTS['stride']})")
     # A flat patch is itself a square-shaped object to a network that knows squares: on
     # shapes a gray patch lowers p(target) even on the background (pointing game 79.5% for
     # gray vs 92.5% for blur, bench/pointing.py), so the default fill adds no new shape.
-    parser.add_argument("--baseline", default="blur",
-                        help="patch fill: blur (the image blurred, sigma = patch/4), gray "
-                             "(the paper's), zero (black), mean (dataset mean colour), or a "
-                             "pixel value in [0, 1] (default: blur)")
+    parser.add_argument("--baseline", default=DEFAULTS["baseline"],
+                        help=f"patch fill: blur (the image blurred, sigma = patch/4), gray "
+                             f"(the paper's), zero (black), mean (dataset mean colour), or a "
+                             f"pixel value in [0, 1] (default: {DEFAULTS['baseline']})")
     return parser
 
 
@@ -235,7 +119,7 @@ def explain(args):
     result = compute_occlusion(model, selection.inputs, targets, fill, args.patch, args.stride,
                                args.batch_size)
     images, fills = info.denormalize(selection.inputs), info.denormalize(fill)
-    predictions = logits.argmax(1)
+    predictions, written = logits.argmax(1), []
     for index, name in enumerate(selection.names):
         label = int(selection.labels[index])
         title = (f"{name}: true {info.classes[label] if label >= 0 else '?'}, "
@@ -244,11 +128,12 @@ def explain(args):
                  f"patch, stride {args.stride}")
         figure = plot_occlusion(images[index], fills[index], result, index, args.patch,
                                 info.classes, title)
-        write_figure(figure, Path(args.out) / f"occlusion_{name}.png")
+        written.append(write_figure(figure, Path(args.out) / f"occlusion_{name}.png"))
+    return written
 
 
-def main(argv=None):
-    return run(explain, get_args_parser().parse_args(argv))
+def main(argv=None, written=None):
+    return run(explain, get_args_parser().parse_args(argv), written=written)
 
 
 if __name__ == "__main__":

@@ -143,13 +143,14 @@ def train(args):
                      else ([], 0))
     if done >= args.epochs:
         print(f"{args.out} already has {done} of {args.epochs} epochs; nothing to do")
-        return
+        return []
     print(f"training {args.arch} on {args.dataset} ({len(train_set)} train / {len(test_set)} "
           f"test images) on {device} for epochs {done + 1}-{args.epochs}")
     epochs = fit(model, optimizer, train_set, test_set, first_epoch=done + 1,
                  epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                  peak_lr=args.lr, device=device, augment=args.augment,
                  progress=not args.no_progress)
+    written = [Path(args.out), curve_path(args.out)]
     try:
         for metrics in epochs:
             history.append(metrics)
@@ -164,6 +165,7 @@ def train(args):
             save_checkpoint(args.out, **save)
             if args.save_every_epoch:
                 save_checkpoint(snapshot_path(args.out, metrics["epoch"]), **save)
+                written.append(snapshot_path(args.out, metrics["epoch"]))
             save_figure(plot_training_curve(history, f"{args.arch} on {args.dataset}"),
                         curve_path(args.out))
     except TrainingDivergedError as error:
@@ -172,6 +174,7 @@ def train(args):
         raise TrainingDivergedError(f"{error}; {kept}") from None
     print(f"saved {args.out} (test accuracy {100 * history[-1]['test_accuracy']:.2f}%) "
           f"and {curve_path(args.out)}")
+    return written
 
 
 def interrupted_note(args):
@@ -182,9 +185,9 @@ def interrupted_note(args):
     return "interrupted before the first epoch finished; nothing was saved"
 
 
-def main(argv=None):
+def main(argv=None, written=None):
     args = get_args_parser().parse_args(argv)
-    return run(train, args, interrupted=lambda: interrupted_note(args))
+    return run(train, args, interrupted=lambda: interrupted_note(args), written=written)
 
 
 if __name__ == "__main__":

@@ -179,16 +179,17 @@ INTERRUPTED, TERMINATED = 130, 143  # the exit codes of model.cli.run after Ctrl
 
 
 def run_script(module, argv, log):
-    """Run a script's ``main`` in this process with its output captured into ``log``.
+    """Run a script's ``main`` in this process with its output captured into ``log``; the
+    figures are the PNGs its command returned as written.
 
     Raises:
         KeyboardInterrupt (or ``Terminated``): the script was stopped by Ctrl-C (SIGTERM), so
             the report stops too, at once; the message is the script's last line.
     """
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout, stderr, written = io.StringIO(), io.StringIO(), []
     started = time.perf_counter()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = module.main(argv)
+        code = module.main(argv, written)
     seconds = time.perf_counter() - started
     printed = stdout.getvalue()
     # Progress bars rewrite their line with carriage returns: keep each line's final state.
@@ -199,8 +200,7 @@ def run_script(module, argv, log):
         raise KeyboardInterrupt(last_line(errors))
     if code == TERMINATED:
         raise Terminated("SIGTERM", last_line(errors).split(" (terminated by")[0])
-    figures = [line[len("wrote "):] for line in printed.splitlines()
-               if line.startswith("wrote ") and line.endswith(".png")]
+    figures = [Path(path) for path in written if Path(path).suffix == ".png"]
     return ScriptRun(command, code, figures, seconds, errors)
 
 

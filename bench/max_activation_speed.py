@@ -10,6 +10,7 @@ state is channels x k, so the second scan must not raise the peak. Weights do no
 speed, so the nets are freshly initialized.
 """
 import argparse
+import functools
 import resource
 import sys
 import time
@@ -19,10 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from max_activation_search import search_top_activations  # noqa: E402
-from model.architectures import build_model, conv_layer_names, split_at  # noqa: E402
+from model.activation_search import search_top_activations  # noqa: E402
+from model.architectures import build_model, conv_layer_names  # noqa: E402
 from model.datasets import load_dataset  # noqa: E402
 from model.engine import RECIPES, iterate_batches  # noqa: E402
+from model.layers import layer_output  # noqa: E402
 from model.runtime import resolve_device  # noqa: E402
 
 
@@ -61,7 +63,7 @@ def main(argv=None):
     print("| layer | plain forward img/s | search img/s | ratio |")
     print("|---|---|---|---|")
     for layer in conv_layer_names(model):
-        body = split_at(model, layer)[0]
+        body = functools.partial(layer_output, model, layer)  # the model up to the layer
         plain_forward(body, dataset.subset(512), args.batch_size, device)  # warm-up
         plain = timed(plain_forward, body, dataset, args.batch_size, device)
         scan = timed(search_top_activations, model, dataset, layer, args.k, "max",

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import occlusion_sensitivity as occ  # noqa: E402
+import model.occlusion as occ  # noqa: E402
 from model.architectures import ARCHITECTURES, build_model  # noqa: E402
 from model.datasets import DATASET_INFO, DATASETS  # noqa: E402
 from model.engine import RECIPES  # noqa: E402

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import occlusion_sensitivity as occ  # noqa: E402
-from class_activation_maps import compute_cam  # noqa: E402
+import model.occlusion as occ  # noqa: E402
+from model.cam import compute_cam  # noqa: E402
 from model.architectures import conv_layer_names  # noqa: E402
 from model.checkpoint import default_checkpoint_path, load_model  # noqa: E402
 from model.datasets import load_dataset  # noqa: E402

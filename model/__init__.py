@@ -1,20 +1,29 @@
-"""cnn-viz's shared package: architectures, datasets, checkpoints, layer access and CLI plumbing.
+"""cnn-viz's shared package: architectures, datasets, checkpoints, layer access, the attribution
+methods and the CLI plumbing. Method scripts import only from here.
 
 Modules:
-    architectures    ``simple`` and ``vgg`` nets with named layers; ``get_layer``, ``split_at``
-    datasets         torchvision datasets and ``shapes`` as in-memory tensors; ``DatasetInfo``
-    dataset_files    checks of torchvision's files: damaged or mismatched files named
-    shapes           the offline shapes dataset with ground-truth object masks
-    checkpoint       atomic, validated, ``weights_only`` checkpoints
-    engine           batch streaming, augmentation, training and evaluation loops, recipes
-    runtime          device choice, seeding, atomic file and figure output, name-length checks
-    cli              one-line errors, Ctrl-C and SIGTERM, argument types, the shared flags
-    errors           ``UserError``, the one exception the CLI turns into a one-line message
-    images           what a method script explains: model, ``--index``/``--image``, targets
-    heatmaps         map normalization, resizing, overlays and mosaics
-    plotting         matplotlib set up quietly (config folder, glyph warnings); ``Figure``
-    receptive_field  receptive fields from kernel, stride and padding
-    metrics          pointing game and mass inside the object mask
-    evaluation       deletion/insertion, model randomization, agreement, cost meter
-    filters          Gaussian blur
+    registry          the attribution-method registry: ``register``, ``METHODS``, ``get_method``
+    attribution       imports every method (fills the registry) and adds the ``random`` baseline
+    occlusion         occlusion sensitivity, batched over images and patch positions
+    cam               the CAM family on one core (CAM, Grad-CAM, ..., Score-CAM, Eigen-CAM)
+    gradients         input gradients by ReLU rule (backward hooks), Integrated Gradients, IxG
+    mirror            the explicit DeconvNet mirror with max-pool switches
+    activation_search streamed top-k activations per channel, channel-list parsing
+    layers            layers by name on any ``nn.Module``: hooks that record or replace outputs
+    faithfulness      deletion/insertion, model randomization, agreement, cost meter
+    architectures     ``simple`` and ``vgg`` nets with named layers; ``get_layer``, ``split_at``
+    datasets          torchvision datasets and ``shapes`` as in-memory tensors; ``DatasetInfo``
+    dataset_files     checks of torchvision's files: damaged or mismatched files named
+    shapes            the offline shapes dataset with ground-truth object masks
+    checkpoint        atomic, validated, ``weights_only`` checkpoints
+    engine            batch streaming, augmentation, training loop, test loss and accuracy
+    runtime           device choice, seeding, atomic file and figure output, name-length checks
+    cli               one-line errors, Ctrl-C and SIGTERM, argument types, the shared flags
+    errors            ``UserError``, the one exception the CLI turns into a one-line message
+    images            what a method script explains: model, ``--index``/``--image``, targets
+    heatmaps          map normalization, resizing, signed display, overlays and mosaics
+    plotting          matplotlib set up quietly (config folder, glyph warnings); ``Figure``
+    receptive_field   receptive fields from kernel, stride and padding
+    metrics           pointing game and mass inside the object mask
+    blur              Gaussian blur (equal to torchvision's)
 """

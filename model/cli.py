@@ -123,8 +123,12 @@ def terminate_like_ctrl_c():
             signal.signal(number, handler)
 
 
-def run(command, args, interrupted=None):
+def run(command, args, interrupted=None, written=None):
     """Call ``command(args)`` and turn every way it can fail into one line on stderr.
+
+    A script's command returns the paths of the files it wrote (figures, JSON, checkpoints),
+    in order; they are appended to ``written`` when given, so that a caller such as
+    ``visualize_all.py`` learns them without reading the script's printed output.
 
     Returns 0 on success; 2 after a :class:`UserError` or any other exception, printed as one
     line (with ``--debug`` the exception propagates with its traceback); 130 after Ctrl-C and
@@ -135,7 +139,9 @@ def run(command, args, interrupted=None):
     """
     try:
         with terminate_like_ctrl_c():
-            command(args)
+            paths = command(args)
+        if written is not None:
+            written.extend(paths or [])
     except KeyboardInterrupt as stop:
         if args.debug:
             raise

@@ -189,7 +189,7 @@ def fast_layout(images):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device, batch_size=512):
+def loss_and_accuracy(model, dataset, device, batch_size=512):
     """Mean cross-entropy and accuracy of ``model`` on ``dataset``.
 
     Returns:
@@ -217,6 +217,6 @@ def fit(model, optimizer, train_set, test_set, *, first_epoch, epochs, seed, bat
         metrics = train_one_epoch(model, optimizer, train_set, epoch=epoch, epochs=epochs,
                                   seed=seed, batch_size=batch_size, peak_lr=peak_lr,
                                   device=device, augment=augment, progress=progress)
-        metrics.update(evaluate(model, test_set, device))
+        metrics.update(loss_and_accuracy(model, test_set, device))
         metrics.update(epoch=epoch, seconds=time.perf_counter() - started)
         yield metrics

@@ -32,6 +32,15 @@ def normalize_maps(maps):
     return ((flat - low) / (span + EPSILON)).clamp(0.0, 1.0).view_as(maps)
 
 
+def signed_display(values):
+    """Signed values (a projection, conv weights) for display as the Zeiler-Fergus figures
+    show them: zero is mid-gray, scaled by the largest magnitude.
+
+    Any shape -> the same shape in [0, 1]; all zeros stay uniformly gray.
+    """
+    return (0.5 + 0.5 * values / values.abs().max().clamp_min(1e-12)).clamp(0.0, 1.0)
+
+
 def resize_maps(maps, size, mode="bilinear"):
     """Resize (N, h, w) maps to (N, size, size); ``mode`` is ``bilinear`` or ``nearest``."""
     extra = {"align_corners": False} if mode == "bilinear" else {}
@@ -133,4 +142,20 @@ def plot_map_table(image, maps, row_labels, column_labels, title, cell=1.1):
         side.set_visible(False)
     figure.suptitle(title)
     figure.tight_layout()
+    return figure
+
+
+def plot_overlay_grid(images, maps, row_titles, colorbar_label="map (0-1)"):
+    """A row per image: the input, then one overlay per method (``maps``: name -> (N, H, W)),
+    with one colorbar: the CAM grid and the evaluation's map figure."""
+    count, columns = len(images), 1 + len(maps)
+    figure = Figure(figsize=(1.9 * columns + 0.8, 2.4 * count + 0.4))
+    axes = figure.subplots(count, columns, squeeze=False)
+    artist = None
+    for row in range(count):
+        show_image(axes[row, 0], images[row], row_titles[row])
+        for column, (method, method_maps) in enumerate(maps.items(), start=1):
+            artist = show_overlay(axes[row, column], images[row], method_maps[row],
+                                  method if row == 0 else None)
+    figure.colorbar(artist, ax=axes, fraction=0.02, pad=0.01, label=colorbar_label)
     return figure

@@ -276,6 +276,13 @@ def resolve_targets(spec, info, logits, labels):
 
 
 @torch.no_grad()
+def test_predictions(model, test_set, device, batch_size=512):
+    """The model's predicted class for every image of ``test_set``: (N,) int64 on the CPU."""
+    return torch.cat([model(inputs).argmax(1).cpu()
+                      for inputs, _ in iterate_batches(test_set, batch_size, device)])
+
+
+@torch.no_grad()
 def sample_test_images(model, test_set, count, seed, device, wrong_share=0.25,
                        batch_size=512):
     """A fixed, seeded sample of test images that mixes right and wrong decisions and classes.
@@ -288,8 +295,7 @@ def sample_test_images(model, test_set, count, seed, device, wrong_share=0.25,
     Returns:
         (indices (count,) int64, predictions (count,) int64), on the CPU.
     """
-    predictions = torch.cat([model(inputs).argmax(1).cpu()
-                             for inputs, _ in iterate_batches(test_set, batch_size, device)])
+    predictions = test_predictions(model, test_set, device, batch_size)
     generator = torch.Generator().manual_seed(seed)
     count = min(count, len(test_set))
     wrong = (predictions != test_set.labels).nonzero()[:, 0]

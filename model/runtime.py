@@ -201,14 +201,16 @@ def atomic_open(path):
 
 
 def save_json(data, path):
-    """Write ``data`` as indented JSON atomically."""
+    """Write ``data`` as indented JSON atomically; returns ``path``."""
     with atomic_open(path) as file:
         file.write(json.dumps(data, indent=1).encode())
+    return path
 
 
 def write_figure(figure, path):
-    """Save a figure (see :func:`save_figure`) and tell the user where it went."""
+    """Save a figure (see :func:`save_figure`), tell the user where it went, return ``path``."""
     print(f"wrote {save_figure(figure, path)}")
+    return path
 
 
 def save_figure(figure, path, dpi=120):

@@ -1,11 +1,13 @@
-"""class_activation_maps.py: identities of the papers, brute-force loops, edge cases, CLI."""
+"""The CAM family (model.cam) and class_activation_maps.py: identities of the papers,
+brute-force loops, the hook path against the Sequential split, edge cases, CLI."""
 import pytest
 import torch
 import torch.nn as nn
 
-import class_activation_maps as cams
+import class_activation_maps
+import model.cam as cams
 from conftest import stderr_lines
-from model.architectures import build_model
+from model.architectures import build_model, split_at
 from model.errors import UserError
 
 
@@ -44,8 +46,7 @@ def test_gradcam_plus_plus_weights_match_the_closed_form_on_gap_linear():
     """With constant gradients g_k = w_k / Z, Eq. 19 gives w_k = Z relu(g_k) / (2 + g_k sum A)."""
     model = vgg_with_statistics(1).double()
     inputs, targets = torch.randn(2, 3, 16, 16).double(), torch.tensor([1, 4])
-    body, head = cams.split_at(model, "conv4")
-    activations, gradients, _ = cams.activations_and_gradients(body, head, inputs, targets)
+    activations, gradients, _ = cams.activations_and_gradients(model, "conv4", inputs, targets)
     area = activations.shape[2] * activations.shape[3]
     g = model.fc.weight[targets] / area  # (N, K)
     expected = area * g.clamp_min(0) / (2 + g * activations.sum((2, 3)))
@@ -57,7 +58,7 @@ def test_gradcam_plus_plus_weights_match_the_closed_form_on_gap_linear():
 def test_scorecam_weights_equal_a_per_channel_loop():
     model = vgg_with_statistics(2).double()
     inputs, targets = torch.randn(2, 3, 16, 16).double(), torch.tensor([2, 0])
-    body, _ = cams.split_at(model, "conv3")
+    body, _ = split_at(model, "conv3")
     with torch.no_grad():
         activations = body(inputs)
         weights = cams.score_weights(model, inputs, activations, targets, batch_size=5)
@@ -74,11 +75,12 @@ def test_scorecam_weights_equal_a_per_channel_loop():
 def test_ablationcam_weights_equal_a_per_channel_loop():
     model = vgg_with_statistics(3).double()
     inputs, targets = torch.randn(2, 3, 16, 16).double(), torch.tensor([5, 1])
-    body, head = cams.split_at(model, "conv4")
+    body, head = split_at(model, "conv4")  # the reference runs the head on edited maps
     with torch.no_grad():
         activations = body(inputs)
         logits = head(activations)
-        weights = cams.ablation_weights(head, activations, logits, targets, batch_size=7)
+        weights = cams.ablation_weights(model, "conv4", inputs, activations, logits, targets,
+                                        batch_size=7)
         for n in range(2):
             score = logits[n, targets[n]]
             for k in range(activations.shape[1]):
@@ -86,6 +88,44 @@ def test_ablationcam_weights_equal_a_per_channel_loop():
                 ablated[0, k] = 0
                 expected = (score - head(ablated)[0, targets[n]]) / (score.abs() + cams.EPSILON)
                 assert weights[n, k] == pytest.approx(float(expected), abs=1e-10)
+
+
+@pytest.mark.parametrize("layer", ["conv2", "conv4", "pool1"])
+def test_the_hook_path_equals_the_sequential_split(layer):
+    """Activations and gradients through forward hooks equal body(x) and the head's gradient."""
+    model = vgg_with_statistics(6).double()
+    inputs, targets = torch.randn(3, 3, 16, 16).double(), torch.tensor([0, 2, 5])
+    activations, gradients, logits = cams.activations_and_gradients(model, layer, inputs,
+                                                                     targets)
+    body, head = split_at(model, layer)
+    expected = body(inputs).detach().requires_grad_(True)
+    expected_logits = head(expected)
+    score = expected_logits.gather(1, targets[:, None]).sum()
+    expected_gradients = torch.autograd.grad(score, expected)[0]
+    assert torch.allclose(activations, expected, atol=1e-12)
+    assert torch.allclose(gradients, expected_gradients, atol=1e-12)
+    assert torch.allclose(logits, expected_logits, atol=1e-12)
+    assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_hooks_are_removed_when_a_method_raises():
+    model = vgg_with_statistics(7)
+    with pytest.raises(UserError, match="not in the convolutional part"):
+        cams.compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "gradcam",
+                         "flatten")
+    with pytest.raises(UserError, match="global average pooling"):
+        cams.compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "cam", "conv2")
+    assert not any(module._forward_hooks or module._backward_hooks
+                   for module in model.modules())
+
+
+def test_cam_applies_only_where_the_layer_feeds_global_average_pooling_and_a_linear():
+    model = vgg_with_statistics(8)
+    inputs = torch.randn(2, 3, 16, 16)
+    assert cams.cam_layer_applies(model, "conv4", inputs)
+    assert not cams.cam_layer_applies(model, "conv3", inputs)
+    simple = build_model("simple", 3, 6, 16).eval()  # flatten + Linear: no GAP
+    assert not cams.cam_layer_applies(simple, "conv2", inputs)
 
 
 def test_eigencam_recovers_a_rank_one_pattern_with_positive_sign():
@@ -145,9 +185,9 @@ def test_nearest_upsampling_shows_the_raw_cells():
 
 
 def test_cli_writes_grid_class_maps_and_gallery(trained_shapes_checkpoint, tmp_path):
-    code = cams.main(["--checkpoint", str(trained_shapes_checkpoint), "--index", "0", "1",
-                      "--method", "gradcam", "scorecam", "--gallery", "2",
-                      "--out", str(tmp_path)])
+    code = class_activation_maps.main(["--checkpoint", str(trained_shapes_checkpoint),
+                                       "--index", "0", "1", "--method", "gradcam", "scorecam",
+                                       "--gallery", "2", "--out", str(tmp_path)])
     assert code == 0
     names = {path.name for path in tmp_path.iterdir()}
     assert {"cam_conv2_grid.png", "cam_conv2_classes_test_0.png"} <= names
@@ -159,8 +199,8 @@ def test_cli_writes_grid_class_maps_and_gallery(trained_shapes_checkpoint, tmp_p
                                            (["--layer", "conv9"], "unknown layer")])
 def test_cli_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path, capsys, argv,
                                              message):
-    code = cams.main(["--checkpoint", str(trained_shapes_checkpoint), "--out", str(tmp_path),
-                      "--gallery", "0", *argv])
+    code = class_activation_maps.main(["--checkpoint", str(trained_shapes_checkpoint),
+                                       "--out", str(tmp_path), "--gallery", "0", *argv])
     assert code == 2
     lines = stderr_lines(capsys.readouterr())
     assert len(lines) == 1 and message in lines[0]

@@ -36,15 +36,19 @@ import model.checkpoint
 import model.cli
 import model.datasets
 import model.images
+import model.mirror as mirror
 import model.runtime
 import occlusion_sensitivity
 import train_cnn
 from conftest import ROOT, stderr_lines
+from model.activation_search import search_top_activations
 from model.architectures import build_model
+from model.attribution import METHODS
 from model.checkpoint import load_checkpoint, load_model, save_checkpoint, snapshot_path
 from model.datasets import DATASET_INFO, ImageDataset
 from model.errors import UserError
-from model.heatmaps import normalize_maps
+from model.heatmaps import normalize_maps, signed_display
+from model.occlusion import baseline_images, compute_occlusion
 
 METHOD_SCRIPTS = {
     "occlusion_sensitivity": occlusion_sensitivity,
@@ -575,24 +579,24 @@ def test_heatmaps_are_finite_for_zero_maps_and_constant_images(case):
         if unit_range:
             assert tensor.min() >= 0 and tensor.max() <= 1
 
-    fill = occlusion_sensitivity.baseline_images(inputs, info, "blur", 4)
-    result = occlusion_sensitivity.compute_occlusion(net, inputs, targets, fill, 4, 2)
+    fill = baseline_images(inputs, info, "blur", 4)
+    result = compute_occlusion(net, inputs, targets, fill, 4, 2)
     for field in dataclasses.fields(result):
         finite(getattr(result, field.name).float())
     finite(normalize_maps(result.pixel_drop), unit_range=True)
-    for method in class_activation_maps.METHODS:
+    for method in METHODS.values():  # every registered method, with and without SmoothGrad
         for smooth in (0, 2):
-            finite(class_activation_maps.compute_cam(net, inputs, targets, method, "conv4",
-                                                     smooth=smooth), unit_range=True)
-    for rule in deconvnet.RULES:
-        projections, activations = deconvnet.compute_projections(
+            maps = method(net, inputs, targets, layer="conv4", info=info, smooth=smooth,
+                          stride=4, steps=4)
+            finite(normalize_maps(maps.detach()), unit_range=True)
+    for rule in mirror.RULES:
+        projections, activations = mirror.compute_projections(
             net, inputs, "conv3", torch.tensor([[0, 1], [2, 3]]), rule)
         finite(projections)
-        finite(torch.stack([deconvnet.projection_display(p) for p in projections[:, 0]]),
-               unit_range=True)
-        finite(deconvnet.compute_input_gradient(net, inputs, targets, rule))
+        finite(torch.stack([signed_display(p) for p in projections[:, 0]]), unit_range=True)
+        finite(mirror.compute_input_gradient(net, inputs, targets, rule))
     dataset = ImageDataset(info, (pixels * 255).to(torch.uint8), torch.tensor([0, 1]))
-    scan = max_activation_search.search_top_activations(net, dataset, "conv2", k=2)
+    scan = search_top_activations(net, dataset, "conv2", k=2)
     finite(scan.values)
     report = feature_maps.dead_filter_report(net, dataset, ["conv1", "conv4"], "cpu")
     for entry in report.values():
@@ -1127,3 +1131,26 @@ def test_an_output_that_is_a_symbolic_link_is_written_through(tmp_path):
     link.symlink_to(target)
     model.runtime.save_json({"epoch": 2}, link)
     assert link.is_symlink() and json.loads(target.read_text()) == {"epoch": 2}
+
+
+# --- Every registered method, from the shell -------------------------------------------------
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_registered_method_runs_from_the_shell_or_says_why_not(
+        method, trained_shapes_checkpoint, tmp_path, capsys):
+    """Each method of the registry is viewable with class_activation_maps.py --method and
+    scored by evaluate_attributions.py --methods, with no edit beyond its registration."""
+    view = ["--checkpoint", trained_shapes_checkpoint, "--index", "0", "--gallery", "0",
+            "--method", method, "--out", tmp_path / "view"]
+    score = ["--checkpoint", trained_shapes_checkpoint, "--num-images", "2", "--steps", "2",
+             "--sanity-images", "1", "--methods", method, "--out", tmp_path / "score"]
+    for script, argv in (("class_activation_maps", view), ("evaluate_attributions", score)):
+        code, lines = cli(script, argv, capsys)
+        if "gap-linear" in METHODS[method].needs:  # the simple net has no GAP head
+            assert_refused(code, lines, "global average pooling")
+        else:
+            assert code == 0, (script, lines)
+    if "gap-linear" not in METHODS[method].needs:
+        assert (tmp_path / "view" / "cam_conv2_grid.png").is_file()
+        scores = json.loads((tmp_path / "score" / "evaluation.json").read_text())["scores"]
+        assert set(scores) == {method}

@@ -77,3 +77,14 @@ def test_grid_mosaic_places_every_cell_below_its_label_gap():
                 top, left = 1 + label_gap + step * row, 1 + 4 * column
                 assert torch.equal(mosaic[top:top + 3, left:left + 3], weights[row, column])
         assert torch.isnan(mosaic).sum() == mosaic.numel() - weights.numel()  # only the gaps
+
+
+def test_main_reports_every_file_it_wrote(trained_shapes_checkpoint, tmp_path):
+    written = []
+    assert fm.main(["--checkpoint", str(trained_shapes_checkpoint), "--out", str(tmp_path),
+                    "--index", "0", "--num-images", "16", "--show", "filters", "maps", "dead",
+                    "evolution"], written) == 0
+    names = ["filters_conv1.png", "filters_conv2.png", "maps_test_0_conv1.png",
+             "maps_test_0_conv2.png", "dead_filters.png", "dead_filters.json"]
+    assert written == [tmp_path / name for name in names]  # no snapshots: no evolution
+    assert set(written) == {*tmp_path.glob("*.png"), *tmp_path.glob("*.json")}

@@ -115,3 +115,15 @@ def test_cli_classes_filters_and_ablation(trained_shapes_checkpoint, tmp_path, c
     assert ga.get_args_parser().parse_args(["--polish", "0"]).polish == 0
     with pytest.raises(SystemExit):
         ga.get_args_parser().parse_args(["--polish", "1.5"])
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--classes", "0", "1", "--ablation"], ["shapes_classes_pixel.png", "shapes_ablation.png"]),
+    (["--layer", "conv1", "--filters", "0-1"], ["shapes_conv1_filters.png"]),
+])
+def test_main_reports_every_file_it_wrote(trained_shapes_checkpoint, tmp_path, argv, names):
+    written = []
+    assert ga.main(["--checkpoint", str(trained_shapes_checkpoint), "--steps", "4",
+                    "--out", str(tmp_path), *argv], written) == 0
+    assert written == [tmp_path / name for name in names]
+    assert set(written) == {*tmp_path.glob("*.png"), *tmp_path.glob("*.json")}

@@ -6,8 +6,11 @@ import torch
 
 import max_activation_search as mas
 from conftest import stderr_lines
+from model.activation_search import layer_function, parse_channels, search_top_activations
 from model.architectures import build_model, split_at
 from model.datasets import DATASET_INFO, ImageDataset
+from model.errors import UserError
+from model.receptive_field import receptive_field
 
 
 def dataset_with_duplicates():
@@ -41,7 +44,7 @@ def exact_vgg():
 
 def brute_force(model, dataset, layer, k, score):
     with torch.no_grad():
-        activations = mas.layer_function(model, layer)(dataset.info.normalize(dataset.images))
+        activations = layer_function(model, layer)(dataset.info.normalize(dataset.images))
     flat = activations.flatten(2)  # (N, K, hw)
     peak, where = flat.max(2)
     scores = (peak if score == "max" else flat.mean(2)).T  # (K, N)
@@ -58,8 +61,8 @@ def brute_force(model, dataset, layer, k, score):
 def test_streaming_top_k_equals_a_full_sort_ties_included(layer, score, batch_size):
     model = exact_vgg()
     dataset = dataset_with_duplicates()
-    result = mas.search_top_activations(model, dataset, layer, k=5, score=score,
-                                        batch_size=batch_size)
+    result = search_top_activations(model, dataset, layer, k=5, score=score,
+                                    batch_size=batch_size)
     values, indices, positions, channel_max = brute_force(model, dataset, layer, 5, score)
     assert torch.equal(result.indices, indices)
     assert torch.equal(result.values, values)
@@ -71,7 +74,7 @@ def test_streaming_top_k_equals_a_full_sort_ties_included(layer, score, batch_si
 def test_k_larger_than_the_dataset_pads_with_minus_one():
     model = build_model("simple", 3, 6, 16).eval()
     dataset = dataset_with_duplicates().subset(3)
-    result = mas.search_top_activations(model, dataset, "conv1", k=5, batch_size=2)
+    result = search_top_activations(model, dataset, "conv1", k=5, batch_size=2)
     assert (result.indices[:, 3:] == -1).all() and torch.isinf(result.values[:, 3:]).all()
 
 
@@ -79,22 +82,22 @@ def test_dead_channels_are_those_never_positive():
     model = build_model("simple", 3, 6, 16).eval()
     with torch.no_grad():
         model.conv1.bias[2] = -1e3  # channel 2 can never fire after its ReLU
-    result = mas.search_top_activations(model, dataset_with_duplicates(), "conv1", k=3)
+    result = search_top_activations(model, dataset_with_duplicates(), "conv1", k=3)
     assert 2 in result.dead_channels()
 
 
 def test_receptive_field_boxes_follow_the_layer_stack():
     model = build_model("vgg", 3, 6, 32).eval()
-    field = mas.receptive_field(split_at(model, "conv3")[0])
+    field = receptive_field(split_at(model, "conv3")[0])
     assert (field.size, field.jump) == (18, 4)
     assert field.start == 1.5  # unit (0, 0) is centred between pixels 1 and 2
     assert field.box(0, 0, 32) == (0, 0, 11, 11)  # pixels -7..10, clipped at the border
 
 
 def test_channel_ranges_are_parsed_and_checked():
-    assert mas.parse_channels(["0-3", "7"], 8) == [0, 1, 2, 3, 7]
-    with pytest.raises(mas.UserError, match="out of range"):
-        mas.parse_channels(["6-9"], 8)
+    assert parse_channels(["0-3", "7"], 8) == [0, 1, 2, 3, 7]
+    with pytest.raises(UserError, match="out of range"):
+        parse_channels(["6-9"], 8)
 
 
 def test_cli_writes_json_overview_and_channel_figures(trained_shapes_checkpoint, tmp_path):
@@ -110,6 +113,16 @@ def test_cli_writes_json_overview_and_channel_figures(trained_shapes_checkpoint,
                      "--k", "3", "--out", str(tmp_path)]) == 0
     classes = json.loads((tmp_path / "shapes_fc_top3.json").read_text())["channels"]
     assert list(classes) == list(DATASET_INFO["shapes"].classes)
+
+
+def test_main_reports_every_file_it_wrote(trained_shapes_checkpoint, tmp_path):
+    written = []
+    assert mas.main(["--checkpoint", str(trained_shapes_checkpoint), "--out", str(tmp_path),
+                     "--layer", "conv1", "--k", "2", "--channels", "0", "1"], written) == 0
+    assert written == [tmp_path / "shapes_conv1_top2.json", tmp_path / "shapes_conv1_overview.png",
+                       tmp_path / "shapes_conv1_channel000.png",
+                       tmp_path / "shapes_conv1_channel001.png"]
+    assert set(written) == {*tmp_path.glob("*.png"), *tmp_path.glob("*.json")}
 
 
 @pytest.mark.parametrize("argv, message", [(["--layer", "conv9"], "unknown layer"),

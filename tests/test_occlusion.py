@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-import occlusion_sensitivity as occ
+import model.occlusion as occ
+import occlusion_sensitivity
 from conftest import stderr_lines
 from model.architectures import build_model
 from model.datasets import DATASET_INFO
@@ -100,8 +101,9 @@ def test_baselines_fill_the_pixel_values_they_name():
 
 def test_cli_writes_one_png_per_image(trained_shapes_checkpoint, tmp_path):
     out = tmp_path / "occ"
-    code = occ.main(["--checkpoint", str(trained_shapes_checkpoint), "--index", "0", "5",
-                     "--out", str(out), "--target", "true"])
+    code = occlusion_sensitivity.main(["--checkpoint", str(trained_shapes_checkpoint),
+                                       "--index", "0", "5", "--out", str(out), "--target",
+                                       "true"])
     assert code == 0
     for name in ("test_0", "test_5"):
         assert (out / f"occlusion_{name}.png").read_bytes()[:4] == b"\x89PNG"
@@ -116,8 +118,8 @@ def test_cli_writes_one_png_per_image(trained_shapes_checkpoint, tmp_path):
 ])
 def test_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path, capsys, argv,
                                          message):
-    code = occ.main(["--checkpoint", str(trained_shapes_checkpoint), "--out", str(tmp_path),
-                     *argv])
+    code = occlusion_sensitivity.main(["--checkpoint", str(trained_shapes_checkpoint),
+                                       "--out", str(tmp_path), *argv])
     assert code == 2
     lines = stderr_lines(capsys.readouterr())
     assert len(lines) == 1 and message in lines[0]
@@ -125,5 +127,5 @@ def test_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path, ca
 
 def test_stride_zero_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        occ.main(["--stride", "0"])
+        occlusion_sensitivity.main(["--stride", "0"])
     assert exit_info.value.code == 2 and len(stderr_lines(capsys.readouterr())) == 1

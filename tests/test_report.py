@@ -11,12 +11,16 @@ import torchvision.datasets
 import evaluate_attributions as ea
 import visualize_all
 from model.architectures import build_model
+from model.attribution import METHODS
 from model.datasets import DATASET_INFO
-from model.evaluation import spearman
+from model.faithfulness import spearman
 
 METRICS = ("deletion_auc", "insertion_auc", "pointing", "mass_inside", "randomized_top_layer",
            "randomized_all_layers", "forward_passes_per_image", "backward_passes_per_image",
            "seconds", "ms_per_image", "peak_memory_mib")
+
+
+EVALUATED = {name for name, method in METHODS.items() if method.evaluated}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def test_every_section_is_on_the_page_and_every_image_exists(report):
 def test_summary_holds_every_metric_and_what_reproduces_the_run(report):
     summary = json.loads((report / "summary.json").read_text())
     scores = summary["evaluation"]["scores"]
-    assert set(scores) == set(ea.ATTRIBUTIONS)  # vgg: cam applies
+    assert set(scores) == EVALUATED  # vgg: cam applies
     for method, values in scores.items():
         assert set(METRICS) <= set(values), method
         assert all(isinstance(v, float) and v == v for v in values.values()), method
@@ -75,9 +79,11 @@ def test_evaluate_on_a_toy_net_counts_passes_and_flags_model_independent_maps():
     inputs = torch.randn(4, 3, 16, 16)
     targets = torch.tensor([0, 1, 2, 3])
     info = DATASET_INFO["shapes"]
-    settings = ea.Settings(info, "conv4", patch=4, stride=4)
-    methods = ["occlusion", "cam", "gradcam", "scorecam", "saliency", "random"]
-    result = ea.evaluate(model, inputs, targets, methods, settings, steps=4, sanity_images=4)
+    settings = ea.Settings(info, "conv4", occlusion_stride=4)
+    methods = ["occlusion", "cam", "gradcam", "scorecam", "saliency", "integrated-gradients",
+               "input-x-gradient", "random"]
+    result = ea.score_methods(model, inputs, targets, methods, settings, steps=4,
+                              sanity_images=4)
     scores = result.scores
     assert scores["occlusion"]["forward_passes_per_image"] == 1 + 16  # 4 x 4 patch positions
     assert scores["occlusion"]["backward_passes_per_image"] == 0
@@ -86,6 +92,11 @@ def test_evaluate_on_a_toy_net_counts_passes_and_flags_model_independent_maps():
     assert scores["scorecam"]["forward_passes_per_image"] == 1 + 64  # one per conv4 channel
     assert scores["scorecam"]["backward_passes_per_image"] == 0  # no gradient needed
     assert scores["cam"]["backward_passes_per_image"] == 0
+    steps = METHODS["integrated-gradients"].defaults["steps"]  # steps + 1 points on the path
+    assert scores["integrated-gradients"]["forward_passes_per_image"] == steps + 1
+    assert scores["integrated-gradients"]["backward_passes_per_image"] == steps + 1
+    assert scores["input-x-gradient"]["forward_passes_per_image"] == 1
+    assert scores["input-x-gradient"]["backward_passes_per_image"] == 1
     # CAM is Grad-CAM for a GAP + Linear head (Selvaraju et al. 2017, sec. 3.1).
     cam, gradcam = methods.index("cam"), methods.index("gradcam")
     assert result.agreement[cam, gradcam] > 0.999
@@ -107,16 +118,16 @@ def test_evaluate_on_a_toy_net_counts_passes_and_flags_model_independent_maps():
 
 def test_evaluation_is_reproducible_on_the_cpu():
     info = DATASET_INFO["shapes"]
-    settings = ea.Settings(info, "conv4", patch=4, stride=4, seed=5)
+    settings = ea.Settings(info, "conv4", occlusion_stride=4, seed=5)
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
         model = build_model("vgg", 3, 6, 16).eval()
         inputs, targets = torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2])
-        runs.append(ea.evaluate(model, inputs, targets, list(ea.ATTRIBUTIONS), settings,
-                                steps=4, sanity_images=3))
+        runs.append(ea.score_methods(model, inputs, targets, sorted(EVALUATED), settings,
+                                     steps=4, sanity_images=3))
     first, second = runs
-    for method in ea.ATTRIBUTIONS:
+    for method in EVALUATED:
         assert torch.equal(first.maps[method], second.maps[method]), method
         assert torch.equal(first.cascade[method], second.cascade[method]), method
         for mode in ("deletion", "insertion"):
@@ -126,7 +137,7 @@ def test_evaluation_is_reproducible_on_the_cpu():
 
 def test_a_failing_section_is_marked_and_the_others_are_still_written(report, tmp_path,
                                                                        monkeypatch, capsys):
-    def broken(argv):
+    def broken(argv, written=None):
         print("error: the occlusion went wrong", file=sys.stderr)
         return 2
 

@@ -138,6 +138,6 @@ def test_test_split_passes_build_no_autograd_graph(shapes_test_split):
     net.register_forward_hook(lambda module, inputs, output: grad_seen.append(
         torch.is_grad_enabled()))
     small = shapes_test_split.subset(64)
-    model.engine.evaluate(net, small, "cpu")
+    model.engine.loss_and_accuracy(net, small, "cpu")
     sample_test_images(net, small, 8, seed=0, device="cpu")
     assert grad_seen and not any(grad_seen)

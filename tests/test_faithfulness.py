@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from model.architectures import build_model
-from model.evaluation import (area_under_curve, average_ranks, cascading_randomization,
+from model.faithfulness import (area_under_curve, average_ranks, cascading_randomization,
                               deletion_insertion_curves, measure_cost, pixel_order,
                               randomization_stages, spearman)
 from model.metrics import mass_inside, pointing_hits

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .engine import fast_layout
-from .filters import gaussian_blur
+from .blur import gaussian_blur
 
 EPSILON = 1e-12
 

@@ -1,4 +1,5 @@
-"""Image filters shared by the methods (kept here so that no script needs torchvision)."""
+"""Gaussian blur, separable with reflected borders, equal to torchvision's (kept here so that no
+script needs torchvision)."""
 import math
 
 import torch

@@ -1,0 +1,201 @@
+"""The DeconvNet mirror (Zeiler & Fergus 2014, sec. 2.1): a layer's activations sent back to
+pixel space through an explicit mirror of the network, with the switches of its max pools.
+
+One activation of a layer is projected back to pixel space: every other activation of that layer
+is set to zero, and the signal goes down a mirror of the network built layer by layer:
+
+- max pooling is undone by *unpooling* with the switches (argmax positions) recorded on the
+  forward pass;
+- a ReLU passes the signal by the chosen rule;
+- a convolution is undone by filtering with its transposed weights;
+- BatchNorm in eval mode is the per-channel affine map x -> a x + b, so it passes a * signal.
+
+The three rules differ only in the ReLU (Springenberg et al. 2015, Fig. 1):
+
+    deconvnet  R_l = relu(R_{l+1})                    (Zeiler & Fergus 2014)
+    guided     R_l = relu(R_{l+1}) * [f_l > 0]         (Springenberg et al. 2015)
+    saliency   R_l = R_{l+1} * [f_l > 0]               (the plain gradient, Simonyan et al. 2014)
+
+where f_l is the ReLU's input on the forward pass. The mirror works on the project's
+``nn.Sequential`` nets, whose feature part is a plain conv / BatchNorm / ReLU / max-pool stack;
+``model.gradients`` gives the same rules on any ReLU network through backward hooks.
+"""
+import itertools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .architectures import layer_names, split_at
+from .errors import UserError
+
+RULES = ("deconvnet", "guided", "saliency")
+_MIRRORABLE = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
+
+
+def activation_layers(model, name):
+    """The modules from the input up to the activation called ``name``, in forward order.
+
+    A conv layer name extends to the BatchNorm and ReLU right after it (``split_at``).
+
+    Raises:
+        UserError: unknown name, a layer outside the convolutional part of the net, or one
+            above a layer the mirror cannot invert (global average pooling).
+    """
+    stack = list(split_at(model, name)[0])
+    if not all(isinstance(module, _MIRRORABLE) for module in stack):
+        mirrorable = [layer for layer, _ in zip(layer_names(model), itertools.takewhile(
+            lambda module: isinstance(module, _MIRRORABLE), model.children()))]
+        raise UserError(f"layer '{name}' cannot be projected back to pixels: the DeconvNet "
+                        "mirrors conv, BatchNorm, ReLU and max-pool layers only; choose one "
+                        f"of: {', '.join(mirrorable)}")
+    return stack
+
+
+def forward_with_switches(stack, inputs):
+    """Run ``inputs`` through ``stack``, recording what the mirror needs.
+
+    Returns:
+        activation (N, K, h, w) at the top, and per layer a record: the ReLU's input mask
+        [f > 0], or the max pool's switches (indices) and input size.
+    """
+    records = []
+    signal = inputs
+    for module in stack:
+        if isinstance(module, nn.ReLU):
+            records.append(signal > 0)
+            signal = F.relu(signal)
+        elif isinstance(module, nn.MaxPool2d):
+            size = signal.shape[-2:]
+            signal, switches = F.max_pool2d(signal, module.kernel_size, module.stride,
+                                            module.padding, module.dilation,
+                                            ceil_mode=module.ceil_mode, return_indices=True)
+            records.append((switches, size))
+        else:
+            records.append(signal.shape)
+            signal = module(signal)
+    return signal, records
+
+
+def project_down(stack, records, signal, rule):
+    """Send ``signal`` from the top of ``stack`` down to pixel space through the mirror net.
+
+    Args:
+        stack, records: from :func:`activation_layers` and :func:`forward_with_switches`.
+        signal: (N, K, h, w) what to project (the isolated activations).
+        rule: one of ``RULES``; decides how each ReLU passes the signal.
+    Returns:
+        (N, C, H, W) projection in input space.
+    """
+    for module, record in zip(reversed(stack), reversed(records)):
+        if isinstance(module, nn.ReLU):
+            if rule in ("deconvnet", "guided"):
+                signal = F.relu(signal)
+            if rule in ("guided", "saliency"):
+                signal = signal * record
+        elif isinstance(module, nn.MaxPool2d):
+            switches, size = record
+            signal = F.max_unpool2d(signal, switches, module.kernel_size, module.stride,
+                                    module.padding, output_size=size)
+        elif isinstance(module, nn.BatchNorm2d):
+            scale = module.weight / torch.sqrt(module.running_var + module.eps)
+            signal = signal * scale[None, :, None, None]
+        else:  # Conv2d: filter with the transposed weights (the adjoint of the convolution)
+            signal = torch.nn.grad.conv2d_input(record, module.weight, signal, module.stride,
+                                                module.padding, module.dilation, module.groups)
+    return signal
+
+
+@torch.no_grad()
+def compute_projections(model, inputs, layer, channels, rule="deconvnet", whole_map=False):
+    """Project chosen channels of a layer back to pixel space, batched over images and channels.
+
+    For each image n and channel k = channels[n, j], the layer's activation A (N, K, h, w) is
+    replaced by a signal that is zero except channel k, where it keeps either A's strongest
+    value (at its argmax position) or, with ``whole_map``, the whole map A[n, k]. That signal
+    goes down the mirror net (:func:`project_down`).
+
+    Args:
+        model: an ``nn.Sequential`` of the ``model`` package, in eval mode.
+        inputs: (N, C, H, W) normalized images.
+        layer: a layer name (conv names include their BatchNorm and ReLU).
+        channels: (N, J) channel indices per image.
+        rule: ``deconvnet``, ``guided`` or ``saliency``.
+        whole_map: project the whole feature map instead of its maximum.
+
+    Returns:
+        projections (N, J, C, H, W), activations (N, J, h, w) of the chosen channels.
+    """
+    if rule not in RULES:
+        raise UserError(f"unknown rule '{rule}'; choose from {', '.join(RULES)}")
+    stack = activation_layers(model, layer)
+    activation, records = forward_with_switches(stack, inputs)
+    count, chosen = channels.shape
+    if channels.numel() and (channels.min() < 0 or channels.max() >= activation.shape[1]):
+        bad = channels[(channels < 0) | (channels >= activation.shape[1])][0]
+        raise UserError(f"--channel {int(bad)}: channel out of range for layer '{layer}' "
+                        f"({activation.shape[1]} channels, 0-{activation.shape[1] - 1})")
+    selected = activation.gather(1, channels[:, :, None, None].expand(
+        -1, -1, *activation.shape[2:]))  # (N, J, h, w)
+    kept = selected if whole_map else _keep_maximum(selected)
+    # One mirror pass for all (image, channel) pairs: repeat each image's records J times.
+    signal = torch.zeros(count, chosen, *activation.shape[1:], dtype=activation.dtype,
+                         device=inputs.device)
+    signal.scatter_(2, channels[:, :, None, None, None].expand(-1, -1, 1, *kept.shape[2:]),
+                    kept[:, :, None])  # (N, J, K, h, w)
+    repeated = [_repeat(record, chosen) for record in records]
+    projections = project_down(stack, repeated, signal.flatten(0, 1), rule)
+    return projections.view(count, chosen, *inputs.shape[1:]), selected
+
+
+def compute_input_gradient(model, inputs, targets, rule="guided"):
+    """Class score y^c sent back to the input through the mirror net, by ``rule``.
+
+    ``guided`` gives guided backpropagation (Springenberg et al. 2015, sec. 3.4), ``saliency``
+    the image-specific class saliency dy^c/dx (Simonyan et al. 2014, sec. 3, Eq. 2). Above the
+    last feature layer the net has only pooling and Linear layers, no ReLU, so there every rule
+    is the plain gradient, which autograd gives; from that layer down the mirror net applies
+    the rule.
+
+    Args:
+        inputs: (N, C, H, W); targets: (N,) class per image.
+    Returns:
+        (N, C, H, W).
+    """
+    children = list(model.children())
+    depth = next(i for i, m in enumerate(children) if not isinstance(m, _MIRRORABLE))
+    stack, head = children[:depth], nn.Sequential(*children[depth:])
+    assert not any(isinstance(m, nn.ReLU) for m in head.modules()), "a ReLU above the mirror"
+    with torch.no_grad():
+        features, records = forward_with_switches(stack, inputs)
+    with torch.enable_grad():
+        features = features.detach().requires_grad_(True)
+        score = head(features).gather(1, targets[:, None]).sum()
+        gradient = torch.autograd.grad(score, features)[0]
+    with torch.no_grad():
+        return project_down(stack, records, gradient, rule)
+
+
+def _keep_maximum(maps):
+    """Zero every value of each (h, w) map except its (first) maximum."""
+    flat = maps.flatten(2)
+    keep = torch.zeros_like(flat).scatter_(2, flat.argmax(2, keepdim=True), 1.0)
+    return (flat * keep).view_as(maps)
+
+
+def _repeat(record, times):
+    """Repeat a forward record along the batch axis, each image ``times`` times in a row."""
+    if isinstance(record, torch.Tensor):
+        return record.repeat_interleave(times, dim=0)
+    if isinstance(record, tuple) and isinstance(record[0], torch.Tensor):
+        switches, size = record
+        return switches.repeat_interleave(times, dim=0), size
+    return torch.Size([record[0] * times, *record[1:]])  # a conv's input shape
+
+
+def strongest_channels(model, inputs, layer, top):
+    """(N, top) channels of ``layer`` with the highest maximum activation for each image."""
+    with torch.no_grad():
+        activation, _ = forward_with_switches(activation_layers(model, layer), inputs)
+    top = min(top, activation.shape[1])
+    return activation.flatten(2).amax(2).topk(top, dim=1).indices
