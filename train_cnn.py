@@ -23,7 +23,7 @@ from model.checkpoint import (check_destination, curve_path, default_checkpoint_
 from model.cli import (ArgumentParser, common_parser, non_negative_float, positive_float,
                        positive_int, run)
 from model.datasets import load_dataset
-from model.engine import RECIPES, TrainingDivergedError, fit, make_optimizer
+from model.engine import RECIPES, TrainingDivergedError, fit, make_optimizer, prepare_model
 from model.errors import UserError
 from model.plotting import Figure
 from model.runtime import (check_name_length, check_writable_file, resolve_device, save_figure,
@@ -138,6 +138,8 @@ def train(args):
                   "num_classes": len(info.classes), "image_size": info.image_size,
                   "vgg_plan": args.vgg_plan}
     model = build_model(**model_args).to(device)
+    recipe = RECIPES[(args.dataset, args.arch)]
+    prepare_model(model, recipe, train_set, device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     history, done = (restore(resumed, args, model_args, model, optimizer) if args.resume
                      else ([], 0))
@@ -149,7 +151,7 @@ def train(args):
     epochs = fit(model, optimizer, train_set, test_set, first_epoch=done + 1,
                  epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                  peak_lr=args.lr, device=device, augment=args.augment,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, recipe=recipe)
     written = [Path(args.out), curve_path(args.out)]
     try:
         for metrics in epochs:

@@ -1,7 +1,8 @@
 """Datasets as in-memory uint8 tensors, with their class names, size and normalization.
 
 ``cifar10``, ``mnist`` and ``fashion_mnist`` come through ``torchvision.datasets`` (downloaded
-into ``--data-dir`` when missing); ``shapes`` is generated in code (see ``model.shapes``) and
+into ``--data-dir`` when missing); ``cifar10`` also from class folders of PNG or JPEG files
+(``--data-dir``/{train,test}/<class>/); ``shapes`` is generated in code (see ``model.shapes``) and
 also carries a ground-truth object mask per image. Every split becomes an
 :class:`ImageDataset` holding all images as one uint8 tensor, so batches are sliced, converted
 and normalized (and augmented) on the device in one step each, without a per-image Python
@@ -9,6 +10,7 @@ transform pipeline.
 """
 import functools
 import pickle
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -169,6 +171,67 @@ def _read_checked(name, root, train):
     return images, labels
 
 
+IMAGE_FOLDER_COUNTS = {"cifar10": {"train": 5000, "test": 1000}}  # images per class
+
+
+def image_folder_split(name, root, split):
+    """The class-folder copy of a split (``root/<split>/<class>/*``), or None when absent."""
+    folder = Path(root) / split
+    return folder if name in IMAGE_FOLDER_COUNTS and folder.is_dir() else None
+
+
+def _read_image_folders(name, folder, split):
+    """Decode a split stored as class folders (PNG or JPEG, e.g. the common CIFAR-10 PNG
+    distributions) into uint8 (N, C, H, W) and int64 labels, checked against the dataset.
+
+    Files are listed by ``torchvision.datasets.ImageFolder``'s rules (classes = sorted folder
+    names) and decoded once by ``torchvision.io.decode_image`` (60,000 CIFAR-10 JPEGs: about
+    6 s on a 2-core CPU).
+
+    Raises:
+        DamagedDatasetError: other class folders than the dataset's, a class with another
+            number of images, or a file that is no image of the dataset's size.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    info, per_class = DATASET_INFO[name], IMAGE_FOLDER_COUNTS[name][split]
+    try:
+        classes, class_index = find_classes(folder)
+    except FileNotFoundError:
+        classes, class_index = [], {}
+    if tuple(classes) != tuple(sorted(info.classes)):
+        raise DamagedDatasetError(
+            f"{folder} holds the class folders {', '.join(classes) or 'none'}; {name} needs "
+            f"exactly: {', '.join(sorted(info.classes))}")
+    samples = make_dataset(folder, class_index, extensions=IMG_EXTENSIONS)
+    counts = torch.bincount(torch.tensor([label for _, label in samples]),
+                            minlength=len(classes))
+    for class_name, count in zip(classes, counts.tolist()):
+        if count != per_class:
+            raise DamagedDatasetError(
+                f"{folder / class_name} has {count} images; {name}'s {split} split has "
+                f"{per_class} per class")
+    images = torch.empty(len(samples), info.channels, info.image_size, info.image_size,
+                         dtype=torch.uint8)
+    mode = ImageReadMode.RGB if info.channels == 3 else ImageReadMode.GRAY
+    for index, (path, _) in enumerate(samples):
+        try:
+            with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, still works
+                warnings.simplefilter("ignore", DeprecationWarning)
+                image = decode_image(read_file(path), mode=mode)
+        except RuntimeError as error:
+            raise DamagedDatasetError(f"{path} is not a readable image ({_one_line(error)})"
+                                      ) from None
+        if image.shape[1:] != images.shape[2:]:
+            raise DamagedDatasetError(f"{path} is {image.shape[2]}x{image.shape[1]}, not "
+                                      f"{info.image_size}x{info.image_size}")
+        images[index] = image
+    # ImageFolder numbers classes alphabetically; the dataset's own order may differ.
+    to_dataset = torch.tensor([info.classes.index(class_name) for class_name in classes])
+    return images, to_dataset[torch.tensor([label for _, label in samples])]
+
+
 def _download(name, root):
     import torchvision.datasets as tvd
 
@@ -213,6 +276,9 @@ def load_dataset(name, split, data_dir="data", download=True):
     if name == "shapes":
         return ImageDataset(info, *_shapes_split(split))
     train = split == "train"
+    folders = image_folder_split(name, data_dir, split)
+    if folders is not None and not expected_files(name, data_dir)[0].is_dir():
+        return ImageDataset(info, *_read_image_folders(name, folders, split))
     try:
         images, labels = _read_checked(name, data_dir, train)
     except RuntimeError as missing:  # torchvision's "Dataset not found"
@@ -228,10 +294,12 @@ def load_dataset(name, split, data_dir="data", download=True):
             else:
                 return ImageDataset(info, images, labels)
         folder, files = expected_files(name, data_dir)
+        folders = (f" (or class folders {Path(data_dir) / split}/<class>/*.png|jpg)"
+                   if name in IMAGE_FOLDER_COUNTS else "")
         raise DatasetUnavailableError(
-            f"{name}: {reason}; torchvision expects {', '.join(files)} in {folder}/ -- put "
-            f"them there (see README, 'Real datasets offline') or use --dataset shapes, "
-            f"which needs no download") from None
+            f"{name}: {reason}; torchvision expects {', '.join(files)} in {folder}/{folders} "
+            f"-- put them there (see README, 'Real datasets offline') or use --dataset "
+            f"shapes, which needs no download") from None
     return ImageDataset(info, images, labels)
 
 

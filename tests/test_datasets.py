@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision.datasets
 
+import model.datasets
 from model.datasets import DATASET_INFO, DatasetUnavailableError, ImageDataset, load_dataset
 from model.engine import iterate_batches, random_crop_flip
 
@@ -121,6 +122,19 @@ def test_random_crop_flip_is_a_window_of_the_padded_image():
     assert not torch.equal(crops, images)
 
 
+def test_reflected_crops_are_windows_of_the_reflect_padded_image():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    crops = random_crop_flip(images, generator, padding=2, reflect=True)
+    padded = torch.nn.functional.pad(images.float(), (2, 2, 2, 2), mode="reflect")
+    for crop, source in zip(crops.float(), padded):
+        windows = [window.flip(-1) if flip else window
+                   for y in range(5) for x in range(5) for flip in (False, True)
+                   for window in [source[:, y:y + 8, x:x + 8]]]
+        assert any(torch.equal(crop, window) for window in windows)
+    assert crops.dtype == torch.uint8 and not torch.equal(crops, images)
+
+
 def test_batches_cover_every_image_once_and_shuffle_with_a_generator():
     info = DATASET_INFO["mnist"]
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 28, 28)
@@ -133,3 +147,68 @@ def test_batches_cover_every_image_once_and_shuffle_with_a_generator():
     for inputs, labels in iterate_batches(data, 3, "cpu"):
         assert torch.allclose(info.denormalize(inputs)[:, 0, 0, 0] * 255, labels.float(),
                               atol=1e-4)
+
+
+def write_cifar_folders(root, per_class, rng, suffix=".png"):
+    """CIFAR-10 as class folders (the layout of the PNG/JPEG distributions): {split: (images
+    (N, 3, 32, 32) uint8, labels)}, classes in CIFAR-10's order."""
+    from PIL import Image
+
+    written = {}
+    for split, count in per_class.items():
+        images, labels = [], []
+        for label, name in enumerate(DATASET_INFO["cifar10"].classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index:04d}{suffix}")
+                images.append(torch.from_numpy(pixels).permute(2, 0, 1))
+                labels.append(label)
+        written[split] = (torch.stack(images), labels)
+    return written
+
+
+@pytest.fixture
+def small_cifar_counts(monkeypatch):
+    counts = {"train": 2, "test": 1}
+    monkeypatch.setitem(model.datasets.IMAGE_FOLDER_COUNTS, "cifar10", counts)
+    return counts
+
+
+def test_cifar10_class_folders_load_when_the_pickles_are_absent(tmp_path, small_cifar_counts):
+    written = write_cifar_folders(tmp_path, small_cifar_counts, np.random.default_rng(3))
+    for split in ("train", "test"):
+        data = load_dataset("cifar10", split, tmp_path, download=False)
+        images, labels = written[split]
+        assert torch.equal(data.images, images)  # PNG is lossless
+        assert data.labels.tolist() == labels
+        assert data.info is DATASET_INFO["cifar10"]
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing class", "holds the class folders airplane, automobile, bird, cat, deer, dog, "
+                      "frog, horse, ship; cifar10 needs exactly"),
+    ("wrong count", "has 1 images; cifar10's train split has 2 per class"),
+    ("wrong size", "is 20x20, not 32x32"),
+    ("not an image", "is not a readable image"),
+])
+def test_cifar10_class_folders_that_do_not_fit_are_named(damage, words, tmp_path,
+                                                         small_cifar_counts):
+    from PIL import Image
+
+    write_cifar_folders(tmp_path, small_cifar_counts, np.random.default_rng(4))
+    truck = tmp_path / "train" / "truck"
+    if damage == "missing class":
+        for path in truck.iterdir():
+            path.unlink()
+        truck.rmdir()
+    elif damage == "wrong count":
+        (truck / "0001.png").unlink()
+    elif damage == "wrong size":
+        Image.new("RGB", (20, 20)).save(truck / "0001.png")
+    else:
+        (truck / "0001.png").write_bytes(b"not a PNG")
+    with pytest.raises(model.datasets.DamagedDatasetError, match="^") as error:
+        load_dataset("cifar10", "train", tmp_path, download=False)
+    assert words in str(error.value)

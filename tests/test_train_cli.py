@@ -2,9 +2,11 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+import model.datasets
 import model.engine
 import train_cnn
 from conftest import ROOT, stderr_lines
@@ -141,3 +143,68 @@ def test_test_split_passes_build_no_autograd_graph(shapes_test_split):
     model.engine.loss_and_accuracy(net, small, "cpu")
     sample_test_images(net, small, 8, seed=0, device="cpu")
     assert grad_seen and not any(grad_seen)
+
+
+def test_linear_schedule_warms_up_then_falls_to_zero():
+    rates = [model.engine.learning_rate_at(step, 100, 0.2, 0.2, "linear") for step in range(100)]
+    assert rates[19] == pytest.approx(0.2) and rates[0] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(rates[19:], rates[20:])) and rates[-1] < 0.003
+    assert rates[60] == pytest.approx(0.2 * (1 - 40 / 80))
+
+
+def test_patch_whitening_decorrelates_the_patches_it_was_fitted_on():
+    """Coates & Ng 2012: the filters e_i / sqrt(lambda_i + eps) give 2x2x3 patch responses
+    with covariance diag(lambda_i / (lambda_i + eps)), close to the identity."""
+    from model.architectures import PatchWhitening
+
+    torch.manual_seed(0)
+    mixing = torch.randn(3, 3)
+    images = torch.einsum("dc,nchw->ndhw", mixing, torch.randn(64, 3, 16, 16))
+    images = images + 0.5 * images.roll(1, dims=3)  # correlated neighbours, mixed colours
+    stem = PatchWhitening(3)
+    stem.fit(images, eps=1e-8)
+    responses = stem(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
+    covariance = responses.T @ responses / len(responses)
+    assert torch.allclose(covariance, torch.eye(12, dtype=torch.double), atol=1e-3)
+    assert torch.equal(stem(images)[:, 12:], -stem(images)[:, :12])
+    assert not stem.weight.requires_grad
+
+
+def test_bfloat16_is_used_only_where_the_device_computes_it_fast(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)  # an older torch
+    assert not model.engine.fast_bfloat16("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not model.engine.fast_bfloat16("cpu")  # AVX2 or AVX-512 without AMX
+    with model.engine.autocast("cpu", bfloat16=True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    with model.engine.autocast("cpu", bfloat16=True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_the_cifar10_recipe_trains_resumes_and_explains_from_class_folders(tmp_path,
+                                                                          monkeypatch):
+    """The fast plan end to end on tiny CIFAR-10 class folders: frozen whitening stem fitted
+    to the data, label smoothing, reflected crops, flip TTA, resume, and the methods on it."""
+    import class_activation_maps
+    import deconvnet
+    from test_datasets import write_cifar_folders
+
+    monkeypatch.setitem(model.datasets.IMAGE_FOLDER_COUNTS, "cifar10",
+                        {"train": 8, "test": 2})
+    write_cifar_folders(tmp_path / "cifar", {"train": 8, "test": 2}, np.random.default_rng(5))
+    out = tmp_path / "c.pt"
+    argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"), "--batch-size", "16",
+            "--no-progress", "--out", str(out)]
+    assert train_cnn.main(argv + ["--epochs", "1"]) == 0
+    first = load_checkpoint(out)
+    whitening = first["model_state"]["conv1.weight"]
+    assert whitening.shape == (24, 3, 2, 2) and torch.equal(whitening[12:], -whitening[:12])
+    assert train_cnn.main(argv + ["--epochs", "2", "--resume"]) == 0
+    second = load_checkpoint(out)
+    assert second["epoch"] == 2
+    assert torch.equal(second["model_state"]["conv1.weight"], whitening)  # frozen
+    common = ["--checkpoint", str(out), "--data-dir", str(tmp_path / "cifar"), "--index", "0",
+              "--out", str(tmp_path / "figures")]
+    assert class_activation_maps.main(common + ["--gallery", "0"]) == 0
+    assert deconvnet.main(common + ["--layer", "conv1", "conv7", "--top", "2"]) == 0
