@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .engine import fast_layout
 from .errors import UserError
-from .gradients import input_gradient
+from .gradients import ONE_BACKWARD, input_gradient
 from .heatmaps import normalize_maps, resize_maps
 from .layers import as_feature_maps, recorded_output, replaced_output
 from .registry import get_method, register
@@ -269,9 +269,6 @@ def cam_method(name, *, paper, equation, cost, gradients=False, needs=(), defaul
                  evaluated=evaluated, function=functools.partial(cam_map, method=name))
         return map_function
     return add
-
-
-ONE_BACKWARD = "1 forward + 1 backward"
 
 
 @cam_method("cam", paper="Zhou et al. 2016", equation="Eq. 2: w_k = W[c, k]",

@@ -450,6 +450,16 @@ runpy.run_path("train_cnn.py", run_name="__main__")
 """
 
 
+def wait_for_marker(process, marker, never, seconds=180):
+    """Wait until a hanging subprocess has created ``marker``; fail with its stderr if it
+    exits first, or with ``never`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, never
+        time.sleep(0.2)
+
+
 def test_kill_9_mid_epoch_keeps_the_last_epoch_and_resume_matches_a_straight_run(
         straight_run, tmp_path):
     """A real process killed with SIGKILL in the middle of epoch 2 (Ctrl-C: test_train_cli)."""
@@ -459,11 +469,7 @@ def test_kill_9_mid_epoch_keeps_the_last_epoch_and_resume_matches_a_straight_run
                                 *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 180
-        while not marker.exists():
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "training never reached epoch 2"
-            time.sleep(0.2)
+        wait_for_marker(process, marker, "training never reached epoch 2")
     finally:
         process.kill()  # SIGKILL: no handler, no cleanup
         process.wait()
@@ -713,11 +719,7 @@ def test_sigterm_while_saving_cleans_up_like_ctrl_c(tmp_path):
          "--epochs", "2", "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 180
-        while not marker.exists():
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "training never reached the second save"
-            time.sleep(0.2)
+        wait_for_marker(process, marker, "training never reached the second save")
         process.terminate()  # SIGTERM
         code = process.wait(timeout=60)
         lines = [line for line in process.stderr.read().splitlines() if line.strip()]
