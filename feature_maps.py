@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from model.architectures import conv_layer_names, get_layer
-from model.checkpoint import load_model, snapshot_path
+from model.checkpoint import load_checkpoint, load_model, snapshot_path
 from model.cli import ArgumentParser, positive_int, run
 from model.datasets import load_dataset
 from model.engine import iterate_batches
@@ -177,9 +177,23 @@ def plot_evolution(image, maps_by_epoch, layer, title, max_channels):
 
 
 def snapshot_epochs(checkpoint):
-    """(epoch, path) of every per-epoch snapshot beside ``checkpoint``, in epoch order."""
+    """(epoch, path) of every per-epoch snapshot beside ``checkpoint`` from the training run
+    that wrote it, in epoch order.
+
+    A snapshot is from that run when its training history (the metrics of every epoch, times
+    included) is the start of the checkpoint's; snapshots left by an earlier run with the same
+    ``--out`` (another seed, recipe or architecture) are skipped with a note.
+    """
     folder = snapshot_path(checkpoint, 1).parent
-    return sorted((int(path.stem.split("_")[1]), path) for path in folder.glob("epoch_*.pt"))
+    history = load_checkpoint(checkpoint)["history"]
+    found = sorted((int(path.stem.split("_")[1]), path) for path in folder.glob("epoch_*.pt"))
+    ours = [(epoch, path) for epoch, path in found
+            if history[:epoch] == load_checkpoint(path)["history"]]
+    if len(ours) < len(found):
+        print(f"note: {len(found) - len(ours)} snapshots in {folder} are from another training "
+              "run and were skipped; retrain with --save-every-epoch for the evolution of this "
+              "one", file=sys.stderr)
+    return ours
 
 
 def get_args_parser():
@@ -234,10 +248,12 @@ def visualize(args):
         for layer, entry in report.items():
             print(f"{layer}: {len(entry['dead'])} dead channels {entry['dead'] or ''}")
     if "evolution" in args.show:
-        snapshots = snapshot_epochs(checkpoint)
+        snapshots = snapshot_epochs(checkpoint)  # notes snapshots of another run itself
+        folder = snapshot_path(checkpoint, 1).parent
         if not snapshots:
-            print(f"note: no snapshots in {snapshot_path(checkpoint, 1).parent}; train with "
-                  "--save-every-epoch for the evolution figures", file=sys.stderr)
+            if not any(folder.glob("epoch_*.pt")):
+                print(f"note: no snapshots in {folder}; train with --save-every-epoch for the "
+                      "evolution figures", file=sys.stderr)
             return paths
         maps = {layer: {} for layer in layers}
         for epoch, path in snapshots:

@@ -25,12 +25,14 @@ noise. ``--ablation`` draws the same classes under none / L2 / jitter / blur / T
 so each regularizer's effect can be seen.
 """
 import argparse
+import math
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.activation_search import parse_channels, search_top_activations
@@ -38,7 +40,7 @@ from model.architectures import get_layer
 from model.cli import (ArgumentParser, non_negative_float, non_negative_int,
                        positive_float, positive_int, run)
 from model.blur import gaussian_blur
-from model.datasets import load_dataset
+from model.datasets import PHOTO_DATASETS, load_dataset
 from model.errors import UserError
 from model.heatmaps import show_image
 from model.images import checkpoint_parser, load_method_model
@@ -62,6 +64,8 @@ class Regularizers:
     blur_sigma: float = 0.5
     tv: float = 0.0
     clip: bool = True
+    scale: float = 0.0  # random zoom by a factor in [1 - scale, 1 + scale] each step
+    rotate: float = 0.0  # random rotation by up to this many degrees each step
 
 
 NO_REGULARIZATION = Regularizers(l2=0.0, jitter=0, blur_every=0, tv=0.0, clip=True)
@@ -134,6 +138,30 @@ class FourierImage:
         pass
 
 
+def random_zoom_rotate(images, scale, degrees, generator):
+    """``images`` zoomed by a random factor in [1 - scale, 1 + scale] and rotated by a random
+    angle in [-degrees, degrees] (:func:`zoom_rotate`): the transformation robustness of Olah
+    et al. 2017, which keeps the ascent from writing patterns that only work at one exact size
+    and orientation. One draw for the whole batch, so a batch gives the images of separate
+    runs."""
+    zoom, turn = (2 * torch.rand(2, generator=generator, dtype=torch.float64) - 1).tolist()
+    return zoom_rotate(images, 1 + scale * zoom, degrees * turn)
+
+
+def zoom_rotate(images, factor, degrees):
+    """``images`` magnified by ``factor`` and turned by ``degrees`` counter-clockwise (as
+    displayed, rows down) about their centre, resampled bilinearly with a reflected border."""
+    angle = math.radians(degrees)
+    # affine_grid maps output to input coordinates: the inverse of the zoom and turn.
+    inverse = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0],
+                            [math.sin(angle), math.cos(angle), 0.0]], dtype=images.dtype,
+                           device=images.device) / factor
+    grid = F.affine_grid(inverse.expand(len(images), 2, 3), list(images.shape),
+                         align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
+                         align_corners=False)
+
+
 def total_variation(images):
     """Mean absolute difference of neighbouring pixels, per image: (N,)."""
     return ((images[..., 1:, :] - images[..., :-1, :]).abs().mean((1, 2, 3))
@@ -192,8 +220,11 @@ def gradient_ascent(model, info, units, *, layer=None, neuron=False, param="pixe
     optimizer = torch.optim.Adam(parameterization.parameters, lr=lr)
     polish_from = steps - round(polish * steps)
     for step in tqdm(range(steps), disable=not progress, desc="gradient ascent", unit="step"):
-        rules = regularizers if step < polish_from else replace(regularizers, jitter=0)
+        rules = (regularizers if step < polish_from
+                 else replace(regularizers, jitter=0, scale=0.0, rotate=0.0))
         image = parameterization.image()
+        if rules.scale or rules.rotate:
+            image = random_zoom_rotate(image, rules.scale, rules.rotate, generator)
         if rules.jitter:
             dy, dx = torch.randint(-rules.jitter, rules.jitter + 1, (2,), generator=generator)
             image = torch.roll(image, (int(dy), int(dx)), dims=(2, 3))
@@ -317,6 +348,12 @@ def get_args_parser():
                              "filters, whose fine patterns a blur erases)")
     parser.add_argument("--blur-sigma", type=positive_float, default=0.5,
                         help="sigma of that blur in pixels (default: 0.5)")
+    parser.add_argument("--scale", type=fraction, default=None,
+                        help="random zoom by up to this fraction each step, e.g. 0.1 "
+                             "(default: 0.1 for classes of photos (cifar10), else 0 = off)")
+    parser.add_argument("--rotate", type=non_negative_float, default=None,
+                        help="random rotation by up to this many degrees each step "
+                             "(default: 10 for classes of photos (cifar10), else 0 = off)")
     parser.add_argument("--tv", type=non_negative_float, default=0.0,
                         help="total-variation weight (default: 0 = off)")
     parser.add_argument("--no-clip", action="store_true",
@@ -433,8 +470,14 @@ def visualize(args):
         args.init = "random" if filters else "zero"
     if args.jitter is None:
         args.jitter = 0 if args.neuron else 2
+    natural = info.name in PHOTO_DATASETS and not filters
+    if args.scale is None:
+        args.scale = 0.1 if natural else 0.0
+    if args.rotate is None:
+        args.rotate = 10.0 if natural else 0.0
     rules = Regularizers(l2=args.l2, jitter=args.jitter, blur_every=args.blur_every,
-                         blur_sigma=args.blur_sigma, tv=args.tv, clip=not args.no_clip)
+                         blur_sigma=args.blur_sigma, tv=args.tv, clip=not args.no_clip,
+                         scale=args.scale, rotate=args.rotate)
     options = dict(steps=args.steps, lr=args.lr, polish=args.polish, init=args.init,
                    seed=args.seed)
     if filters:

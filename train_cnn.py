@@ -23,8 +23,9 @@ from model.checkpoint import (check_destination, curve_path, default_checkpoint_
 from model.cli import (ArgumentParser, common_parser, non_negative_float, positive_float,
                        positive_int, run)
 from model.datasets import load_dataset
-from model.engine import RECIPES, TrainingDivergedError, fit, make_optimizer, prepare_model
+from model.engine import RECIPES, TrainingDivergedError, fit, prepare_model
 from model.errors import UserError
+from model.optim import make_optimizer
 from model.plotting import Figure
 from model.runtime import (check_name_length, check_writable_file, resolve_device, save_figure,
                            seed_everything)
@@ -79,24 +80,41 @@ def apply_recipe(args, stored=None):
 def plot_training_curve(history, title):
     """Loss and accuracy per epoch, train and test, as a two-panel figure."""
     epochs = [row["epoch"] for row in history]
+    last = history[-1]
+    sampled = {row.get("test_images") for row in history[:-1]} - {last.get("test_images")}
+    test_label = (f"test ({min(sampled):,} images before the last epoch)" if sampled
+                  else "test")
+    accuracy_title = f"accuracy (test: {100 * last['test_accuracy']:.2f}%"
+    if "tta_accuracy" in last:
+        accuracy_title += f"; {100 * last['tta_accuracy']:.2f}% with test-time views"
     figure = Figure(figsize=(9, 3.4))
     loss_axis, accuracy_axis = figure.subplots(1, 2)
     loss_axis.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
-    loss_axis.plot(epochs, [row["test_loss"] for row in history], "s-", label="test")
+    loss_axis.plot(epochs, [row["test_loss"] for row in history], "s-", label=test_label)
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     accuracy_axis.plot(epochs, [100 * row["train_accuracy"] for row in history], "o-",
                        label="train")
     accuracy_axis.plot(epochs, [100 * row["test_accuracy"] for row in history], "s-",
-                       label="test")
-    accuracy_axis.set(xlabel="epoch", ylabel="accuracy (%)",
-                      title=f"accuracy (test: {100 * history[-1]['test_accuracy']:.2f}%)")
+                       label=test_label)
+    accuracy_axis.set(xlabel="epoch", ylabel="accuracy (%)", title=accuracy_title + ")")
     for axis in (loss_axis, accuracy_axis):
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=8)
         axis.xaxis.get_major_locator().set_params(integer=True)
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def accuracy_note(metrics, recipe, test_count):
+    """The test accuracy of an epoch's metrics (saying on how many of the ``test_count`` test
+    images, if not all), with the test-time views' one if measured."""
+    note = f"{100 * metrics['test_accuracy']:.2f}%"
+    if metrics.get("test_images", test_count) < test_count:
+        note += f" of {metrics['test_images']} images"
+    if "tta_accuracy" in metrics:
+        note += f"; {100 * metrics['tta_accuracy']:.2f}% with {recipe.test_views} views"
+    return note
 
 
 def restore(checkpoint, args, model_args, model, optimizer):
@@ -140,7 +158,7 @@ def train(args):
     model = build_model(**model_args).to(device)
     recipe = RECIPES[(args.dataset, args.arch)]
     prepare_model(model, recipe, train_set, device)
-    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay, recipe)
     history, done = (restore(resumed, args, model_args, model, optimizer) if args.resume
                      else ([], 0))
     if done >= args.epochs:
@@ -159,7 +177,7 @@ def train(args):
             tqdm.write(f"epoch {metrics['epoch']}/{args.epochs}  "
                        f"train loss {metrics['train_loss']:.4f}  "
                        f"test loss {metrics['test_loss']:.4f}  "
-                       f"test acc {100 * metrics['test_accuracy']:.2f}%  "
+                       f"test acc {accuracy_note(metrics, recipe, len(test_set))}  "
                        f"{metrics['images_per_s']:.0f} img/s  {metrics['seconds']:.1f} s")
             save = dict(model=model, model_args=model_args, info=info, epoch=metrics["epoch"],
                         epochs=args.epochs, history=history, train_args=vars(args),
@@ -174,7 +192,7 @@ def train(args):
         kept = (f"{args.out} keeps epoch {history[-1]['epoch']}" if history
                 else "no checkpoint was written")
         raise TrainingDivergedError(f"{error}; {kept}") from None
-    print(f"saved {args.out} (test accuracy {100 * history[-1]['test_accuracy']:.2f}%) "
+    print(f"saved {args.out} (test accuracy {accuracy_note(history[-1], recipe, len(test_set))}) "
           f"and {curve_path(args.out)}")
     return written
 

@@ -25,7 +25,7 @@ from model.architectures import build_model, conv_layer_names  # noqa: E402
 from model.datasets import load_dataset  # noqa: E402
 from model.engine import RECIPES, iterate_batches  # noqa: E402
 from model.layers import layer_output  # noqa: E402
-from model.runtime import resolve_device  # noqa: E402
+from model.runtime import keep_freed_memory, resolve_device  # noqa: E402
 
 
 def peak_rss_mib():
@@ -53,6 +53,7 @@ def main(argv=None):
     parser.add_argument("--k", type=int, default=9, help="images kept per channel (default: 9)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every script does (model.cli.run)
     device = resolve_device(args.device)
     dataset = load_dataset("shapes", "train")
     info = dataset.info

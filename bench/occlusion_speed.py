@@ -21,7 +21,7 @@ import model.occlusion as occ  # noqa: E402
 from model.architectures import ARCHITECTURES, build_model  # noqa: E402
 from model.datasets import DATASET_INFO, DATASETS  # noqa: E402
 from model.engine import RECIPES  # noqa: E402
-from model.runtime import resolve_device  # noqa: E402
+from model.runtime import keep_freed_memory, resolve_device  # noqa: E402
 from train_speed import throughput  # noqa: E402
 
 
@@ -36,6 +36,7 @@ def main(argv=None):
                         help="variants per forward pass (default: 256)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every script does (model.cli.run)
     device = resolve_device(args.device)
     info = DATASET_INFO[args.dataset]
     torch.manual_seed(0)

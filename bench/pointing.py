@@ -25,7 +25,7 @@ from model.checkpoint import default_checkpoint_path, load_model  # noqa: E402
 from model.datasets import load_dataset  # noqa: E402
 from model.engine import iterate_batches  # noqa: E402
 from model.metrics import pointing_hits  # noqa: E402
-from model.runtime import resolve_device  # noqa: E402
+from model.runtime import keep_freed_memory, resolve_device  # noqa: E402
 
 
 def main(argv=None):
@@ -36,6 +36,7 @@ def main(argv=None):
                         help="correctly classified test images to score (default: 200)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every script does (model.cli.run)
     device = resolve_device(args.device)
     model, info, _ = load_model(args.checkpoint, device, dataset="shapes")
     test_set = load_dataset("shapes", "test")

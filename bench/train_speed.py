@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.architectures import ARCHITECTURES, build_model  # noqa: E402
 from model.datasets import DATASETS, load_dataset  # noqa: E402
-from model.engine import RECIPES, autocast, fast_layout, fit, make_optimizer  # noqa: E402
-from model.engine import prepare_model  # noqa: E402
-from model.runtime import resolve_device, seed_everything  # noqa: E402
+from model.engine import RECIPES, autocast, fast_layout, fit, prepare_model  # noqa: E402
+from model.optim import make_optimizer  # noqa: E402
+from model.runtime import keep_freed_memory, resolve_device, seed_everything  # noqa: E402
 
 # The accuracies each default recipe is meant to reach (issues "Foundation" and 13).
 ACCURACY_TARGETS = {("shapes", "vgg"): (0.97,), ("mnist", "simple"): (0.98,),
@@ -90,25 +90,35 @@ def bench_arch(dataset, arch, data_dir, device, train_to_target, seed):
     if not train_to_target:
         return row
     model = fresh_model()
-    optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
+    optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay, recipe)
     # Like a train_cnn.py run: the clock includes loading (or generating) the data.
     started = time.perf_counter() - load_s
     for metrics in fit(model, optimizer, train_set, test_set, first_epoch=1,
                        epochs=recipe.epochs, seed=seed, batch_size=recipe.batch_size,
                        peak_lr=recipe.lr, device=device, augment=recipe.augment,
                        progress=False, recipe=recipe):
+        # The image-alone accuracy every epoch; the last epoch's test-time views count too.
+        accuracy = max(metrics["test_accuracy"], metrics.get("tta_accuracy", 0.0))
         for target, reached in row["times_to_targets"].items():
-            if reached is None and metrics["test_accuracy"] >= target:
+            if reached is None and accuracy >= target:
                 row["times_to_targets"][target] = time.perf_counter() - started
         print(f"  epoch {metrics['epoch']}: {metrics['test_accuracy']:.2%} at "
               f"{time.perf_counter() - started:.0f} s", flush=True)
     row.update(epochs=recipe.epochs, final_accuracy=metrics["test_accuracy"],
-               total_s=time.perf_counter() - started)
+               tta_accuracy=metrics.get("tta_accuracy"), total_s=time.perf_counter() - started)
     return row
 
 
 def cell(value, form):
     return "-" if value is None else form.format(value)
+
+
+def accuracy_cell(row):
+    """Test accuracy on the image alone, and with the recipe's test-time views if measured."""
+    text = cell(row.get("final_accuracy"), "{:.2%}")
+    if row.get("tta_accuracy") is not None:
+        text += f" ({row['tta_accuracy']:.2%} with test-time views)"
+    return text
 
 
 def main(argv=None):
@@ -124,6 +134,7 @@ def main(argv=None):
     parser.add_argument("--no-train", action="store_true",
                         help="measure throughput only, skip the training runs")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every script does (model.cli.run)
     device = resolve_device(args.device)
     print(f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     print("| arch | dataset | data load | train img/s | inference img/s | epochs | test accuracy "
@@ -136,7 +147,7 @@ def main(argv=None):
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"| {arch} | {args.dataset} | {row['load_s']:.1f} s | {row['train_img_s']:.0f} "
               f"| {row['infer_img_s']:.0f} | {cell(row.get('epochs'), '{}')} "
-              f"| {cell(row.get('final_accuracy'), '{:.2%}')} | {reached} "
+              f"| {accuracy_cell(row)} | {reached} "
               f"| {cell(row.get('total_s'), '{:.1f} s')} | {peak_mib:.0f} MiB |", flush=True)
     return 0
 

@@ -11,13 +11,16 @@ Modules:
     activation_search streamed top-k activations per channel, channel-list parsing
     layers            layers by name on any ``nn.Module``: hooks that record or replace outputs
     faithfulness      deletion/insertion, model randomization, agreement, cost meter
-    architectures     ``simple`` and ``vgg`` nets with named layers; ``get_layer``, ``split_at``
+    architectures     ``simple`` and ``vgg`` nets with named layers, the whitening stem;
+                      ``get_layer``, ``split_at``
     datasets          torchvision datasets and ``shapes`` as in-memory tensors; ``DatasetInfo``
     dataset_files     checks of torchvision's files: damaged or mismatched files named
     shapes            the offline shapes dataset with ground-truth object masks
     checkpoint        atomic, validated, ``weights_only`` checkpoints
-    engine            batch streaming, augmentation, training loop, test loss and accuracy
-    runtime           device choice, seeding, atomic file and figure output, name-length checks
+    engine            recipes, batch streaming, augmentation, training loop, test-time views
+    optim             the one-cycle schedule; SGD with per-group learning-rate scales
+    runtime           device choice, seeding, atomic file and figure output, name-length
+                      checks, freed memory kept for reuse
     cli               one-line errors, Ctrl-C and SIGTERM, argument types, the shared flags
     errors            ``UserError``, the one exception the CLI turns into a one-line message
     images            what a method script explains: model, ``--index``/``--image``, targets

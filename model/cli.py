@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from .architectures import ARCHITECTURES
 from .datasets import DATASETS
 from .errors import UserError
-from .runtime import os_reason
+from .runtime import keep_freed_memory, os_reason
 
 MAX_SEED = 2**32 - 1  # NumPy's limit; torch and Python accept it too
 
@@ -137,6 +137,7 @@ def run(command, args, interrupted=None, written=None):
     atomically (``model.runtime.atomic_open``), so a failure, Ctrl-C or SIGTERM never leaves a
     half-written or temporary file.
     """
+    keep_freed_memory()  # every script moves large batches through a net on the CPU
     try:
         with terminate_like_ctrl_c():
             paths = command(args)

@@ -23,6 +23,7 @@ from .dataset_files import (DELETE_ADVICE, DamagedDatasetError, check_labels,
 from .errors import UserError
 
 DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10")
+PHOTO_DATASETS = ("cifar10",)  # natural photos, unlike the drawn shapes and digits
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,15 @@ class ImageDataset(torch.utils.data.Dataset):
             return self
         masks = None if self.masks is None else self.masks[:count]
         return ImageDataset(self.info, self.images[:count], self.labels[:count], masks)
+
+    def spread(self, count):
+        """About ``count`` images taken at an even stride over the split (all when ``count``
+        is None or not smaller): a sample of every class of a split sorted by class."""
+        if count is None or count >= len(self):
+            return self
+        index = slice(None, None, len(self) // count)
+        masks = None if self.masks is None else self.masks[index]
+        return ImageDataset(self.info, self.images[index], self.labels[index], masks)
 
 
 @functools.lru_cache(maxsize=2)

@@ -8,7 +8,11 @@ is set to zero, and the signal goes down a mirror of the network built layer by 
   forward pass;
 - a ReLU passes the signal by the chosen rule;
 - a convolution is undone by filtering with its transposed weights;
-- BatchNorm in eval mode is the per-channel affine map x -> a x + b, so it passes a * signal.
+- BatchNorm in eval mode is the per-channel affine map x -> a x + b, so it passes a * signal;
+- a frozen patch-whitening stem (the ``fast`` plan's ``conv1``) is undone by its inverse, the
+  colouring of each patch (``PatchWhitening.colouring_filters``), not its transpose: it is
+  fixed preprocessing, like the input normalization the projection is shown without, and its
+  transpose would amplify the finest pixel patterns a thousandfold.
 
 The three rules differ only in the ReLU (Springenberg et al. 2015, Fig. 1):
 
@@ -26,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .architectures import layer_names, split_at
+from .architectures import PatchWhitening, layer_names, split_at
 from .errors import UserError
 
 RULES = ("deconvnet", "guided", "saliency")
@@ -100,6 +104,8 @@ def project_down(stack, records, signal, rule):
         elif isinstance(module, nn.BatchNorm2d):
             scale = module.weight / torch.sqrt(module.running_var + module.eps)
             signal = signal * scale[None, :, None, None]
+        elif isinstance(module, PatchWhitening):
+            signal = torch.nn.grad.conv2d_input(record, module.colouring_filters(), signal)
         else:  # Conv2d: filter with the transposed weights (the adjoint of the convolution)
             signal = torch.nn.grad.conv2d_input(record, module.weight, signal, module.stride,
                                                 module.padding, module.dilation, module.groups)

@@ -34,7 +34,7 @@ def build_simple_for_mnist():
     return build_model("simple", 1, 10, 28)
 
 
-@pytest.mark.parametrize("plan", ["small", "wide"])
+@pytest.mark.parametrize("plan", ["small", "wide", "fast"])
 def test_vgg_ends_in_global_average_pooling_and_one_linear(plan):
     model = build_model("vgg", 3, 10, 32, plan)
     names = layer_names(model)

@@ -206,3 +206,21 @@ def test_relu_rule_restores_the_model_also_after_an_error():
     with pytest.raises(UserError, match="unknown rule"):
         with gradients.relu_rule(model, "lrp"):
             pass
+
+
+def test_the_mirror_undoes_a_whitening_stem_by_colouring_each_patch():
+    """Each 2x2 patch's responses [W x; -W x] go back to x through colouring_filters, so the
+    transposed convolution returns every pixel times the number of patches covering it."""
+    from model.architectures import PatchWhitening
+
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    images = images + 0.8 * images.roll(1, dims=3)  # correlated neighbours
+    stem = PatchWhitening(3).double()
+    stem.fit(images)
+    with torch.no_grad():
+        back = torch.nn.grad.conv2d_input(images.shape, stem.colouring_filters(),
+                                          stem(images) - stem.bias[None, :, None, None])
+        covers = torch.nn.grad.conv2d_input((1, 1, 6, 6), torch.ones(1, 1, 2, 2).double(),
+                                            torch.ones(1, 1, 5, 5, dtype=torch.float64))
+    assert torch.allclose(back, images * covers, atol=1e-9)

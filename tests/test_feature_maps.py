@@ -52,6 +52,22 @@ def test_cli_draws_filters_maps_dead_report_and_evolution(tmp_path):
     assert [epoch for epoch, _ in fm.snapshot_epochs(checkpoint)] == [1, 2]
 
 
+def test_snapshots_of_an_earlier_run_with_the_same_out_are_skipped(tmp_path, capsys):
+    """A new run to the same --out without --save-every-epoch leaves the old run's snapshots
+    beside it; the evolution must not show (or fail on) another run's weights."""
+    checkpoint = tmp_path / "shapes_simple.pt"
+    common = ["--dataset", "shapes", "--arch", "simple", "--max-train-images", "256",
+              "--no-progress", "--out", str(checkpoint)]
+    assert train_cnn.main(common + ["--epochs", "2", "--save-every-epoch"]) == 0
+    assert train_cnn.main(common + ["--epochs", "1", "--seed", "1"]) == 0
+    capsys.readouterr()
+    assert fm.snapshot_epochs(checkpoint) == []
+    assert "2 snapshots" in capsys.readouterr().err
+    code = fm.main(["--checkpoint", str(checkpoint), "--index", "4", "--show", "evolution",
+                    "--out", str(tmp_path / "figures")])
+    assert code == 0 and not list((tmp_path / "figures").glob("evolution_*"))
+
+
 def test_cli_without_snapshots_notes_how_to_make_them(trained_shapes_checkpoint, tmp_path,
                                                        capsys):
     code = fm.main(["--checkpoint", str(trained_shapes_checkpoint), "--show", "evolution",

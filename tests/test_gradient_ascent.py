@@ -20,7 +20,8 @@ def small_model():
 
 
 @pytest.mark.parametrize("layer", [None, "conv2"])
-def test_each_image_is_its_own_problem_in_the_batch(layer):
+@pytest.mark.parametrize("zoom", [0.0, 0.1])
+def test_each_image_is_its_own_problem_in_the_batch(layer, zoom):
     """Optimizing units together equals optimizing each alone (no reduction over the batch)."""
     # float64: kernels round differently for a batch of 3 and of 1 (and per CPU), and Adam
     # turns float32 rounding into 1e-3 pixel differences (float64 rounding: about 1e-14).
@@ -32,11 +33,13 @@ def test_each_image_is_its_own_problem_in_the_batch(layer):
             setattr(model, name, nn.AvgPool2d(2))
     model.double()
     units = torch.tensor([0, 3, 5])
-    together, values = ga.gradient_ascent(model, INFO, units, layer=layer, steps=12)
+    rules = ga.Regularizers(scale=zoom, rotate=100 * zoom)
+    together, values = ga.gradient_ascent(model, INFO, units, layer=layer, steps=12,
+                                          regularizers=rules)
     assert together.dtype == torch.float64
     for row, unit in enumerate(units.tolist()):
         alone, value = ga.gradient_ascent(model, INFO, torch.tensor([unit]), layer=layer,
-                                          steps=12)
+                                          steps=12, regularizers=rules)
         assert torch.allclose(together[row], alone[0], atol=1e-9, rtol=0)
         assert values[row] == pytest.approx(float(value[0]), abs=1e-9)
 
@@ -63,6 +66,29 @@ def test_polish_drops_the_jitter_only():
     assert torch.equal(ascend(2, 2, polish=1.0), ascend(0, 2, polish=1.0))
     assert not torch.allclose(ascend(2, 2, polish=0.0), ascend(0, 2, polish=0.0), atol=1e-3)
     assert not torch.allclose(ascend(0, 2, polish=1.0), ascend(0, 0, polish=1.0), atol=1e-3)
+
+
+def test_zoom_rotate_is_the_identity_at_rest_and_a_quarter_turn_at_90_degrees():
+    images = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    assert torch.allclose(ga.zoom_rotate(images, 1.0, 0.0), images, atol=1e-12)
+    assert torch.allclose(ga.zoom_rotate(images, 1.0, 90.0), torch.rot90(images, 1, (2, 3)),
+                          atol=1e-12)  # counter-clockwise as displayed
+    # Magnified 2x, the centre 2x2 block is the centre pixel neighbourhood spread out.
+    zoomed = ga.zoom_rotate(images, 2.0, 0.0)
+    assert torch.allclose(zoomed[..., 2:4, 2:4].mean((2, 3)), images[..., 2:4, 2:4].mean((2, 3)),
+                          atol=1e-12)
+
+
+def test_polish_drops_zoom_and_rotation_too():
+    model = small_model()
+    units = torch.tensor([1, 4])
+
+    def ascend(zoom, polish):
+        rules = ga.Regularizers(jitter=0, scale=zoom, rotate=30 * zoom)
+        return ga.gradient_ascent(model, INFO, units, steps=6, polish=polish,
+                                  regularizers=rules)[0]
+    assert torch.equal(ascend(0.2, polish=1.0), ascend(0.0, polish=1.0))
+    assert not torch.allclose(ascend(0.2, polish=0.0), ascend(0.0, polish=0.0), atol=1e-3)
 
 
 def test_polish_raises_the_score_of_the_unshifted_image():

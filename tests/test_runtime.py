@@ -58,3 +58,21 @@ def test_save_figure_writes_a_png(tmp_path):
     figure.subplots().plot([0, 1], [1, 0])
     save_figure(figure, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_freed_memory_is_kept_on_glibc_and_skipped_without_mallopt(monkeypatch):
+    import ctypes
+    import platform
+
+    import model.runtime
+
+    if platform.libc_ver()[0] == "glibc":
+        assert model.runtime.keep_freed_memory()
+
+    def no_library(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    assert model.runtime.keep_freed_memory() is False
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: object())  # a C library without mallopt
+    assert model.runtime.keep_freed_memory() is False

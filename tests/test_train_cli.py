@@ -1,4 +1,5 @@
 """train_cnn.py through its CLI: a short run, --resume after Ctrl-C, and bad input."""
+import dataclasses
 import subprocess
 import sys
 
@@ -183,9 +184,10 @@ def test_bfloat16_is_used_only_where_the_device_computes_it_fast(monkeypatch):
 
 
 def test_the_cifar10_recipe_trains_resumes_and_explains_from_class_folders(tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, capsys):
     """The fast plan end to end on tiny CIFAR-10 class folders: frozen whitening stem fitted
-    to the data, label smoothing, reflected crops, flip TTA, resume, and the methods on it."""
+    to the data, sampled tests before the last epoch, test-time views after it, resume, and
+    the methods on it."""
     import class_activation_maps
     import deconvnet
     from test_datasets import write_cifar_folders
@@ -200,9 +202,15 @@ def test_the_cifar10_recipe_trains_resumes_and_explains_from_class_folders(tmp_p
     first = load_checkpoint(out)
     whitening = first["model_state"]["conv1.weight"]
     assert whitening.shape == (24, 3, 2, 2) and torch.equal(whitening[12:], -whitening[:12])
-    assert train_cnn.main(argv + ["--epochs", "2", "--resume"]) == 0
+    monkeypatch.setitem(model.engine.RECIPES, ("cifar10", "vgg"), dataclasses.replace(
+        model.engine.RECIPES[("cifar10", "vgg")], epoch_test_images=4))
+    assert train_cnn.main(argv + ["--epochs", "3", "--resume"]) == 0
     second = load_checkpoint(out)
-    assert second["epoch"] == 2
+    assert second["epoch"] == 3
+    assert [row["test_images"] for row in second["history"]] == [20, 4, 20]
+    assert "tta_accuracy" in second["history"][-1] and "tta_accuracy" not in second["history"][1]
+    printed = capsys.readouterr().out
+    assert "of 4 images" in printed and "with flip-translate views" in printed
     assert torch.equal(second["model_state"]["conv1.weight"], whitening)  # frozen
     common = ["--checkpoint", str(out), "--data-dir", str(tmp_path / "cifar"), "--index", "0",
               "--out", str(tmp_path / "figures")]

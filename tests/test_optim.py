@@ -1,0 +1,146 @@
+"""The airbench pieces of the CIFAR-10 recipe, each against a property only a correct
+implementation has: BatchNorm biases decay at the weights' rate per step, flips alternate,
+test-time views are the shifted and mirrored images, and identity-initialized convs pass their
+input through."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.architectures import build_model, block_end
+from model.engine import (RECIPES, Recipe, alternating_flips, identity_init, prepare_model,
+                          view_logits)
+from model.optim import learning_rate_at, make_optimizer, set_learning_rate
+
+CIFAR = RECIPES[("cifar10", "vgg")]
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double()
+
+
+def batches(count=6):
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 3, 5, 5, generator=generator, dtype=torch.double),
+             torch.randint(0, 3, (8,), generator=generator)) for _ in range(count)]
+
+
+def train_steps(net, optimizer, data, logit_multiplier=1.0):
+    for step, (inputs, labels) in enumerate(data):
+        set_learning_rate(optimizer, learning_rate_at(step, len(data), 0.5, 0.3, "linear", 0.2))
+        loss = F.cross_entropy(net(inputs) * logit_multiplier, labels, label_smoothing=0.2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_norm_biases_learn_faster_and_decay_at_the_weights_rate_per_step():
+    """airbench's bias_scaler: BatchNorm biases step 64x as far for the same gradient, yet
+    without a gradient (zero loss slope) they shrink by exactly the weights' factor."""
+    recipe = Recipe(epochs=1, batch_size=8, lr=0.5, weight_decay=1e-2, momentum=0.85,
+                    norm_bias_lr_scale=64)
+    net = tiny_net()
+    with torch.no_grad():
+        net[1].bias.fill_(0.3)
+    start = {name: value.clone() for name, value in net.named_parameters()}
+    train_steps(net, make_optimizer(net, 0.5, 1e-2, recipe), batches(3), logit_multiplier=0.0)
+    shrink_weight = net[0].weight / start["0.weight"]
+    shrink_bias = net[1].bias / start["1.bias"]
+    assert torch.allclose(shrink_weight, shrink_weight.flatten()[0], atol=1e-12)
+    assert torch.allclose(shrink_bias, shrink_weight.flatten()[0], atol=1e-12)
+    assert shrink_bias[0] < 1 - 1e-3 and torch.equal(net[1].weight, start["1.weight"])
+
+    plain, fast = tiny_net(), tiny_net()
+    train_steps(plain, make_optimizer(plain, 0.5, 0.0), batches(1))
+    train_steps(fast, make_optimizer(fast, 0.5, 0.0, dataclasses.replace(recipe,
+                                                                         weight_decay=0.0)),
+                batches(1))
+    moved_plain = plain[1].bias - tiny_net()[1].bias
+    moved_fast = fast[1].bias - tiny_net()[1].bias
+    assert torch.allclose(moved_fast, 64 * moved_plain * (1 + 0.85) / (1 + 0.9), atol=1e-12)
+
+
+def test_flips_alternate_between_epochs_and_follow_the_seed():
+    first, second, third = (alternating_flips(1000, seed=3, epoch=e) for e in (1, 2, 3))
+    assert torch.equal(second, ~first) and torch.equal(third, first)
+    assert 400 < int(first.sum()) < 600
+    assert not torch.equal(alternating_flips(1000, seed=4, epoch=1), first)
+
+
+def test_test_time_views_are_the_mirrored_and_shifted_images():
+    """flip-translate = 1/2 mean(image, mirror) + 1/4 each for the image shifted one pixel
+    down-right and up-left with a reflected border, built here pixel by pixel."""
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double()
+    images = torch.randn(2, 2, 4, 4, dtype=torch.double)
+
+    def reflect(index):
+        return abs(index) if index < 0 else (6 - index if index > 3 else index)
+
+    def shifted(dy):
+        out = torch.empty_like(images)
+        for i in range(4):
+            for j in range(4):
+                out[..., i, j] = images[..., reflect(i - dy), reflect(j - dy)]
+        return out
+
+    def mirror_mean(x):
+        return 0.5 * (linear(x) + linear(x.flip(3)))
+
+    expected = 0.5 * mirror_mean(images) + 0.25 * (mirror_mean(shifted(1)) +
+                                                   mirror_mean(shifted(-1)))
+    assert torch.allclose(view_logits(linear, images, "flip-translate"), expected, atol=1e-12)
+    assert torch.allclose(view_logits(linear, images, "flip"), mirror_mean(images), atol=1e-12)
+    assert torch.equal(view_logits(linear, images, "image"), linear(images))
+
+
+def test_identity_initialized_convs_pass_their_input_channels_through():
+    conv = nn.Conv2d(3, 5, 3, padding=1, bias=False).double()
+    identity_init(conv)
+    images = torch.randn(2, 3, 6, 6, dtype=torch.double)
+    assert torch.equal(conv(images)[:, :3], images)
+    assert conv.weight[3:].abs().sum() > 0  # the other filters keep their random start
+
+
+def test_the_cifar10_net_pools_before_normalizing_and_prepares_as_the_recipe_says():
+    net = build_model("vgg", 3, 10, 32, CIFAR.vgg_plan)
+    names = [name for name, _ in net.named_children()]
+    assert names[:6] == ["conv1", "relu1", "conv2", "pool1", "bn2", "relu2"]
+    assert block_end(net, "conv2") == "relu2" and block_end(net, "conv3") == "relu3"
+
+    class Images:  # the two things prepare_model reads from a training split
+        images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+        info = type("Info", (), {"normalize": staticmethod(lambda x: x.float() / 255 - 0.5)})
+
+        def __len__(self):
+            return 64
+
+    prepare_model(net, CIFAR, Images(), "cpu")
+    assert all(not m.weight.requires_grad for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    probe = torch.randn(1, 64, 8, 8)
+    assert torch.equal(F.conv2d(probe, net.conv3.weight, padding=1)[:, :64], probe)
+    optimizer = make_optimizer(net, CIFAR.lr, CIFAR.weight_decay, CIFAR)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(net.bn2.weight) not in trained and id(net.conv1.weight) not in trained
+    assert id(net.conv1.bias) in trained  # the whitening stem's shift, in place of a BatchNorm
+
+
+def test_spread_samples_every_class_of_a_sorted_split():
+    from model.datasets import DATASET_INFO, ImageDataset
+
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as class folders are
+    split = ImageDataset(DATASET_INFO["cifar10"], torch.zeros(1000, 3, 32, 32, dtype=torch.uint8),
+                         labels)
+    sample = split.spread(200)
+    assert len(sample) == 200 and torch.equal(sample.labels.bincount(), torch.full((10,), 20))
+    assert split.spread(None) is split and split.spread(5000) is split
+
+
+def test_warm_up_can_start_above_zero():
+    rates = [learning_rate_at(step, 100, 1.5, 0.23, "linear", 0.2) for step in range(100)]
+    assert rates[0] == pytest.approx(1.5 * (0.2 + 0.8 / 23))
+    assert rates[22] == pytest.approx(1.5) and max(rates) == pytest.approx(1.5)
