@@ -29,12 +29,14 @@ from model.cam import cam_layer_applies
 from model.cli import ArgumentParser, non_negative_int, positive_int, run
 from model.datasets import load_dataset
 from model.heatmaps import normalize_maps, plot_overlay_grid, show_image, show_overlay
-from model.images import method_parser, prepare_method, resolve_targets, test_predictions
+from model.images import (has_test_split, method_parser, prepare_method, resolve_targets,
+                          test_predictions)
 from model.plotting import Figure
 from model.runtime import write_figure
 
 CAM_METHODS = [name for name, method in METHODS.items() if method.family == "cam"]
 DEFAULTS = METHODS["faster-scorecam"].defaults  # the CAM family's options
+MAX_CLASS_MAPS = 10  # the one-image figure shows the most probable classes of ImageNet's 1000
 
 
 def plot_class_maps(image, maps, classes, probabilities, method, title):
@@ -114,15 +116,21 @@ def explain(args):
     maps = {method: maps_for(selection.inputs, targets, method) for method in methods}
     written = [write_figure(plot_overlay_grid(images, maps, titles), out / f"cam_{layer}_grid.png")]
 
-    first = selection.inputs[:1].expand(len(info.classes), -1, -1, -1)
-    class_maps = maps_for(first, torch.arange(len(info.classes), device=device), methods[0])
+    shown = probabilities[0].argsort(descending=True)[:MAX_CLASS_MAPS].sort().values
+    every = len(shown) == len(info.classes)
+    first = selection.inputs[:1].expand(len(shown), -1, -1, -1)
+    class_maps = maps_for(first, shown, methods[0])
     written.append(write_figure(
-        plot_class_maps(images[0], class_maps, info.classes, probabilities[0].tolist(),
-                        methods[0], f"{selection.names[0]}: {methods[0]} at {layer}, every "
-                                    "class as target"),
+        plot_class_maps(images[0], class_maps, [info.classes[c] for c in shown],
+                        probabilities[0, shown].tolist(), methods[0],
+                        f"{selection.names[0]}: {methods[0]} at {layer}, "
+                        + ("every class as target" if every else
+                           f"the {len(shown)} most probable classes as target")),
         out / f"cam_{layer}_classes_{selection.names[0]}.png"))
 
-    if args.gallery:
+    if args.gallery and not has_test_split(info):
+        print(f"note: no gallery: there is no {info.name} test split here", file=sys.stderr)
+    elif args.gallery:
         test_set = load_dataset(info.name, "test", args.data_dir)
         correct, wrong = gallery_selection(model, test_set, device, args.gallery,
                                            args.batch_size)

@@ -14,6 +14,7 @@ relu(R) (Zeiler & Fergus 2014), guided relu(R) [f > 0], saliency R [f > 0] (the 
 A conv layer name (``--layer conv3``) means the output of its whole block: conv, BatchNorm and
 ReLU, the rectified feature maps the paper projects.
 """
+import math
 import sys
 from pathlib import Path
 
@@ -24,10 +25,10 @@ from model.cli import ArgumentParser, non_negative_int, positive_int, run
 from model.errors import UserError
 from model.heatmaps import HEATMAP_CMAP, frame, show_image, signed_display
 from model.images import method_parser, prepare_method
-from model.mirror import (RULES, activation_layers, compute_projections, forward_with_switches,
+from model.mirror import (RULES, compute_projections, layer_activation, projection_path,
                           strongest_channels)
 from model.plotting import Figure, Rectangle
-from model.receptive_field import receptive_field
+from model.receptive_field import layer_receptive_field
 from model.runtime import write_figure
 
 def plot_projections(image, projections, activations, channels, boxes, title, columns=3):
@@ -63,6 +64,32 @@ def plot_projections(image, projections, activations, channels, boxes, title, co
     return figure
 
 
+def plot_all_layers(image, layers, title, top=9):
+    """Zeiler & Fergus Fig. 2 for one image: the image, then per layer the projections of its
+    ``top`` strongest units, each cropped to the unit's receptive field, in a square grid.
+
+    Args:
+        image: (C, H, W) in [0, 1].
+        layers: list of (label, projections (J, C, H, W), boxes per projection).
+    """
+    side = math.ceil(math.sqrt(top))
+    figure = Figure(figsize=(2.4 + 2.2 * len(layers), 3.0))
+    ratios = [side] + ([0.35] + [1] * side) * len(layers)  # a narrow gap before each layer
+    grid = figure.add_gridspec(side, len(ratios), width_ratios=ratios, wspace=0.06,
+                               hspace=0.06, left=0.01, right=0.99, bottom=0.02, top=0.8)
+    show_image(figure.add_subplot(grid[:, 0]), image, "input")
+    for number, (label, projections, boxes) in enumerate(layers):
+        first_column = 2 + number * (side + 1)
+        for j, (projection, (top_, left, bottom, right)) in enumerate(zip(projections, boxes)):
+            row, col = divmod(j, side)
+            axis = figure.add_subplot(grid[row, first_column + col])
+            show_image(axis, signed_display(projection[:, top_:bottom, left:right]))
+        figure.add_subplot(grid[0, first_column:first_column + side], frameon=False).set(
+            xticks=[], yticks=[], title=label)
+    figure.suptitle(title, y=0.99)
+    return figure
+
+
 def maximum_boxes(activations, field, image_size):
     """Receptive-field box of each (J, h, w) map's strongest unit."""
     width = activations.shape[-1]
@@ -83,6 +110,10 @@ def get_args_parser():
                         help="project every channel of the layer")
     parser.add_argument("--whole-map", action="store_true",
                         help="project the whole feature map, not only its strongest unit")
+    parser.add_argument("--all-layers", action="store_true",
+                        help="also one figure per image with the strongest projections of "
+                             "every --layer beside it, cropped to their receptive fields "
+                             "(Zeiler & Fergus Fig. 2)")
     parser.add_argument("--rule", choices=RULES, default="deconvnet",
                         help="how a ReLU passes the signal down (default: deconvnet)")
     return parser
@@ -92,12 +123,13 @@ def explain(args):
     device, model, info, selection = prepare_method(args)
     layers = args.layer or conv_layer_names(model)
     images, written = info.denormalize(selection.inputs), []
-    for layer in layers:
-        stack = activation_layers(model, layer)
-        field = receptive_field(stack)
+    summary = [[] for _ in selection.names]  # per image: (label, projections, boxes) per layer
+    for number, layer in enumerate(layers):
+        field = layer_receptive_field(model, layer)
+        print(f"note: projections of {layer} by {projection_path(model, layer)}")
         if args.all_channels:
             with torch.no_grad():
-                channel_count = forward_with_switches(stack, selection.inputs[:1])[0].shape[1]
+                channel_count = layer_activation(model, layer, selection.inputs[:1]).shape[1]
             channels = torch.arange(channel_count).expand(len(images), -1)
         elif args.channel:
             channels = torch.tensor(args.channel).expand(len(images), -1)
@@ -115,6 +147,18 @@ def explain(args):
                                       channels[index], boxes, title)
             path = Path(args.out) / f"{args.rule}_{name}_{layer}.png"
             written.append(write_figure(figure, path))
+            label = layer if args.layer else f"conv{number + 1} ({layer})"
+            summary[index].append((label, projections[index, :args.top].cpu(),
+                                   boxes[:args.top]))
+    if args.all_layers:
+        for index, name in enumerate(selection.names):
+            figure = plot_all_layers(images[index].cpu(), summary[index],
+                                     f"{name}: {args.rule} projections of the "
+                                     f"{min(args.top, len(summary[index][0][1]))} strongest "
+                                     "units per layer (cropped to their receptive fields)",
+                                     args.top)
+            written.append(write_figure(figure, Path(args.out) /
+                                        f"{args.rule}_{name}_all_layers.png"))
     return written
 
 

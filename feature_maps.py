@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model.architectures import conv_layer_names, get_layer
+from model.architectures import conv_layer_names, first_conv
 from model.checkpoint import load_checkpoint, load_model, snapshot_path
 from model.cli import ArgumentParser, positive_int, run
 from model.datasets import load_dataset
@@ -27,7 +27,7 @@ from model.engine import iterate_batches
 from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, cell_centers, frame, grid_mosaic,
                             normalize_maps, plot_map_table, show_image, show_mosaic,
                             signed_display)
-from model.images import checkpoint_path, method_parser, prepare_method
+from model.images import checkpoint_path, has_test_split, method_parser, prepare_method
 from model.layers import as_feature_maps, layer_outputs
 from model.plotting import Figure
 from model.runtime import save_json, write_figure
@@ -225,19 +225,24 @@ def visualize(args):
     paths = []
 
     if "filters" in args.show:
-        convs = conv_layer_names(model)
-        first = get_layer(model, convs[0]).weight.detach().cpu()
-        paths.append(write_figure(plot_first_layer(first, f"{convs[0]} filters"),
-                                  out / f"filters_{convs[0]}.png"))
-        for layer in convs[1:]:
-            weights = get_layer(model, layer).weight.detach().cpu()
-            paths.append(write_figure(plot_kernel_grid(weights, f"{layer} kernels"),
+        convs = [first_conv(model, layer) for layer in conv_layer_names(model)]
+        convs = list(dict(convs).items())  # a ResNet stage and its first block share a conv
+        first_name, first = convs[0]
+        paths.append(write_figure(plot_first_layer(first.weight.detach().cpu(),
+                                                   f"{first_name} filters"),
+                                  out / f"filters_{first_name}.png"))
+        for layer, conv in convs[1:]:
+            paths.append(write_figure(plot_kernel_grid(conv.weight.detach().cpu(),
+                                                       f"{layer} kernels"),
                                       out / f"filters_{layer}.png"))
     if "maps" in args.show:
         for layer, activation in layer_activations(model, selection.inputs[:1], layers).items():
             figure = plot_feature_maps(image, activation[0], f"{name}: {layer} feature maps")
             paths.append(write_figure(figure, out / f"maps_{name}_{layer}.png"))
-    if "dead" in args.show:
+    if "dead" in args.show and not has_test_split(info):
+        print(f"note: no dead-filter report: there is no {info.name} test split here",
+              file=sys.stderr)
+    elif "dead" in args.show:
         dataset = load_dataset(info.name, "test", args.data_dir).subset(args.num_images)
         report = dead_filter_report(model, dataset, layers, device, args.batch_size)
         title = f"share of {len(dataset)} test images on which each channel fires"
@@ -247,7 +252,7 @@ def visualize(args):
         paths.append(save_json(summary, out / "dead_filters.json"))
         for layer, entry in report.items():
             print(f"{layer}: {len(entry['dead'])} dead channels {entry['dead'] or ''}")
-    if "evolution" in args.show:
+    if "evolution" in args.show and not args.weights:  # --weights come without snapshots
         snapshots = snapshot_epochs(checkpoint)  # notes snapshots of another run itself
         folder = snapshot_path(checkpoint, 1).parent
         if not snapshots:

@@ -43,7 +43,7 @@ from model.blur import gaussian_blur
 from model.datasets import PHOTO_DATASETS, load_dataset
 from model.errors import UserError
 from model.heatmaps import show_image
-from model.images import checkpoint_parser, load_method_model
+from model.images import checkpoint_parser, has_test_split, load_method_model
 from model.layers import as_feature_maps, layer_output, resolve_layer
 from model.plotting import Figure
 from model.runtime import seed_everything, write_figure
@@ -72,6 +72,7 @@ NO_REGULARIZATION = Regularizers(l2=0.0, jitter=0, blur_every=0, tv=0.0, clip=Tr
 
 
 INIT_STD = {"zero": 0.0, "noise": 0.01, "random": 0.5}  # in normalized input units
+MAX_DEFAULT_CLASSES = 10  # class images drawn when --classes is not given
 
 
 def _random_start(shape, init, generator):
@@ -326,8 +327,9 @@ def get_args_parser():
                         help="channels of --layer, e.g. 0-7 12 (default: all)")
     parser.add_argument("--neuron", action="store_true",
                         help="maximize each channel's centre unit, not its mean activation")
-    parser.add_argument("--param", choices=("pixel", "fft"), default="pixel",
-                        help="optimize pixels or a 1/f Fourier spectrum (default: pixel)")
+    parser.add_argument("--param", choices=("pixel", "fft"), default=None,
+                        help="optimize pixels or a 1/f Fourier spectrum (default: pixel up to "
+                             "64 px images, fft beyond, as Olah et al. 2017 do at 224 px)")
     parser.add_argument("--steps", type=positive_int, default=256,
                         help="ascent steps (default: 256)")
     parser.add_argument("--lr", type=positive_float, default=0.05,
@@ -341,8 +343,9 @@ def get_args_parser():
     parser.add_argument("--l2", type=non_negative_float, default=None,
                         help="L2 decay lambda (default: 0.001 for classes, 0 for filters)")
     parser.add_argument("--jitter", type=non_negative_int, default=None,
-                        help="random shift in pixels each step (default: 2; 0 with --neuron, "
-                             "whose one unit sits at a fixed place)")
+                        help="random shift in pixels each step (default: 2, or 1/16 of the "
+                             "side beyond 64 px; 0 with --neuron, whose one unit sits at a "
+                             "fixed place)")
     parser.add_argument("--blur-every", type=non_negative_int, default=None,
                         help="blur every N steps (default: 4 for classes, 0 = off for "
                              "filters, whose fine patterns a blur erases)")
@@ -363,6 +366,14 @@ def get_args_parser():
     return parser
 
 
+def default_classes(count):
+    """Every class of a small dataset; of more than ``MAX_DEFAULT_CLASSES`` (ImageNet's 1000),
+    that many spread evenly over the class indices."""
+    if count <= MAX_DEFAULT_CLASSES:
+        return list(range(count))
+    return torch.linspace(0, count - 1, MAX_DEFAULT_CLASSES).round().long().tolist()
+
+
 def class_probabilities(model, info, images, classes, device):
     """Softmax probability of ``classes`` (N,) for the [0, 1] ``images`` (N, C, H, W): a list."""
     with torch.no_grad():
@@ -378,7 +389,7 @@ def visualize_classes(args, model, info, rules, options, device):
     """
     out = Path(args.out)
     classes = torch.tensor(parse_classes(args.classes, info.classes) if args.classes
-                           else range(len(info.classes)))
+                           else default_classes(len(info.classes)))
     images, _ = gradient_ascent(model, info, classes, param=args.param, regularizers=rules,
                                 progress=True, **options)
     probabilities = class_probabilities(model, info, images, classes, device)
@@ -433,6 +444,10 @@ def visualize_channels(args, model, info, rules, options, device):
         maps = layer_output(model, args.layer, info.normalize(images.to(device)))[
             torch.arange(len(units)), units.to(device)]  # (N, h, w)
     achieved = maps.flatten(1).amax(1) if args.neuron else maps.mean((1, 2))
+    if not has_test_split(info):
+        print(f"note: no comparison with real images: there is no {info.name} test split "
+              "here", file=sys.stderr)
+        return paths
     test_set = load_dataset(info.name, "test", args.data_dir)
     scan = search_top_activations(model, test_set, args.layer, k=1,
                                   score="max" if args.neuron else "mean", device=device)
@@ -468,9 +483,12 @@ def visualize(args):
         args.blur_every = 0 if filters else 4
     if args.init is None:
         args.init = "random" if filters else "zero"
+    large = info.image_size > 64  # photos at ImageNet's size (Olah et al. 2017's setting)
+    if args.param is None:
+        args.param = "fft" if large else "pixel"
     if args.jitter is None:
-        args.jitter = 0 if args.neuron else 2
-    natural = info.name in PHOTO_DATASETS and not filters
+        args.jitter = 0 if args.neuron else max(2, info.image_size // 16 if large else 2)
+    natural = (info.name in PHOTO_DATASETS or large) and not filters
     if args.scale is None:
         args.scale = 0.1 if natural else 0.0
     if args.rotate is None:

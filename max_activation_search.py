@@ -29,9 +29,9 @@ from model.cli import ArgumentParser, positive_int, run
 from model.datasets import load_dataset
 from model.errors import UserError
 from model.heatmaps import frame, show_image, signed_display
-from model.receptive_field import receptive_field
-from model.images import checkpoint_parser, checkpoint_path, load_method_model
-from model.mirror import activation_layers, compute_projections
+from model.receptive_field import layer_receptive_field
+from model.images import checkpoint_parser, checkpoint_path, has_test_split, load_method_model
+from model.mirror import compute_projections, projection_path
 from model.plotting import Figure, Rectangle
 from model.runtime import save_json, seed_everything, write_figure
 
@@ -132,13 +132,16 @@ def search(args):
     seed_everything(args.seed)
     device, model, info = load_method_model(args)
     layer = args.layer or conv_layer_names(model)[-1]
+    if not has_test_split(info):
+        raise UserError(f"there is no {info.name} dataset here to scan: give the --dataset "
+                        "the weights were trained on")
     dataset = load_dataset(info.name, args.split, args.data_dir)
     check_arguments(args, model, layer, dataset, device)
     result = search_top_activations(model, dataset, layer, args.k, args.score,
                                     args.batch_size, device, progress=True)
     channel_count = result.values.shape[0]
     is_classes = isinstance(get_layer(model, layer), nn.Linear)
-    field = None if is_classes else receptive_field(activation_layers(model, layer))
+    field = None if is_classes else layer_receptive_field(model, layer)
     labels = (list(info.classes) if is_classes
               else [f"ch {c}" for c in range(channel_count)])
     all_channels = list(range(channel_count))
@@ -146,7 +149,8 @@ def search(args):
     out = Path(args.out)
     stem = f"{info.name}_{layer}"
 
-    report = {"checkpoint": str(checkpoint_path(args)), "layer": layer, "split": args.split,
+    report = {"checkpoint": args.weights or str(checkpoint_path(args)), "layer": layer,
+              "split": args.split,
               "k": args.k, "score": args.score, "images_scanned": len(dataset),
               "receptive_field": None if field is None else field.size,
               "dead_channels": result.dead_channels(),
@@ -168,6 +172,8 @@ def search(args):
                               out / f"{stem}_overview.png"))
 
     detailed = chosen if args.channels or channel_count <= 16 else []
+    if args.project and detailed and not is_classes:
+        print(f"note: projections of {layer} by {projection_path(model, layer)}")
     for c in detailed:
         projections = None
         if args.project and not is_classes:

@@ -22,7 +22,8 @@ from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, class_colormap, frame,
                             show_overlay)
 from model.images import method_parser, prepare_method, resolve_targets
 from model.attribution import METHODS
-from model.occlusion import baseline_images, compute_occlusion
+from model.occlusion import (SMALL_IMAGE_GEOMETRY, baseline_images, compute_occlusion,
+                             occlusion_geometry)
 from model.plotting import Figure, Patch, Rectangle
 from model.runtime import write_figure
 
@@ -94,12 +95,14 @@ def plot_occlusion(image, fill, result, index, patch, classes, title, strip=8):
 def get_args_parser():
     parser = ArgumentParser(description=__doc__.split("\n")[0],
                             parents=[method_parser("occlusion_sensitivity")])
-    parser.add_argument("--patch", type=positive_int, default=DEFAULTS["patch"],
+    parser.add_argument("--patch", type=positive_int, default=None,
                         help=f"side of the occluding square in pixels (default: "
-                             f"{DEFAULTS['patch']})")
-    parser.add_argument("--stride", type=positive_int, default=DEFAULTS["stride"],
+                             f"{SMALL_IMAGE_GEOMETRY[0]} up to 64 px images, else 1/7 of the "
+                             "side: 32 at 224)")
+    parser.add_argument("--stride", type=positive_int, default=None,
                         help=f"step between patch positions in pixels (default: "
-                             f"{DEFAULTS['stride']})")
+                             f"{SMALL_IMAGE_GEOMETRY[1]} up to 64 px images, else 1/14 of the "
+                             "side: 16 at 224)")
     # A flat patch is itself a square-shaped object to a network that knows squares: on
     # shapes a gray patch lowers p(target) even on the background (pointing game 79.5% for
     # gray vs 92.5% for blur, bench/pointing.py), so the default fill adds no new shape.
@@ -115,6 +118,7 @@ def explain(args):
     with torch.no_grad():
         logits = model(selection.inputs)
     targets = resolve_targets(args.target, info, logits, selection.labels)
+    args.patch, args.stride = occlusion_geometry(info.image_size, args.patch, args.stride)
     fill = baseline_images(selection.inputs, info, args.baseline, args.patch)
     result = compute_occlusion(model, selection.inputs, targets, fill, args.patch, args.stride,
                                args.batch_size)

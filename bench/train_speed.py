@@ -8,7 +8,7 @@
 For each architecture it prints one table row: training images/s (forward + backward + SGD
 step, recipe batch size, the recipe's bfloat16 and memory order) and inference images/s
 (no-grad forward, batch 512) on the chosen device, then trains with the dataset's recipe
-(``model.engine.RECIPES``) from scratch and reports the final test accuracy, the wall time,
+(``model.engine.RECIPES``, or ``--recipe``) from scratch and reports the final test accuracy, the wall time,
 data loading included, at which the test accuracy first reached each target of
 ``ACCURACY_TARGETS``, and the process's peak resident memory.
 """
@@ -25,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.architectures import ARCHITECTURES, build_model  # noqa: E402
 from model.datasets import DATASETS, load_dataset  # noqa: E402
-from model.engine import RECIPES, autocast, fast_layout, fit, prepare_model  # noqa: E402
+from model.engine import (DEFAULT_RECIPE, autocast, fast_layout, fit, prepare_model,  # noqa: E402
+                          recipe_for)
 from model.optim import make_optimizer  # noqa: E402
 from model.runtime import keep_freed_memory, resolve_device, seed_everything  # noqa: E402
+from model.zoo import stem_args  # noqa: E402
 
 # The accuracies each default recipe is meant to reach (issues "Foundation" and 13).
 ACCURACY_TARGETS = {("shapes", "vgg"): (0.97,), ("mnist", "simple"): (0.98,),
@@ -64,9 +66,9 @@ def throughput(model, images, batch_size, train, steps=20, warmup=3, recipe=None
     return steps * len(inputs) / (time.perf_counter() - started)
 
 
-def bench_arch(dataset, arch, data_dir, device, train_to_target, seed):
-    """One table row for ``arch`` on ``dataset``."""
-    recipe = RECIPES[(dataset, arch)]
+def bench_arch(dataset, arch, data_dir, device, train_to_target, seed, recipe_name):
+    """One table row for ``arch`` on ``dataset`` with the recipe ``recipe_name``."""
+    recipe = recipe_for(dataset, arch, recipe_name)
     load_started = time.perf_counter()
     train_set = load_dataset(dataset, "train", data_dir)
     test_set = load_dataset(dataset, "test", data_dir)
@@ -76,7 +78,7 @@ def bench_arch(dataset, arch, data_dir, device, train_to_target, seed):
     def fresh_model():
         seed_everything(seed)
         model = build_model(arch, info.channels, len(info.classes), info.image_size,
-                            recipe.vgg_plan).to(device)
+                            recipe.vgg_plan, **stem_args(arch, info.image_size)).to(device)
         prepare_model(model, recipe, train_set, device)
         return model
 
@@ -125,8 +127,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=DATASETS, default="shapes",
                         help="dataset to train on (default: shapes)")
-    parser.add_argument("--archs", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES),
-                        help="architectures to measure (default: all)")
+    parser.add_argument("--archs", nargs="+", choices=ARCHITECTURES, default=["simple", "vgg"],
+                        help="architectures to measure (default: simple vgg)")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE,
+                        help="a named recipe (train_cnn.py --recipe), e.g. long for cifar10 "
+                             "(default: the dataset's)")
     parser.add_argument("--data-dir", default="data",
                         help="torchvision's dataset folder (default: data)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -141,7 +146,8 @@ def main(argv=None):
           "| time to target | total time | peak memory |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arch in args.archs:
-        row = bench_arch(args.dataset, arch, args.data_dir, device, not args.no_train, args.seed)
+        row = bench_arch(args.dataset, arch, args.data_dir, device, not args.no_train, args.seed,
+                         args.recipe)
         reached = ", ".join(f"{target:.0%}: {cell(seconds, '{:.0f} s')}"
                             for target, seconds in row["times_to_targets"].items()) or "-"
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

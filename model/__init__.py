@@ -12,7 +12,9 @@ Modules:
     layers            layers by name on any ``nn.Module``: hooks that record or replace outputs
     faithfulness      deletion/insertion, model randomization, agreement, cost meter
     architectures     ``simple`` and ``vgg`` nets with named layers, the whitening stem;
-                      ``get_layer``, ``split_at``
+                      ``get_layer``, ``conv_layer_names``, ``block_end``, ``split_at``
+    zoo               torchvision's resnet18, alexnet, vgg16, mobilenet_v2: small-image
+                      stems, ``--weights`` files and ImageNet class names
     datasets          torchvision datasets and ``shapes`` as in-memory tensors; ``DatasetInfo``
     dataset_files     checks of torchvision's files: damaged or mismatched files named
     shapes            the offline shapes dataset with ground-truth object masks

@@ -117,12 +117,13 @@ class TopActivations:
 def layer_function(model, layer):
     """The function from inputs to the layer's activations as (N, K, h, w).
 
-    ``fc`` (the last Linear layer) gives the class scores as (N, classes, 1, 1). The inputs
+    The last Linear layer (``fc``, AlexNet's ``classifier.6``) gives the class scores as (N, classes, 1, 1). The inputs
     are cast to the model's dtype (normalized images are float32; a test net may be float64).
     """
     dtype = next(model.parameters()).dtype
     if isinstance(get_layer(model, layer), nn.Linear):
-        if layer != list(dict(model.named_children()))[-1]:
+        if layer != [name for name, module in model.named_modules()
+                     if isinstance(module, nn.Linear)][-1]:
             raise UserError(f"--layer {layer}: only the final Linear layer (the classes) or a "
                             "layer of the convolutional part can be searched")
         return lambda inputs: model(inputs.to(dtype))[:, :, None, None]

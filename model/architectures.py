@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
+from .zoo import CONV_BLOCKS, RESIDUAL_BLOCKS, TORCHVISION_ARCHS, build_torchvision
 
-ARCHITECTURES = ("simple", "vgg")
+ARCHITECTURES = ("simple", "vgg") + TORCHVISION_ARCHS
 
 # VGG layer plans in torchvision's notation: an int is a 3x3 Conv-BN-ReLU block with that many
 # output channels, "M" a 2x2 max pool, "W" a frozen 2x2 patch-whitening conv (+ReLU), and a
@@ -28,12 +29,15 @@ ARCHITECTURES = ("simple", "vgg")
 # "small" trains on shapes and (Fashion-)MNIST in seconds to minutes on a laptop CPU; "wide"
 # has the capacity CIFAR-10 needs; "fast" is the CIFAR-10 net that reaches 90% in 15 minutes
 # on a 2-core CPU (README, "CIFAR-10 on a laptop CPU"): a whitening stem, then three stages of
-# conv - pool - conv at airbench's widths 64, 256, 256.
+# conv - pool - conv at airbench's widths 64, 256, 256; "long" is the same net at airbench95's
+# widths 128, 384, 384 (2.5x the compute) for the longer CIFAR-10 recipe.
 VGG_PLANS = {
     "small": (16, "M", 32, "M", 64, 64),
     "wide": (32, 32, "M", 64, 64, "M", 128, 128, 128),
     "fast": ("W", (64, "M"), 64, (256, "M"), 256, (256, "M"), 256),
+    "long": ("W", (128, "M"), 128, (384, "M"), 384, (384, "M"), 384),
 }
+RECTIFIERS = (nn.ReLU, nn.ReLU6)
 WHITENING_CHANNELS = 24  # +/- the 12 eigenvectors of the 2x2x3 patch covariance
 
 
@@ -122,19 +126,23 @@ def build_vgg(in_channels, num_classes, plan):
     return nn.Sequential(layers)
 
 
-def build_model(arch, in_channels, num_classes, image_size, vgg_plan="small"):
+def build_model(arch, in_channels, num_classes, image_size, vgg_plan="small", small_stem=None):
     """Build a network from the plain arguments a checkpoint stores (``model_args``).
 
     Args:
-        arch: one of ``ARCHITECTURES``.
-        in_channels: 1 (MNIST, Fashion-MNIST) or 3 (CIFAR-10, shapes).
+        arch: one of ``ARCHITECTURES``: the project's nets or torchvision's (``model.zoo``).
+        in_channels: 1 (MNIST, Fashion-MNIST) or 3 (CIFAR-10, shapes, photos).
         num_classes: size of the output layer.
-        image_size: side of the square input images (28 or 32).
+        image_size: side of the square input images (28, 32, 224, ...).
         vgg_plan: key of ``VGG_PLANS`` (used by ``vgg`` only).
+        small_stem: torchvision nets only, see ``model.zoo.build_torchvision``.
 
     Returns:
-        An ``nn.Sequential`` mapping (N, in_channels, S, S) to logits (N, num_classes).
+        A module mapping (N, in_channels, S, S) to logits (N, num_classes): an
+        ``nn.Sequential`` for the project's nets.
     """
+    if arch in TORCHVISION_ARCHS:
+        return build_torchvision(arch, in_channels, num_classes, image_size, small_stem)
     if arch == "simple":
         return build_simple(in_channels, num_classes, image_size)
     if arch == "vgg":
@@ -150,41 +158,76 @@ def layer_names(model):
 
 
 def conv_layer_names(model):
-    """Names of the model's ``nn.Conv2d`` layers in forward order."""
-    return [name for name, module in model.named_children() if isinstance(module, nn.Conv2d)]
+    """The conv layers and blocks a method can study, in forward order.
+
+    On the project's nets the ``nn.Conv2d`` layers (``conv1``, ...); on torchvision's, as
+    torchvision names them, the conv layers of plain ``nn.Sequential`` stacks (AlexNet's and
+    VGG's ``features.0`` ...) and each residual, inverted-residual or conv-BN-ReLU block
+    (``layer1.0``, ``features.1``), a ResNet stage (``layer4``) after its blocks. The last is
+    every method's default layer.
+    """
+    names = []
+
+    def walk(module, prefix):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Conv2d) or isinstance(child, CONV_BLOCKS):
+                names.append(prefix + name)
+                continue
+            found = len(names)
+            walk(child, f"{prefix}{name}.")
+            if isinstance(child, nn.Sequential) and len(names) > found and all(
+                    isinstance(block, RESIDUAL_BLOCKS) for block in child.children()):
+                names.append(prefix + name)
+
+    walk(model, "")
+    return names
 
 
 def get_layer(model, name):
-    """Return the layer called ``name``.
+    """Return the layer called ``name`` (as ``model.named_modules`` names it).
 
     Raises:
         UserError: no such layer; the message lists the valid names.
     """
-    layers = dict(model.named_children())
-    if name not in layers:
-        raise UserError(f"unknown layer '{name}'; valid layers: {', '.join(layers)}")
-    return layers[name]
+    try:
+        if name:
+            return model.get_submodule(name)
+    except AttributeError:
+        pass
+    valid = dict.fromkeys(layer_names(model) + conv_layer_names(model))
+    raise UserError(f"unknown layer '{name}'; valid layers: {', '.join(valid)}")
+
+
+def first_conv(model, name):
+    """(name, module) of the conv layer ``name`` is, or of the first one inside the block."""
+    module = get_layer(model, name)
+    return next((f"{name}.{inner}" if inner else name, conv)
+                for inner, conv in module.named_modules() if isinstance(conv, nn.Conv2d))
 
 
 def block_end(model, name):
     """Name of the module whose output is the activation ``name`` stands for.
 
-    A conv layer name stands for its whole block, conv (then a max pool, in a pool-first
-    block) then BatchNorm then ReLU, whose rectified output is the feature map the methods
-    study (the f_k of CAM, the maps the DeconvNet projects); any other name stands for its
-    own output.
+    A conv layer inside an ``nn.Sequential`` (the project's nets, AlexNet's and VGG's
+    ``features``) stands for its whole block, conv (then a max pool, in a pool-first block)
+    then BatchNorm then ReLU, whose rectified output is the feature map the methods study
+    (the f_k of CAM, the maps the DeconvNet projects); any other name stands for its own
+    output.
     """
-    get_layer(model, name)  # a clear error for unknown names
-    names = layer_names(model)
-    modules = [module for _, module in model.named_children()]
-    end = names.index(name)
-    if isinstance(modules[end], nn.Conv2d):
-        while end + 1 < len(modules) and isinstance(modules[end + 1],
-                                                    (nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU)):
-            end += 1
-            if isinstance(modules[end], nn.ReLU):
-                break
-    return names[end]
+    module = get_layer(model, name)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    if not isinstance(module, nn.Conv2d) or not isinstance(parent, nn.Sequential):
+        return name
+    names = [key for key, _ in parent.named_children()]
+    modules = list(parent.children())
+    end = names.index(child)
+    while end + 1 < len(modules) and isinstance(modules[end + 1], (nn.MaxPool2d, nn.BatchNorm2d,
+                                                                   *RECTIFIERS)):
+        end += 1
+        if isinstance(modules[end], RECTIFIERS):
+            break
+    return f"{parent_name}.{names[end]}" if parent_name else names[end]
 
 
 def split_at(model, layer):

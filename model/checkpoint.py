@@ -16,15 +16,18 @@ A checkpoint is a plain dict (tensors, numbers, strings, lists) so that it loads
 import datetime
 import platform
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .architectures import build_model
-from .datasets import DatasetInfo
+from .datasets import DATASET_INFO, DatasetInfo
 from .errors import UserError
 from .runtime import atomic_open, check_name_length, check_writable_file, os_reason
+from .zoo import (IMAGENET_MEAN, IMAGENET_SIZE, IMAGENET_STD, TORCHVISION_ARCHS,
+                  imagenet_classes, read_class_names, read_state_dict, stem_of_state_dict)
 
 FORMAT = "cnn-viz-checkpoint"
 FORMAT_VERSION = 1
@@ -256,3 +259,49 @@ def curve_path(path):
     """The training-curve PNG written beside a checkpoint: ``<stem>_curve.png``."""
     path = Path(path)
     return path.parent / f"{path.stem}_curve.png"
+
+
+def model_from_weights(arch, spec, dataset=None, class_names=None, device="cpu"):
+    """A torchvision net with the user's weights (``--weights``), without a training run.
+
+    Args:
+        arch: one of ``model.zoo.TORCHVISION_ARCHS``.
+        spec: a torchvision-format state dict file, or ``DEFAULT`` (``model.zoo.read_state_dict``).
+        dataset: the dataset the weights were trained on (its classes, size and
+            normalization); None means ImageNet input: 224 px, ImageNet's normalization, and
+            with 1000 outputs ImageNet's class names.
+        class_names: a file of class names, one per line (for other class counts).
+
+    Returns:
+        (model in eval mode on ``device``, DatasetInfo).
+
+    Raises:
+        UserError: see ``read_state_dict``; weights of another architecture or class count.
+    """
+    if arch not in TORCHVISION_ARCHS:
+        raise UserError(f"--weights loads torchvision architectures ({', '.join(TORCHVISION_ARCHS)}); "
+                        f"'{arch}' is cnn-viz's own: load its --checkpoint")
+    state = read_state_dict(arch, spec)
+    in_channels, num_classes, small_stem = stem_of_state_dict(arch, state)
+    if dataset is not None:
+        info = DATASET_INFO[dataset]
+        classes = info.classes
+    else:
+        info = DatasetInfo("imagenet", (), 3, IMAGENET_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+        classes = imagenet_classes() if num_classes == 1000 and not class_names else None
+    if class_names:
+        classes = read_class_names(class_names, num_classes)
+    if classes is None:
+        raise UserError(f"--weights {spec} has {num_classes} outputs: name them with "
+                        "--class-names FILE (one name per line)")
+    if len(classes) != num_classes:
+        raise UserError(f"--weights {spec} has {num_classes} outputs, but {info.name} has "
+                        f"{len(classes)} classes; give --class-names FILE")
+    info = replace(info, classes=tuple(classes), channels=in_channels)
+    model = build_model(arch, in_channels, num_classes, info.image_size, small_stem=small_stem)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise UserError(f"--weights {spec} do not fit torchvision's {arch}: "
+                        f"{' '.join(str(error).split())[:240]}") from None
+    return model.to(device).eval(), info

@@ -20,7 +20,7 @@ import torch
 from . import shapes
 from .dataset_files import (DELETE_ADVICE, DamagedDatasetError, check_labels,
                             check_mnist_split, damaged_cifar_files)
-from .errors import UserError
+from .errors import UserError, one_line
 
 DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10")
 PHOTO_DATASETS = ("cifar10",)  # natural photos, unlike the drawn shapes and digits
@@ -167,7 +167,7 @@ def _read_checked(name, root, train):
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as error:
             raise DamagedDatasetError(f"a CIFAR-10 file in {folder} cannot be read "
-                                      f"({type(error).__name__}: {_one_line(error)}); "
+                                      f"({type(error).__name__}: {one_line(error)}); "
                                       f"{DELETE_ADVICE}") from None
         check_labels(labels, len(info.classes), folder)
         return images, labels
@@ -231,7 +231,7 @@ def _read_image_folders(name, folder, split):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 image = decode_image(read_file(path), mode=mode)
         except RuntimeError as error:
-            raise DamagedDatasetError(f"{path} is not a readable image ({_one_line(error)})"
+            raise DamagedDatasetError(f"{path} is not a readable image ({one_line(error)})"
                                       ) from None
         if image.shape[1:] != images.shape[2:]:
             raise DamagedDatasetError(f"{path} is {image.shape[2]}x{image.shape[1]}, not "
@@ -315,7 +315,7 @@ def load_dataset(name, split, data_dir="data", download=True):
 
 def _download_failure(error, root):
     """Why a download failed, in words a user can act on."""
-    text = _one_line(error)
+    text = one_line(error)
     if "urlopen error" in text or "Error downloading" in text or isinstance(error, URLError):
         return "the download failed: no network connection (or the server is unreachable)"
     root = Path(root)
@@ -324,8 +324,3 @@ def _download_failure(error, root):
     if isinstance(error, OSError) and error.strerror:
         return f"the download failed: cannot write in --data-dir {root} ({error.strerror})"
     return f"the download failed ({text})"
-
-
-def _one_line(error):
-    text = " ".join(str(error).split())
-    return text[:200] or type(error).__name__

@@ -7,7 +7,7 @@ whether training ran straight through or was resumed from a checkpoint.
 """
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .architectures import PatchWhitening
+from .zoo import TORCHVISION_ARCHS
 from .errors import UserError
 from .optim import learning_rate_at, set_learning_rate
 
@@ -77,6 +78,39 @@ RECIPES = {
                                test_views="flip-translate", epoch_test_images=2000),
     ("cifar10", "simple"): Recipe(epochs=20, batch_size=128, lr=0.05, augment=True),
 }
+# torchvision's nets (``model.zoo``) get one plain recipe per dataset, the standard CIFAR
+# augmentation on photos; AlexNet and VGG16 have no BatchNorm and need a 5x smaller learning
+# rate to start training at all.
+TORCHVISION_EPOCHS = {"shapes": 4, "mnist": 3, "fashion_mnist": 10, "cifar10": 30}
+RECIPES.update({
+    (dataset, arch): Recipe(epochs=epochs, batch_size=128,
+                            lr=0.01 if arch in ("alexnet", "vgg16") else 0.05,
+                            augment=dataset == "cifar10")
+    for dataset, epochs in TORCHVISION_EPOCHS.items() for arch in TORCHVISION_ARCHS})
+# Named alternatives (train_cnn.py --recipe NAME), keyed by (dataset, arch, name). "long" is
+# for users with an hour of CPU or a GPU: airbench95's widths and learning rate (10 instead of
+# 11.5 per 1024 examples), and 2.5x the epochs for what ReLU and average pooling give away
+# (92.17% with test-time views, README "CIFAR-10 on a laptop CPU").
+NAMED_RECIPES = {
+    ("cifar10", "vgg", "long"): replace(RECIPES[("cifar10", "vgg")], epochs=40, lr=1.3,
+                                        vgg_plan="long"),
+}
+DEFAULT_RECIPE = "default"
+
+
+def recipe_names(dataset, arch):
+    """The recipes ``recipe_for`` accepts for this dataset and arch, the default first."""
+    return [DEFAULT_RECIPE] + [name for (d, a, name) in NAMED_RECIPES if (d, a) == (dataset, arch)]
+
+
+def recipe_for(dataset, arch, name=DEFAULT_RECIPE):
+    """The training recipe called ``name`` for this dataset and arch."""
+    if name == DEFAULT_RECIPE:
+        return RECIPES[(dataset, arch)]
+    if (dataset, arch, name) not in NAMED_RECIPES:
+        raise UserError(f"no recipe '{name}' for {arch} on {dataset}; choose from "
+                        f"{', '.join(recipe_names(dataset, arch))}")
+    return NAMED_RECIPES[(dataset, arch, name)]
 
 
 def epoch_generator(seed, epoch):

@@ -6,8 +6,9 @@ The rules differ only in how a ReLU passes the signal down (Springenberg et al. 
     guided     R_l = relu(R_{l+1}) * [f_l > 0]    guided backpropagation (Springenberg et al. 2015)
     deconvnet  R_l = relu(R_{l+1})                the DeconvNet's ReLU (Zeiler & Fergus 2014)
 
-Here every ``nn.ReLU`` of the model gets a backward hook that applies the rule, so the rules
-work on any network built from ReLU modules (a ReLU called as a function is not seen). They
+Here every ``nn.ReLU`` (and MobileNet's ``nn.ReLU6``) of the model gets a backward hook that
+applies the rule, so the rules work on any network built from ReLU modules (a ReLU called as a
+function is not seen). They
 equal the explicit mirror of ``model.mirror`` on the project's nets (tested).
 
 Integrated Gradients (Sundararajan et al. 2017, Eq. 1) and Input x Gradient (Shrikumar et al.
@@ -34,14 +35,15 @@ def _deconvnet(module, grad_input, grad_output):
 
 @contextmanager
 def relu_rule(model, rule):
-    """While the block runs, every ``nn.ReLU`` of ``model`` passes gradients by ``rule``.
+    """While the block runs, every ``nn.ReLU`` and ``nn.ReLU6`` of ``model`` passes gradients
+    by ``rule``.
 
     In-place ReLUs (torchvision's) are made out-of-place meanwhile, since backward hooks need
     their input; everything is restored when the block ends, also when it raises.
     """
     if rule not in RULES:
         raise UserError(f"unknown rule '{rule}'; choose from {', '.join(RULES)}")
-    relus = [module for module in model.modules() if isinstance(module, nn.ReLU)]
+    relus = [module for module in model.modules() if isinstance(module, (nn.ReLU, nn.ReLU6))]
     was_inplace = [relu.inplace for relu in relus]
     hook = {"guided": _guided, "deconvnet": _deconvnet}.get(rule)
     handles = []

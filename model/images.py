@@ -12,17 +12,19 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import default_checkpoint_path, load_model
+from .checkpoint import default_checkpoint_path, load_model, model_from_weights
 from .cli import common_parser, non_negative_int, positive_int
-from .datasets import load_dataset
+from .datasets import DATASETS, load_dataset
 from .engine import iterate_batches
 from .errors import UserError
 from .runtime import prepare_output_folder, resolve_device, seed_everything
+from .zoo import LAYER_NAMES, TORCHVISION_ARCHS
 
 MAX_IMAGE_PIXELS = 50_000_000  # larger files are refused rather than decoded
 MAX_NAME_PART = 40  # characters kept of each file or folder name in an image's output name
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a camera held the picture
 DEFAULT_DATASET, DEFAULT_ARCH = "shapes", "vgg"
+CENTER_CROP_FROM = 64  # models for images this large see photos as ImageNet's do: crop, no squash
 
 
 def checkpoint_parser(script):
@@ -31,8 +33,19 @@ def checkpoint_parser(script):
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint to load (default: "
                              "outputs/checkpoints/<dataset>_<arch>.pt)")
+    parser.add_argument("--weights", default=None, metavar="FILE|DEFAULT",
+                        help="instead of a checkpoint: a torchvision-format state dict for "
+                             "--arch (resnet18, alexnet, vgg16, mobilenet_v2), or DEFAULT for "
+                             "torchvision's pretrained ImageNet weights (a download); without "
+                             "--dataset the input is ImageNet's (224 px)")
+    parser.add_argument("--class-names", default=None, metavar="FILE",
+                        help="class names of --weights, one per line (default: ImageNet's "
+                             "for 1000 outputs, else the --dataset's)")
     parser.add_argument("--out", default=f"outputs/{script}",
                         help=f"folder for the outputs (default: outputs/{script})")
+    parser.add_argument_group(
+        "layer names of torchvision's nets (--layer; the last is the default)",
+        "; ".join(f"{arch}: {names}" for arch, names in LAYER_NAMES.items()))
     # None = not given: the default checkpoint is shapes/vgg's, and a --checkpoint is only
     # checked against --dataset/--arch when the user names them.
     parser.set_defaults(dataset=None, arch=None)
@@ -71,11 +84,25 @@ def load_method_model(args):
     """
     prepare_output_folder(args.out)
     device = resolve_device(args.device)
+    if args.weights or args.class_names:
+        return (device, *weights_model(args, device))
     dataset, arch = args.dataset, args.arch
     if not args.checkpoint:
         dataset, arch = dataset or DEFAULT_DATASET, arch or DEFAULT_ARCH
     model, info, _ = load_model(checkpoint_path(args), device, dataset, arch)
     return device, model, info
+
+
+def weights_model(args, device):
+    """Model and DatasetInfo of ``--weights`` (see ``model.checkpoint.model_from_weights``)."""
+    if not args.weights:
+        raise UserError("--class-names names the outputs of --weights FILE; a checkpoint "
+                        "stores its class names")
+    if args.checkpoint:
+        raise UserError("give --checkpoint or --weights, not both")
+    if args.arch is None:
+        raise UserError(f"--weights needs --arch: one of {', '.join(TORCHVISION_ARCHS)}")
+    return model_from_weights(args.arch, args.weights, args.dataset, args.class_names, device)
 
 
 def prepare_method(args):
@@ -114,6 +141,9 @@ def select_inputs(args, info, device):
         labels = torch.full((len(images),), -1, dtype=torch.int64)
         names = image_names(args.image)
         return Selection(info.normalize(images.to(device)), labels.to(device), names)
+    if not has_test_split(info):
+        raise UserError(f"there is no {info.name} test split to take --index from: give "
+                        "--image FILES, or the --dataset the weights were trained on")
     test_set = load_dataset(info.name, "test", args.data_dir)
     for index in args.index:
         if index >= len(test_set):
@@ -124,6 +154,11 @@ def select_inputs(args, info, device):
     return Selection(info.normalize(test_set.images[index].to(device)),
                      test_set.labels[index].to(device), [f"test_{i}" for i in args.index],
                      masks)
+
+
+def has_test_split(info):
+    """Whether the model's dataset has a test split here (ImageNet weights come without)."""
+    return info.name in DATASETS
 
 
 def image_names(paths):
@@ -167,7 +202,9 @@ def load_image_file(path, info):
     A photo stored sideways with an EXIF orientation tag (as phones do) is first turned
     upright. Colour is converted to grayscale for 1-channel models and grayscale (or a
     palette, alpha or 16-bit image) to RGB for 3-channel ones; another size is resized
-    (bilinear, antialiased). A note on stderr says so. Files over ``MAX_IMAGE_PIXELS`` are
+    (bilinear, antialiased): squashed to the 28 or 32 px of the small datasets, and for
+    models of 64 px and more resized and centre-cropped as ImageNet's evaluation does
+    (:func:`_resize_center_crop`). A note on stderr says so. Files over ``MAX_IMAGE_PIXELS`` are
     refused before they are decoded.
     """
     from PIL import Image
@@ -179,12 +216,29 @@ def load_image_file(path, info):
                   f"{info.channels}-channel model", file=sys.stderr)
         image = _decode(path, image, mode)
     size = (info.image_size, info.image_size)
-    if image.size != size:
+    if info.image_size >= CENTER_CROP_FROM and image.size != size:
+        image = _resize_center_crop(path, image, info.image_size)
+    elif image.size != size:
         print(f"note: resized {path} from {image.size[0]}x{image.size[1]} to "
               f"{size[0]}x{size[1]}", file=sys.stderr)
         image = image.resize(size, Image.Resampling.BILINEAR)
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     return pixels.view(info.image_size, info.image_size, info.channels).permute(2, 0, 1)
+
+
+def _resize_center_crop(path, image, size):
+    """ImageNet's evaluation preprocessing: the shorter side resized to size * 256 / 224
+    (bilinear, antialiased), then the central size x size square."""
+    from PIL import Image
+
+    short = round(size * 256 / 224)
+    scale = short / min(image.size)
+    width, height = max(size, round(image.size[0] * scale)), max(size, round(image.size[1] * scale))
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
+    left, top = (width - size) // 2, (height - size) // 2
+    print(f"note: resized {path} to {width}x{height} and took the central {size}x{size}",
+          file=sys.stderr)
+    return image.crop((left, top, left + size, top + size))
 
 
 def _open_image(path):

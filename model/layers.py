@@ -1,33 +1,25 @@
 """Layers by name on any ``nn.Module``: forward hooks that record or replace a layer's output.
 
 A layer is named as ``model.named_modules()`` names it (``conv3`` here, ``layer4`` or
-``features.10`` in torchvision's models). On the project's own ``nn.Sequential`` nets a conv
-name stands for its whole conv-BatchNorm-ReLU block, whose rectified output is the feature map
-the methods study (``model.architectures.block_end``). Every hook lives inside a context
+``features.10`` in torchvision's models). A conv inside an ``nn.Sequential`` (the project's
+nets, AlexNet's and VGG's ``features``) stands for its whole conv-BatchNorm-ReLU block, whose
+rectified output is the feature map the methods study (``model.architectures.block_end``). Every hook lives inside a context
 manager and is removed when the block ends, also when it raises.
 """
 from contextlib import contextmanager
-
-import torch.nn as nn
 
 from .architectures import block_end, conv_layer_names
 from .errors import UserError
 
 
 def resolve_layer(model, name):
-    """The name of the module whose output ``name`` stands for.
+    """The name of the module whose output ``name`` stands for (``block_end``: a conv in an
+    ``nn.Sequential`` stands for its conv-BN-ReLU block).
 
     Raises:
         UserError: no module of that name; the message lists the valid names.
     """
-    if isinstance(model, nn.Sequential) and name in dict(model.named_children()):
-        return block_end(model, name)
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        names = [n for n, _ in model.named_modules() if n]
-        raise UserError(f"unknown layer '{name}'; valid layers: {', '.join(names)}") from None
-    return name
+    return block_end(model, name)
 
 
 @contextmanager

@@ -5,7 +5,7 @@ One activation of a layer is projected back to pixel space: every other activati
 is set to zero, and the signal goes down a mirror of the network built layer by layer:
 
 - max pooling is undone by *unpooling* with the switches (argmax positions) recorded on the
-  forward pass;
+  forward pass (values of overlapping windows that share a switch add up);
 - a ReLU passes the signal by the chosen rule;
 - a convolution is undone by filtering with its transposed weights;
 - BatchNorm in eval mode is the per-channel affine map x -> a x + b, so it passes a * signal;
@@ -20,9 +20,14 @@ The three rules differ only in the ReLU (Springenberg et al. 2015, Fig. 1):
     guided     R_l = relu(R_{l+1}) * [f_l > 0]         (Springenberg et al. 2015)
     saliency   R_l = R_{l+1} * [f_l > 0]               (the plain gradient, Simonyan et al. 2014)
 
-where f_l is the ReLU's input on the forward pass. The mirror works on the project's
-``nn.Sequential`` nets, whose feature part is a plain conv / BatchNorm / ReLU / max-pool stack;
-``model.gradients`` gives the same rules on any ReLU network through backward hooks.
+where f_l is the ReLU's input on the forward pass. The mirror works where the layers below
+the activation are a plain conv / BatchNorm / ReLU / max-pool stack: the project's
+``nn.Sequential`` nets and the ``features`` of torchvision's AlexNet and VGG. Residual and
+inverted-residual nets (ResNet, MobileNet) have no such mirror; there
+:func:`compute_projections` sends the same isolated signal down by the vector-Jacobian
+product with every ReLU's rule (``model.gradients.relu_rule``): on a plain stack that is the
+mirror exactly (autograd routes a max pool's gradient to its argmax, the switch, and a conv's
+through its transposed filters; tested), and through a residual block it adds the two paths.
 """
 import itertools
 
@@ -30,8 +35,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .architectures import PatchWhitening, layer_names, split_at
+from .architectures import PatchWhitening, block_end, layer_names, split_at
 from .errors import UserError
+from .gradients import relu_rule
+from .layers import as_feature_maps, layer_output
 
 RULES = ("deconvnet", "guided", "saliency")
 _MIRRORABLE = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
@@ -43,9 +50,16 @@ def activation_layers(model, name):
     A conv layer name extends to the BatchNorm and ReLU right after it (``split_at``).
 
     Raises:
-        UserError: unknown name, a layer outside the convolutional part of the net, or one
-            above a layer the mirror cannot invert (global average pooling).
+        UserError: unknown name, a layer outside the convolutional part of the net, one above
+            a layer the mirror cannot invert (global average pooling), or a net without a
+            plain stack below the layer (see :func:`plain_stack`).
     """
+    if not isinstance(model, nn.Sequential):
+        stack = plain_stack(model, name)
+        if stack is None:
+            raise UserError(f"layer '{name}' has no explicit DeconvNet mirror: the layers "
+                            "below it are not a plain conv / ReLU / max-pool stack")
+        return stack
     stack = list(split_at(model, name)[0])
     if not all(isinstance(module, _MIRRORABLE) for module in stack):
         mirrorable = [layer for layer, _ in zip(layer_names(model), itertools.takewhile(
@@ -54,6 +68,28 @@ def activation_layers(model, name):
                         "mirrors conv, BatchNorm, ReLU and max-pool layers only; choose one "
                         f"of: {', '.join(mirrorable)}")
     return stack
+
+
+def plain_stack(model, name):
+    """The modules below the activation ``name`` when the mirror can invert them, else None.
+
+    That is a plain chain of conv, BatchNorm, ReLU and max-pool layers from the input: the
+    project's ``nn.Sequential`` nets, or the ``features`` of AlexNet and VGG (a net's first
+    child, run first). Residual and inverted-residual blocks are no such chain.
+    """
+    end = block_end(model, name)
+    if isinstance(model, nn.Sequential):
+        chain, prefix = model, ""
+    else:
+        first_name, chain = next(model.named_children())
+        prefix = first_name + "."
+        if not isinstance(chain, nn.Sequential):
+            return None
+    names = [prefix + child for child, _ in chain.named_children()]
+    if end not in names:
+        return None
+    stack = list(chain.children())[:names.index(end) + 1]
+    return stack if all(isinstance(module, _MIRRORABLE) for module in stack) else None
 
 
 def forward_with_switches(stack, inputs):
@@ -98,9 +134,11 @@ def project_down(stack, records, signal, rule):
             if rule in ("guided", "saliency"):
                 signal = signal * record
         elif isinstance(module, nn.MaxPool2d):
-            switches, size = record
-            signal = F.max_unpool2d(signal, switches, module.kernel_size, module.stride,
-                                    module.padding, output_size=size)
+            switches, size = record  # each pooled value goes back to its switch; where
+            # overlapping windows (AlexNet's 3x3 stride 2) share one, their values add up
+            unpooled = signal.new_zeros(*signal.shape[:2], size[0] * size[1])
+            unpooled.scatter_add_(2, switches.flatten(2), signal.flatten(2))
+            signal = unpooled.view(*signal.shape[:2], *size)
         elif isinstance(module, nn.BatchNorm2d):
             scale = module.weight / torch.sqrt(module.running_var + module.eps)
             signal = signal * scale[None, :, None, None]
@@ -112,17 +150,28 @@ def project_down(stack, records, signal, rule):
     return signal
 
 
+def projection_path(model, layer):
+    """How :func:`compute_projections` projects from ``layer``, in words for a note."""
+    if plain_stack(model, layer) is not None:
+        return "the explicit DeconvNet mirror with max-pool switches"
+    return ("the ReLU-rule gradient (vector-Jacobian product; the layers below are not a "
+            "plain conv / ReLU / max-pool stack)")
+
+
 @torch.no_grad()
-def compute_projections(model, inputs, layer, channels, rule="deconvnet", whole_map=False):
+def compute_projections(model, inputs, layer, channels, rule="deconvnet", whole_map=False,
+                        batch_size=64):
     """Project chosen channels of a layer back to pixel space, batched over images and channels.
 
     For each image n and channel k = channels[n, j], the layer's activation A (N, K, h, w) is
     replaced by a signal that is zero except channel k, where it keeps either A's strongest
     value (at its argmax position) or, with ``whole_map``, the whole map A[n, k]. That signal
-    goes down the mirror net (:func:`project_down`).
+    goes down the mirror net (:func:`project_down`) where the layers below form a plain stack
+    (:func:`plain_stack`), else back by the ReLU rule's vector-Jacobian product
+    (``batch_size`` image-channel pairs per backward pass; module docstring).
 
     Args:
-        model: an ``nn.Sequential`` of the ``model`` package, in eval mode.
+        model: a network in eval mode.
         inputs: (N, C, H, W) normalized images.
         layer: a layer name (conv names include their BatchNorm and ReLU).
         channels: (N, J) channel indices per image.
@@ -134,8 +183,12 @@ def compute_projections(model, inputs, layer, channels, rule="deconvnet", whole_
     """
     if rule not in RULES:
         raise UserError(f"unknown rule '{rule}'; choose from {', '.join(RULES)}")
-    stack = activation_layers(model, layer)
-    activation, records = forward_with_switches(stack, inputs)
+    stack = (activation_layers(model, layer) if isinstance(model, nn.Sequential)
+             else plain_stack(model, layer))
+    if stack is not None:
+        activation, records = forward_with_switches(stack, inputs)
+    else:
+        activation = as_feature_maps(layer_output(model, layer, inputs), model, layer)
     count, chosen = channels.shape
     if channels.numel() and (channels.min() < 0 or channels.max() >= activation.shape[1]):
         bad = channels[(channels < 0) | (channels >= activation.shape[1])][0]
@@ -144,14 +197,32 @@ def compute_projections(model, inputs, layer, channels, rule="deconvnet", whole_
     selected = activation.gather(1, channels[:, :, None, None].expand(
         -1, -1, *activation.shape[2:]))  # (N, J, h, w)
     kept = selected if whole_map else _keep_maximum(selected)
-    # One mirror pass for all (image, channel) pairs: repeat each image's records J times.
+    # One pass for all (image, channel) pairs: each image's signal repeated J times.
     signal = torch.zeros(count, chosen, *activation.shape[1:], dtype=activation.dtype,
                          device=inputs.device)
     signal.scatter_(2, channels[:, :, None, None, None].expand(-1, -1, 1, *kept.shape[2:]),
                     kept[:, :, None])  # (N, J, K, h, w)
-    repeated = [_repeat(record, chosen) for record in records]
-    projections = project_down(stack, repeated, signal.flatten(0, 1), rule)
+    if stack is not None:
+        repeated = [_repeat(record, chosen) for record in records]
+        projections = project_down(stack, repeated, signal.flatten(0, 1), rule)
+    else:
+        projections = _project_by_gradient(model, layer, inputs, signal.flatten(0, 1), rule,
+                                           batch_size)
     return projections.view(count, chosen, *inputs.shape[1:]), selected
+
+
+def _project_by_gradient(model, layer, inputs, signal, rule, batch_size):
+    """The vector-Jacobian product signal^T dA/dx with every ReLU passing it by ``rule``, for
+    ``signal`` (N * J, K, h, w): each image's J signals in a row."""
+    chosen = len(signal) // len(inputs)
+    parts = []
+    with relu_rule(model, rule), torch.enable_grad():
+        for start in range(0, len(signal), batch_size):
+            rows = torch.arange(start, min(start + batch_size, len(signal)))
+            pixels = inputs[rows // chosen].detach().requires_grad_(True)
+            output = layer_output(model, layer, pixels)
+            parts.append(torch.autograd.grad(output, pixels, grad_outputs=signal[rows])[0])
+    return torch.cat(parts)
 
 
 def compute_input_gradient(model, inputs, targets, rule="guided"):
@@ -202,6 +273,13 @@ def _repeat(record, times):
 def strongest_channels(model, inputs, layer, top):
     """(N, top) channels of ``layer`` with the highest maximum activation for each image."""
     with torch.no_grad():
-        activation, _ = forward_with_switches(activation_layers(model, layer), inputs)
+        activation = layer_activation(model, layer, inputs)
     top = min(top, activation.shape[1])
     return activation.flatten(2).amax(2).topk(top, dim=1).indices
+
+
+def layer_activation(model, layer, inputs):
+    """The feature maps (N, K, h, w) ``layer`` stands for (a conv name: after its ReLU)."""
+    if isinstance(model, nn.Sequential):  # the layer names the mirror checks, as it sees them
+        return forward_with_switches(activation_layers(model, layer), inputs)[0]
+    return as_feature_maps(layer_output(model, layer, inputs), model, layer)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from .architectures import block_end
+
 
 @dataclass(frozen=True)
 class ReceptiveField:
@@ -54,3 +56,24 @@ def receptive_field(modules):
             size += (kernel - 1) * dilation * jump
             jump *= stride
     return ReceptiveField(size, jump, start)
+
+
+def main_path(model, layer):
+    """The leaf modules on the longest path from the input to the output of ``layer``, in
+    forward order: every layer below it except a ResNet's ``downsample`` shortcuts, whose
+    1x1 convs sit beside the main path, not on it (an identity shortcut has no module)."""
+    end = block_end(model, layer)
+    path, inside = [], False
+    for name, module in model.named_modules():
+        within = name == end or name.startswith(end + ".")
+        if inside and not within:
+            break
+        inside = inside or within
+        if not any(True for _ in module.children()) and "downsample" not in name.split("."):
+            path.append(module)
+    return path
+
+
+def layer_receptive_field(model, layer):
+    """The receptive field of the units of ``layer`` (a conv name: its block's output)."""
+    return receptive_field(main_path(model, layer))

@@ -216,3 +216,18 @@ def test_the_cifar10_recipe_trains_resumes_and_explains_from_class_folders(tmp_p
               "--out", str(tmp_path / "figures")]
     assert class_activation_maps.main(common + ["--gallery", "0"]) == 0
     assert deconvnet.main(common + ["--layer", "conv1", "conv7", "--top", "2"]) == 0
+
+
+def test_named_recipes_choose_the_plan_and_a_resume_keeps_its_recipe():
+    parse = train_cnn.get_args_parser().parse_args
+    args = parse(["--dataset", "cifar10", "--recipe", "long"])
+    recipe = train_cnn.apply_recipe(args)
+    assert (args.vgg_plan, args.epochs, args.lr) == ("long", recipe.epochs, recipe.lr)
+    assert recipe.epochs > model.engine.RECIPES[("cifar10", "vgg")].epochs
+    resumed = parse(["--dataset", "cifar10", "--resume"])
+    assert train_cnn.apply_recipe(resumed, vars(args)).vgg_plan == "long"
+    default = parse(["--dataset", "cifar10"])
+    assert train_cnn.apply_recipe(default).vgg_plan == "fast" and default.recipe == "default"
+    with pytest.raises(model.engine.UserError, match="no recipe 'long' for vgg on shapes; "
+                                                     "choose from default"):
+        train_cnn.apply_recipe(parse(["--dataset", "shapes", "--recipe", "long"]))
