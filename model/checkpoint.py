@@ -279,8 +279,9 @@ def model_from_weights(arch, spec, dataset=None, class_names=None, device="cpu")
         UserError: see ``read_state_dict``; weights of another architecture or class count.
     """
     if arch not in TORCHVISION_ARCHS:
-        raise UserError(f"--weights loads torchvision architectures ({', '.join(TORCHVISION_ARCHS)}); "
-                        f"'{arch}' is cnn-viz's own: load its --checkpoint")
+        raise UserError("--weights loads torchvision architectures "
+                        f"({', '.join(TORCHVISION_ARCHS)}); '{arch}' is cnn-viz's own: load "
+                        "its --checkpoint")
     state = read_state_dict(arch, spec)
     in_channels, num_classes, small_stem = stem_of_state_dict(arch, state)
     if dataset is not None:

@@ -233,7 +233,7 @@ def _resize_center_crop(path, image, size):
 
     short = round(size * 256 / 224)
     scale = short / min(image.size)
-    width, height = max(size, round(image.size[0] * scale)), max(size, round(image.size[1] * scale))
+    width, height = (max(size, round(side * scale)) for side in image.size)
     image = image.resize((width, height), Image.Resampling.BILINEAR)
     left, top = (width - size) // 2, (height - size) // 2
     print(f"note: resized {path} to {width}x{height} and took the central {size}x{size}",
