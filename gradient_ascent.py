@@ -353,10 +353,12 @@ def get_args_parser():
                         help="sigma of that blur in pixels (default: 0.5)")
     parser.add_argument("--scale", type=fraction, default=None,
                         help="random zoom by up to this fraction each step, e.g. 0.1 "
-                             "(default: 0.1 for classes of photos (cifar10), else 0 = off)")
+                             "(default: 0.1 for classes of photos: cifar10, images over "
+                             "64 px; else 0 = off)")
     parser.add_argument("--rotate", type=non_negative_float, default=None,
                         help="random rotation by up to this many degrees each step "
-                             "(default: 10 for classes of photos (cifar10), else 0 = off)")
+                             "(default: 10 for classes of photos: cifar10, images over "
+                             "64 px; else 0 = off)")
     parser.add_argument("--tv", type=non_negative_float, default=0.0,
                         help="total-variation weight (default: 0 = off)")
     parser.add_argument("--no-clip", action="store_true",
