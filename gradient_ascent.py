@@ -489,7 +489,7 @@ def visualize(args):
     if args.param is None:
         args.param = "fft" if large else "pixel"
     if args.jitter is None:
-        args.jitter = 0 if args.neuron else max(2, info.image_size // 16 if large else 2)
+        args.jitter = 0 if args.neuron else (info.image_size // 16 if large else 2)
     natural = (info.name in PHOTO_DATASETS or large) and not filters
     if args.scale is None:
         args.scale = 0.1 if natural else 0.0

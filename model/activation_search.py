@@ -117,8 +117,9 @@ class TopActivations:
 def layer_function(model, layer):
     """The function from inputs to the layer's activations as (N, K, h, w).
 
-    The last Linear layer (``fc``, AlexNet's ``classifier.6``) gives the class scores as (N, classes, 1, 1). The inputs
-    are cast to the model's dtype (normalized images are float32; a test net may be float64).
+    The last Linear layer (``fc``, AlexNet's ``classifier.6``) gives the class scores as
+    (N, classes, 1, 1). The inputs are cast to the model's dtype (normalized images are
+    float32; a test net may be float64).
     """
     dtype = next(model.parameters()).dtype
     if isinstance(get_layer(model, layer), nn.Linear):

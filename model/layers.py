@@ -3,8 +3,9 @@
 A layer is named as ``model.named_modules()`` names it (``conv3`` here, ``layer4`` or
 ``features.10`` in torchvision's models). A conv inside an ``nn.Sequential`` (the project's
 nets, AlexNet's and VGG's ``features``) stands for its whole conv-BatchNorm-ReLU block, whose
-rectified output is the feature map the methods study (``model.architectures.block_end``). Every hook lives inside a context
-manager and is removed when the block ends, also when it raises.
+rectified output is the feature map the methods study (``model.architectures.block_end``).
+Every hook lives inside a context manager and is removed when the block ends, also when it
+raises.
 """
 from contextlib import contextmanager
 

@@ -45,21 +45,15 @@ _MIRRORABLE = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
 
 
 def activation_layers(model, name):
-    """The modules from the input up to the activation called ``name``, in forward order.
+    """The modules from the input up to the activation called ``name`` of one of the project's
+    ``nn.Sequential`` nets, in forward order (:func:`plain_stack` for any net).
 
     A conv layer name extends to the BatchNorm and ReLU right after it (``split_at``).
 
     Raises:
-        UserError: unknown name, a layer outside the convolutional part of the net, one above
-            a layer the mirror cannot invert (global average pooling), or a net without a
-            plain stack below the layer (see :func:`plain_stack`).
+        UserError: unknown name, a layer outside the convolutional part of the net, or one
+            above a layer the mirror cannot invert (global average pooling).
     """
-    if not isinstance(model, nn.Sequential):
-        stack = plain_stack(model, name)
-        if stack is None:
-            raise UserError(f"layer '{name}' has no explicit DeconvNet mirror: the layers "
-                            "below it are not a plain conv / ReLU / max-pool stack")
-        return stack
     stack = list(split_at(model, name)[0])
     if not all(isinstance(module, _MIRRORABLE) for module in stack):
         mirrorable = [layer for layer, _ in zip(layer_names(model), itertools.takewhile(
