@@ -27,10 +27,9 @@ from model.architectures import conv_layer_names
 from model.attribution import METHODS
 from model.cam import cam_layer_applies
 from model.cli import ArgumentParser, non_negative_int, positive_int, run
-from model.datasets import load_dataset
 from model.heatmaps import normalize_maps, plot_overlay_grid, show_image, show_overlay
-from model.images import (has_test_split, method_parser, prepare_method, resolve_targets,
-                          test_predictions)
+from model.images import (has_test_split, load_split, method_parser, prepare_method,
+                          resolve_targets, test_predictions)
 from model.plotting import Figure
 from model.runtime import write_figure
 
@@ -93,8 +92,11 @@ def get_args_parser():
 def explain(args):
     device, model, info, selection = prepare_method(args)
     layer = args.layer or conv_layer_names(model)[-1]
-    methods = args.method or [m for m in CAM_METHODS
-                              if m != "cam" or cam_layer_applies(model, layer, selection.inputs)]
+    methods = args.method or CAM_METHODS
+    if not args.method and not cam_layer_applies(model, layer, selection.inputs):
+        methods = [m for m in CAM_METHODS if m != "cam"]
+        print(f"note: plain CAM left out: {layer} does not feed a global average pooling + "
+              "Linear head (Zhou et al. 2016); Grad-CAM is its generalization", file=sys.stderr)
     options = dict(batch_size=args.batch_size, max_channels=args.max_channels,
                    smooth=args.smooth, upsample=args.upsample, info=info, seed=args.seed)
 
@@ -131,7 +133,7 @@ def explain(args):
     if args.gallery and not has_test_split(info):
         print(f"note: no gallery: there is no {info.name} test split here", file=sys.stderr)
     elif args.gallery:
-        test_set = load_dataset(info.name, "test", args.data_dir)
+        test_set = load_split(info, "test", args)
         correct, wrong = gallery_selection(model, test_set, device, args.gallery,
                                            args.batch_size)
         for group, indices in (("correct", correct), ("incorrect", wrong)):

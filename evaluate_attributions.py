@@ -35,12 +35,11 @@ from model.architectures import conv_layer_names
 from model.attribution import BASELINE, METHODS
 from model.cam import cam_layer_applies
 from model.cli import ArgumentParser, positive_int, run
-from model.datasets import load_dataset
 from model.errors import UserError
 from model.faithfulness import (area_under_curve, cascading_randomization,
                               deletion_insertion_curves, measure_cost, spearman)
 from model.heatmaps import DIVERGING_CMAP, normalize_maps, plot_map_table, plot_overlay_grid
-from model.images import checkpoint_parser, load_method_model, sample_test_images
+from model.images import checkpoint_parser, load_method_model, load_split, sample_test_images
 from model.layers import resolve_layer
 from model.metrics import mass_inside, pointing_hits
 from model.occlusion import occlusion_geometry
@@ -352,7 +351,7 @@ def prepare_evaluation(args, model, info, device):
     """Choose the images and settings of an evaluation run from ``args``."""
     layer = args.layer or conv_layer_names(model)[-1]
     resolve_layer(model, layer)
-    test_set = load_dataset(info.name, "test", args.data_dir)
+    test_set = load_split(info, "test", args)
     probe = info.normalize(test_set.images[:2].to(device))
     methods = args.methods or available_methods(model, layer, probe)
     needs_gap = [m for m in methods if "gap-linear" in METHODS[m].needs]

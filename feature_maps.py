@@ -22,12 +22,12 @@ import torch
 from model.architectures import conv_layer_names, first_conv
 from model.checkpoint import load_checkpoint, load_model, snapshot_path
 from model.cli import ArgumentParser, positive_int, run
-from model.datasets import load_dataset
 from model.engine import iterate_batches
 from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, cell_centers, frame, grid_mosaic,
                             normalize_maps, plot_map_table, show_image, show_mosaic,
                             signed_display)
-from model.images import checkpoint_path, has_test_split, method_parser, prepare_method
+from model.images import (checkpoint_path, has_test_split, load_split, method_parser,
+                          prepare_method)
 from model.layers import as_feature_maps, layer_outputs
 from model.plotting import Figure
 from model.runtime import save_json, write_figure
@@ -243,7 +243,7 @@ def visualize(args):
         print(f"note: no dead-filter report: there is no {info.name} test split here",
               file=sys.stderr)
     elif "dead" in args.show:
-        dataset = load_dataset(info.name, "test", args.data_dir).subset(args.num_images)
+        dataset = load_split(info, "test", args).subset(args.num_images)
         report = dead_filter_report(model, dataset, layers, device, args.batch_size)
         title = f"share of {len(dataset)} test images on which each channel fires"
         paths.append(write_figure(plot_dead_report(report, title), out / "dead_filters.png"))

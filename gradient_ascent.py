@@ -40,10 +40,10 @@ from model.architectures import get_layer
 from model.cli import (ArgumentParser, non_negative_float, non_negative_int,
                        positive_float, positive_int, run)
 from model.blur import gaussian_blur
-from model.datasets import PHOTO_DATASETS, load_dataset
+from model.datasets import PHOTO_DATASETS
 from model.errors import UserError
 from model.heatmaps import show_image
-from model.images import checkpoint_parser, has_test_split, load_method_model
+from model.images import checkpoint_parser, has_test_split, load_method_model, load_split
 from model.layers import as_feature_maps, layer_output, resolve_layer
 from model.plotting import Figure
 from model.runtime import seed_everything, write_figure
@@ -450,7 +450,7 @@ def visualize_channels(args, model, info, rules, options, device):
         print(f"note: no comparison with real images: there is no {info.name} test split "
               "here", file=sys.stderr)
         return paths
-    test_set = load_dataset(info.name, "test", args.data_dir)
+    test_set = load_split(info, "test", args)
     scan = search_top_activations(model, test_set, args.layer, k=1,
                                   score="max" if args.neuron else "mean", device=device)
     best = (scan.channel_max if args.neuron else scan.values[:, 0])[units.to(device)]

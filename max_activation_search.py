@@ -26,11 +26,11 @@ import torch.nn as nn
 from model.activation_search import layer_function, parse_channels, search_top_activations
 from model.architectures import conv_layer_names, get_layer
 from model.cli import ArgumentParser, positive_int, run
-from model.datasets import load_dataset
 from model.errors import UserError
 from model.heatmaps import frame, show_image, signed_display
 from model.receptive_field import layer_receptive_field
-from model.images import checkpoint_parser, checkpoint_path, has_test_split, load_method_model
+from model.images import (checkpoint_parser, checkpoint_path, has_test_split, load_method_model,
+                          load_split)
 from model.mirror import compute_projections, projection_path
 from model.plotting import Figure, Rectangle
 from model.runtime import save_json, seed_everything, write_figure
@@ -135,7 +135,7 @@ def search(args):
     if not has_test_split(info):
         raise UserError(f"there is no {info.name} dataset here to scan: give the --dataset "
                         "the weights were trained on")
-    dataset = load_dataset(info.name, args.split, args.data_dir)
+    dataset = load_split(info, args.split, args)
     check_arguments(args, model, layer, dataset, device)
     result = search_top_activations(model, dataset, layer, args.k, args.score,
                                     args.batch_size, device, progress=True)

@@ -5,6 +5,7 @@
     python train_cnn.py --dataset cifar10 --save-every-epoch  # snapshots for feature evolution
     python train_cnn.py --dataset cifar10 --resume            # continue after Ctrl-C
     python train_cnn.py --dataset cifar10 --recipe long       # 92%, about an hour on a CPU
+    python train_cnn.py --dataset imagefolder --data-dir photos --arch resnet18  # your images
 
 Every epoch ends with the checkpoint rewritten atomically
 (``outputs/checkpoints/<dataset>_<arch>.pt`` by default) and a training-curve PNG beside it,
@@ -81,7 +82,7 @@ def apply_recipe(args, stored=None):
         args.recipe = (stored or {}).get("recipe", DEFAULT_RECIPE)
     recipe = recipe_for(args.dataset, args.arch, args.recipe)
     defaults = {**{field: getattr(recipe, field) for field in RECIPE_FIELDS},
-                "seed": 0, "max_train_images": None}
+                "seed": 0, "max_train_images": None, "image_size": None}
     for field, default in defaults.items():
         if getattr(args, field) is None:
             setattr(args, field, (stored or {}).get(field, default))
@@ -161,9 +162,14 @@ def train(args):
     if args.save_every_epoch:
         check_name_length(snapshot_path(args.out, args.epochs), "--out (its snapshots)")
     seed_everything(args.seed)
-    train_set = load_dataset(args.dataset, "train", args.data_dir).subset(args.max_train_images)
-    test_set = load_dataset(args.dataset, "test", args.data_dir)
+    if args.image_size and args.dataset != "imagefolder":
+        raise UserError(f"--image-size is fixed by --dataset {args.dataset}; it is for "
+                        "imagefolder")
+    train_set = load_dataset(args.dataset, "train", args.data_dir, image_size=args.image_size,
+                             workers=args.workers).subset(args.max_train_images)
     info = train_set.info
+    test_set = load_dataset(args.dataset, "test", args.data_dir, info=info,
+                            workers=args.workers)
     model_args = {"arch": args.arch, "in_channels": info.channels,
                   "num_classes": len(info.classes), "image_size": info.image_size,
                   "vgg_plan": args.vgg_plan, **stem_args(args.arch, info.image_size)}

@@ -39,9 +39,9 @@ from model.architectures import conv_layer_names
 from model.checkpoint import (CheckpointError, default_checkpoint_path, library_versions,
                               load_checkpoint, load_model)
 from model.cli import ArgumentParser, Terminated, common_parser, positive_int, run
-from model.datasets import load_dataset
 from model.errors import UserError
-from model.images import sample_test_images
+from model.images import (DEFAULT_ARCH, DEFAULT_DATASET, add_weights_flags, has_test_split,
+                          load_split, sample_test_images, test_predictions, weights_model)
 from model.runtime import atomic_open, resolve_device, save_figure, save_json, seed_everything
 
 ROOT = Path(__file__).resolve().parent
@@ -173,6 +173,7 @@ class ScriptRun:
     figures: list  # PNG paths it wrote, in order
     seconds: float
     errors: str  # what it printed on stderr
+    notes: list  # its "note: ..." lines: what it left out and why, which path it took
 
 
 INTERRUPTED, TERMINATED = 130, 143  # the exit codes of model.cli.run after Ctrl-C, SIGTERM
@@ -201,7 +202,9 @@ def run_script(module, argv, log):
     if code == TERMINATED:
         raise Terminated("SIGTERM", last_line(errors).split(" (terminated by")[0])
     figures = [Path(path) for path in written if Path(path).suffix == ".png"]
-    return ScriptRun(command, code, figures, seconds, errors)
+    notes = [line.removeprefix("note: ") for line in (printed + "\n" + errors).splitlines()
+             if line.startswith("note: ")]
+    return ScriptRun(command, code, figures, seconds, errors, list(dict.fromkeys(notes)))
 
 
 def last_line(text):
@@ -235,8 +238,8 @@ def train_if_needed(args, checkpoint, log):
     argv = ["--dataset", args.dataset, "--arch", args.arch, "--data-dir", args.data_dir,
             "--device", args.device, "--seed", str(args.seed), "--out", str(checkpoint),
             "--save-every-epoch", "--no-progress"] + (["--resume"] if resume else [])
-    for flag, value in (("--epochs", args.epochs),
-                        ("--max-train-images", args.max_train_images)):
+    for flag, value in (("--epochs", args.epochs), ("--max-train-images", args.max_train_images),
+                        ("--image-size", args.image_size), ("--workers", args.workers)):
         if value is not None:
             argv += [flag, str(value)]
     verb = "continuing the interrupted training of" if resume else "training"
@@ -260,43 +263,78 @@ def train_if_needed(args, checkpoint, log):
 def run_section(section, context, common, out, log):
     """Run one section's scripts into ``out/<section>``; a JSON-ready result."""
     result = {"name": section.name, "figures": [], "seconds": 0.0, "failed": [],
-              "commands": []}
+              "notes": [], "commands": []}
     for module, argv in section.commands(context):
         script = run_script(module, common + ["--out", str(out / section.name)] + argv, log)
         result["commands"].append(script.command)
         result["figures"] += [Path(f).relative_to(out).as_posix() for f in script.figures]
         result["seconds"] += script.seconds
+        result["notes"] += [note for note in script.notes if note not in result["notes"]]
         if script.code != 0:
             result["failed"].append(last_line(script.errors))
             tqdm.write(f"{section.name}: failed: {last_line(script.errors)}")
     return result
 
 
+def report_model(args, device):
+    """The model to report on, with what the report needs to know about it.
+
+    Returns:
+        (model, DatasetInfo, checkpoint dict or None for ``--weights``, the flags that give
+        every script the same model and data).
+    """
+    shared = ["--data-dir", args.data_dir, "--device", args.device, "--seed", str(args.seed),
+              "--workers", str(args.workers)]
+    if args.weights:
+        model, info = weights_model(args, device)
+        if not has_test_split(info):
+            raise UserError("the report needs test images: give --dataset imagefolder "
+                            "--data-dir DIR with your images in DIR/val/<class>/ (or the "
+                            "--dataset the weights were trained on)")
+        flags = ["--weights", args.weights, "--arch", args.arch, "--dataset", args.dataset]
+        for flag, value in (("--class-names", args.class_names),
+                            ("--image-size", args.image_size)):
+            flags += [flag, str(value)] if value else []
+        return model, info, None, flags + shared
+    checkpoint_file = report_checkpoint(args)
+    expected = () if args.checkpoint else (args.dataset, args.arch)
+    model, info, checkpoint = load_model(checkpoint_file, device, *expected)
+    return model, info, checkpoint, ["--checkpoint", str(checkpoint_file)] + shared
+
+
+def report_checkpoint(args):
+    return Path(args.checkpoint or default_checkpoint_path(args.dataset, args.arch))
+
+
 def build_report(args):
     seed_everything(args.seed)
     device = resolve_device(args.device)
-    checkpoint_file = Path(args.checkpoint or default_checkpoint_path(args.dataset, args.arch))
-    out = Path(args.out or f"outputs/report_{args.dataset}_{args.arch}")
+    if args.weights and (args.retrain or args.epochs or args.max_train_images):
+        raise UserError("--weights are reported on as they are; --retrain, --epochs and "
+                        "--max-train-images are for training a checkpoint")
+    if not args.weights:
+        args.dataset, args.arch = args.dataset or DEFAULT_DATASET, args.arch or DEFAULT_ARCH
+    out = Path(args.out or f"outputs/report_{args.dataset or 'imagenet'}_{args.arch}")
     sections = [s for s in SECTIONS if args.methods is None or s.name in args.methods]
-    common = ["--checkpoint", str(checkpoint_file), "--data-dir", args.data_dir,
-              "--device", args.device, "--seed", str(args.seed)]
     times, results, stopped = {}, [], None
     # The bar is closed on any error too, so that the error is the terminal's last line.
     with (atomic_open(out / "log.txt") as raw_log,
           tqdm(total=len(sections) + 1, desc="report", unit="step") as progress):
         log = io.TextIOWrapper(raw_log, encoding="utf-8")
-        trained = train_if_needed(args, checkpoint_file, log)
+        trained = None if args.weights else train_if_needed(args, report_checkpoint(args), log)
         if trained is not None:
             times["training"] = trained
-        expected = () if args.checkpoint else (args.dataset, args.arch)
-        model, info, checkpoint = load_model(checkpoint_file, device, *expected)
-        test_set = load_dataset(info.name, "test", args.data_dir)
+        model, info, checkpoint, common = report_model(args, device)
+        test_set = load_split(info, "test", args)
+        predictions = test_predictions(model, test_set, device)
+        accuracy = (predictions == test_set.labels).double().mean().item()
         gallery, _ = sample_test_images(model, test_set, GALLERY_SIZE, args.seed, device,
-                                        wrong_share=0.34)
+                                        wrong_share=0.34, predictions=predictions)
         context = ReportContext(gallery.tolist(), conv_layer_names(model), args.num_images)
-        title = f"{checkpoint['arch']} on {info.name}"
-        save_figure(train_cnn.plot_training_curve(checkpoint["history"], title),
-                    out / "training_curve.png")
+        if checkpoint is not None:
+            title = f"{checkpoint['arch']} on {info.name}"
+            save_figure(train_cnn.plot_training_curve(checkpoint["history"], title),
+                        out / "training_curve.png")
         progress.update()
         for section in sections:
             progress.set_postfix_str(section.name)
@@ -315,8 +353,8 @@ def build_report(args):
     evaluation = None
     if any(s.name == "evaluation" for s in finished):
         evaluation = read_json(out / "evaluation" / "evaluation.json")
-    summary = report_summary(args, device, info, checkpoint, checkpoint_file, context, times,
-                             results, evaluation)
+    summary = report_summary(args, device, info, checkpoint, accuracy, len(test_set), context,
+                             times, results, evaluation)
     if stopped:
         summary["interrupted_during"] = stopped[0].name
     save_json(summary, out / "summary.json")
@@ -343,18 +381,22 @@ def read_json(path):
         return None
 
 
-def report_summary(args, device, info, checkpoint, checkpoint_file, context, times, results,
-                   evaluation):
-    """Everything needed to read and reproduce the report, JSON-ready."""
+def report_summary(args, device, info, checkpoint, accuracy, test_count, context, times,
+                   results, evaluation):
+    """Everything needed to read and reproduce the report, JSON-ready (``checkpoint``: None
+    for ``--weights``)."""
     return {
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": args.command,
         "git_commit": git_commit(), "versions": library_versions(),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})"
                                  if device.type == "cuda" else ""),
-        "dataset": info.name, "arch": checkpoint["arch"], "checkpoint": str(checkpoint_file),
-        "test_accuracy": checkpoint["test_accuracy"], "epochs": checkpoint["epoch"],
-        "training_args": checkpoint.get("train_args"), "report_args": vars(args),
+        "dataset": info.name, "arch": args.arch if checkpoint is None else checkpoint["arch"],
+        "checkpoint": None if checkpoint is None else str(report_checkpoint(args)),
+        "weights": args.weights, "test_accuracy": accuracy, "test_images": test_count,
+        "epochs": None if checkpoint is None else checkpoint["epoch"],
+        "training_args": None if checkpoint is None else checkpoint.get("train_args"),
+        "report_args": vars(args),
         "seed": args.seed, "gallery_test_indices": context.gallery,
         "seconds": times, "sections": results, "evaluation": evaluation,
     }
@@ -371,7 +413,7 @@ figcaption { font-size: .8em; color: #666; }
 table { border-collapse: collapse; font-size: .85em; }
 th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
-tr.baseline td { color: #777; } .failed { color: #b00; }
+tr.baseline td { color: #777; } .failed { color: #b00; } .note { color: #555; }
 code, pre { font-size: .85em; background: #f5f5f5; }
 """
 
@@ -384,11 +426,7 @@ def render_html(summary, sections, results, evaluation):
              f"{escape(summary['dataset'])}</title><style>{PAGE_STYLE}</style></head><body>",
              f"<h1>cnn-viz report: {escape(summary['arch'])} on "
              f"{escape(summary['dataset'])}</h1>",
-             f"<p>Test accuracy <b>{100 * summary['test_accuracy']:.2f}%</b> after "
-             f"{summary['epochs']} epochs. Checkpoint <code>{escape(summary['checkpoint'])}"
-             f"</code>, device {escape(summary['device'])}, seed {summary['seed']}.</p>",
-             "<figure><img src='training_curve.png' alt='training curve'>"
-             "<figcaption>training curve: loss and accuracy per epoch</figcaption></figure>",
+             model_paragraph(summary),
              "<p>Sections: " + ", ".join(f"<a href='#{s.name}'>{escape(s.title)}</a>"
                                          for s in sections) + "</p>"]
     if summary.get("interrupted_during"):
@@ -404,6 +442,8 @@ def render_html(summary, sections, results, evaluation):
                      f"<b>What to look for:</b> {escape(section.look_for)}</p>")
         for failure in result["failed"]:
             parts.append(f"<p class='failed'>This part failed: {escape(failure)}</p>")
+        for note in result.get("notes", []):
+            parts.append(f"<p class='note'>Note: {escape(note)}</p>")
         if section.name == "evaluation" and evaluation is not None:
             parts.append(evaluation_table(evaluation))
         for figure in result["figures"]:
@@ -416,6 +456,22 @@ def render_html(summary, sections, results, evaluation):
     parts.append("<h2 id='reproduce'>Reproduce</h2><pre>"
                  + escape(json.dumps(reproduce, indent=1)) + "</pre></body></html>")
     return "\n".join(parts)
+
+
+def model_paragraph(summary):
+    """The report's first lines: the model, its test accuracy and the training curve (none
+    for ``--weights``: they were not trained here)."""
+    escape = html.escape
+    accuracy = (f"Test accuracy <b>{100 * summary['test_accuracy']:.2f}%</b> on "
+                f"{summary['test_images']:,} test images")
+    where = f"device {escape(summary['device'])}, seed {summary['seed']}"
+    if summary["weights"]:
+        return (f"<p>{accuracy}. Weights <code>{escape(summary['weights'])}</code> (not "
+                f"trained here, so there is no training curve), {where}.</p>")
+    return (f"<p>{accuracy} after {summary['epochs']} epochs. Checkpoint "
+            f"<code>{escape(summary['checkpoint'])}</code>, {where}.</p>"
+            "<figure><img src='training_curve.png' alt='training curve'>"
+            "<figcaption>training curve: loss and accuracy per epoch</figcaption></figure>")
 
 
 def evaluation_table(evaluation):
@@ -444,6 +500,7 @@ def get_args_parser():
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint to report on (default: "
                              "outputs/checkpoints/<dataset>_<arch>.pt, trained if missing)")
+    add_weights_flags(parser)
     parser.add_argument("--out", default=None,
                         help="report folder (default: outputs/report_<dataset>_<arch>)")
     parser.add_argument("--methods", nargs="+", choices=SECTION_NAMES, default=None,
@@ -456,6 +513,8 @@ def get_args_parser():
                         help="epochs when training (default: the dataset's recipe)")
     parser.add_argument("--max-train-images", type=positive_int, default=None,
                         help="train on the first N training images only (quick runs)")
+    # None = not given: shapes / vgg, except that --weights without --dataset means ImageNet.
+    parser.set_defaults(dataset=None, arch=None)
     return parser
 
 

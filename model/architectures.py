@@ -36,6 +36,7 @@ VGG_PLANS = {
     "wide": (32, 32, "M", 64, 64, "M", 128, 128, 128),
     "fast": ("W", (64, "M"), 64, (256, "M"), 256, (256, "M"), 256),
     "long": ("W", (128, "M"), 128, (384, "M"), 384, (384, "M"), 384),
+    "deep": ("W", (128, "M"), 128, 128, (384, "M"), 384, 384, (512, "M"), 512, 512),
 }
 RECTIFIERS = (nn.ReLU, nn.ReLU6)
 WHITENING_CHANNELS = 24  # +/- the 12 eigenvectors of the 2x2x3 patch covariance

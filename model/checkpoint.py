@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from .architectures import build_model
 from .datasets import DATASET_INFO, DatasetInfo
+from .folders import folder_classes
 from .errors import UserError
 from .runtime import atomic_open, check_name_length, check_writable_file, os_reason
 from .zoo import (IMAGENET_MEAN, IMAGENET_SIZE, IMAGENET_STD, TORCHVISION_ARCHS,
@@ -261,15 +262,17 @@ def curve_path(path):
     return path.parent / f"{path.stem}_curve.png"
 
 
-def model_from_weights(arch, spec, dataset=None, class_names=None, device="cpu"):
+def model_from_weights(arch, spec, dataset=None, class_names=None, device="cpu",
+                       data_dir=None, image_size=None):
     """A torchvision net with the user's weights (``--weights``), without a training run.
 
     Args:
         arch: one of ``model.zoo.TORCHVISION_ARCHS``.
         spec: a torchvision-format state dict file, or ``DEFAULT`` (``model.zoo.read_state_dict``).
         dataset: the dataset the weights were trained on (its classes, size and
-            normalization); None means ImageNet input: 224 px, ImageNet's normalization, and
-            with 1000 outputs ImageNet's class names.
+            normalization); None means ImageNet input: ``image_size`` px (default 224),
+            ImageNet's normalization, and with 1000 outputs ImageNet's class names.
+            ``imagefolder`` is ImageNet input too, classes named by ``data_dir``'s folders.
         class_names: a file of class names, one per line (for other class counts).
 
     Returns:
@@ -282,14 +285,19 @@ def model_from_weights(arch, spec, dataset=None, class_names=None, device="cpu")
         raise UserError("--weights loads torchvision architectures "
                         f"({', '.join(TORCHVISION_ARCHS)}); '{arch}' is cnn-viz's own: load "
                         "its --checkpoint")
+    if image_size and dataset not in (None, "imagefolder"):
+        raise UserError(f"--image-size is fixed by --dataset {dataset}; it is for ImageNet "
+                        "input and imagefolder")
     state = read_state_dict(arch, spec)
     in_channels, num_classes, small_stem = stem_of_state_dict(arch, state)
-    if dataset is not None:
+    if dataset in (None, "imagefolder"):
+        info = DatasetInfo(dataset or "imagenet", (), 3, image_size or IMAGENET_SIZE,
+                           IMAGENET_MEAN, IMAGENET_STD)
+        classes = (imagenet_classes() if num_classes == 1000 and not class_names
+                   else folder_classes(data_dir) if dataset else None)
+    else:
         info = DATASET_INFO[dataset]
         classes = info.classes
-    else:
-        info = DatasetInfo("imagenet", (), 3, IMAGENET_SIZE, IMAGENET_MEAN, IMAGENET_STD)
-        classes = imagenet_classes() if num_classes == 1000 and not class_names else None
     if class_names:
         classes = read_class_names(class_names, num_classes)
     if classes is None:

@@ -19,6 +19,7 @@ from .errors import UserError
 from .runtime import keep_freed_memory, os_reason
 
 MAX_SEED = 2**32 - 1  # NumPy's limit; torch and Python accept it too
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -83,8 +84,15 @@ def common_parser():
     parser.add_argument("--arch", choices=ARCHITECTURES, default="vgg",
                         help="network architecture (default: vgg)")
     parser.add_argument("--data-dir", default="data",
-                        help="where torchvision's dataset files live or are downloaded to "
-                             "(default: data)")
+                        help="where torchvision's dataset files live or are downloaded to; "
+                             "for imagefolder the folder with train/ and val/ (or test/) "
+                             "class folders (default: data)")
+    parser.add_argument("--image-size", type=positive_int, default=None,
+                        help="imagefolder: the model's input size in px (default: 224; "
+                             "a checkpoint keeps its own)")
+    parser.add_argument("--workers", type=non_negative_int, default=DEFAULT_WORKERS,
+                        help="imagefolder: DataLoader processes decoding images (default: "
+                             f"{DEFAULT_WORKERS})")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N; auto picks CUDA when present "
                              "(default: auto)")

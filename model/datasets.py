@@ -1,5 +1,6 @@
 """Datasets as in-memory uint8 tensors, with their class names, size and normalization.
 
+``imagefolder`` is the user's own class folders, streamed from disk (``model.folders``);
 ``cifar10``, ``mnist`` and ``fashion_mnist`` come through ``torchvision.datasets`` (downloaded
 into ``--data-dir`` when missing); ``cifar10`` also from class folders of PNG or JPEG files
 (``--data-dir``/{train,test}/<class>/); ``shapes`` is generated in code (see ``model.shapes``) and
@@ -18,12 +19,15 @@ from urllib.error import URLError
 import torch
 
 from . import shapes
+from .folders import folder_classes, read_folder_split
 from .dataset_files import (DELETE_ADVICE, DamagedDatasetError, check_labels,
                             check_mnist_split, damaged_cifar_files)
 from .errors import UserError, one_line
+from .zoo import IMAGENET_MEAN, IMAGENET_STD
 
-DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10")
-PHOTO_DATASETS = ("cifar10",)  # natural photos, unlike the drawn shapes and digits
+DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "imagefolder")
+PHOTO_DATASETS = ("cifar10", "imagefolder")  # natural photos, unlike shapes and digits
+FOLDER_IMAGE_SIZE = 224  # --dataset imagefolder's default --image-size
 
 
 @dataclass(frozen=True)
@@ -261,27 +265,42 @@ def expected_files(name, root):
                     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
 
-def load_dataset(name, split, data_dir="data", download=True):
-    """Load one split of a dataset into memory.
+def folder_info(root, image_size=None, classes=None):
+    """The DatasetInfo of ``--dataset imagefolder``: the class folders' names (or
+    ``classes``), 3 channels, ``image_size`` px (default 224) and ImageNet's normalization
+    (the statistics torchvision's pretrained weights expect)."""
+    return DatasetInfo("imagefolder", tuple(classes or folder_classes(root)), 3,
+                       image_size or FOLDER_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def load_dataset(name, split, data_dir="data", download=True, info=None, image_size=None,
+                 workers=0):
+    """Load one split of a dataset into memory (``imagefolder``: its file list).
 
     Args:
         name: one of ``DATASETS``.
         split: ``"train"`` or ``"test"``.
-        data_dir: torchvision's root folder (unused by ``shapes``).
+        data_dir: torchvision's root folder (unused by ``shapes``), or the class folders.
         download: fetch missing torchvision files (the real download code of torchvision).
+        info: ``imagefolder`` only: the model's DatasetInfo (classes, size), default
+            :func:`folder_info` with ``image_size``.
+        workers: ``imagefolder`` only: DataLoader processes that decode its batches.
 
     Returns:
-        :class:`ImageDataset`.
+        :class:`ImageDataset`, or for ``imagefolder`` a ``model.folders.FolderDataset``.
 
     Raises:
         DatasetUnavailableError: the files are missing and could not be downloaded; the
             message names the folder and files torchvision expects and suggests ``shapes``.
         DamagedDatasetError: a file is there but damaged or mismatched; the message names it.
     """
-    if name not in DATASET_INFO:
+    if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "imagefolder":
+        return read_folder_split(info or folder_info(data_dir, image_size), data_dir, split,
+                                 workers)
     info = DATASET_INFO[name]
     if name == "shapes":
         return ImageDataset(info, *_shapes_split(split))

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .architectures import PatchWhitening
-from .zoo import TORCHVISION_ARCHS
 from .errors import UserError
+from .folders import FolderDataset
 from .optim import learning_rate_at, set_learning_rate
+from .zoo import TORCHVISION_ARCHS
 
 
 class TrainingDivergedError(UserError):
@@ -40,6 +41,7 @@ class Recipe:
     vgg_plan: str = "small"
     crop_padding: int = 4  # augmentation: random crop of the padded image, and a random flip
     reflect: bool = False  # pad by reflecting the border instead of with zeros
+    cutout: int = 0  # augmentation: a random square of this side set to the mean colour
     alternate_flip: bool = False  # mirror each image in every other epoch (airbench)
     label_smoothing: float = 0.0  # Szegedy et al. 2016, sec. 7
     schedule: str = "cosine"  # after the linear warm-up: "cosine" or "linear" decay to zero
@@ -77,15 +79,19 @@ RECIPES = {
                                identity_init=True, bfloat16=True, channels_last=True,
                                test_views="flip-translate", epoch_test_images=2000),
     ("cifar10", "simple"): Recipe(epochs=20, batch_size=128, lr=0.05, augment=True),
+    # An image folder is augmented as ImageNet is (model.folders): random resized crops.
+    ("imagefolder", "vgg"): Recipe(epochs=30, batch_size=64, lr=0.1, augment=True),
+    ("imagefolder", "simple"): Recipe(epochs=30, batch_size=64, lr=0.05, augment=True),
 }
-# torchvision's nets (``model.zoo``) get one plain recipe per dataset, the standard CIFAR
-# augmentation on photos; AlexNet and VGG16 have no BatchNorm and need a 5x smaller learning
-# rate to start training at all.
-TORCHVISION_EPOCHS = {"shapes": 4, "mnist": 3, "fashion_mnist": 10, "cifar10": 30}
+# torchvision's nets (``model.zoo``) get one plain recipe per dataset, with augmentation on
+# photos; AlexNet and VGG16 have no BatchNorm and need a 5x smaller learning rate to start
+# training at all.
+TORCHVISION_EPOCHS = {"shapes": 4, "mnist": 3, "fashion_mnist": 10, "cifar10": 30,
+                      "imagefolder": 30}
 RECIPES.update({
     (dataset, arch): Recipe(epochs=epochs, batch_size=128,
                             lr=0.01 if arch in ("alexnet", "vgg16") else 0.05,
-                            augment=dataset == "cifar10")
+                            augment=dataset in ("cifar10", "imagefolder"))
     for dataset, epochs in TORCHVISION_EPOCHS.items() for arch in TORCHVISION_ARCHS})
 # Named alternatives (train_cnn.py --recipe NAME), keyed by (dataset, arch, name). "long" is
 # for users with an hour of CPU or a GPU: airbench95's widths and learning rate (10 instead of
@@ -94,6 +100,8 @@ RECIPES.update({
 NAMED_RECIPES = {
     ("cifar10", "vgg", "long"): replace(RECIPES[("cifar10", "vgg")], epochs=40, lr=1.3,
                                         vgg_plan="long"),
+    ("cifar10", "vgg", "deep"): replace(RECIPES[("cifar10", "vgg")], epochs=30, lr=1.17,
+                                        vgg_plan="deep", crop_padding=4, cutout=12),
 }
 DEFAULT_RECIPE = "default"
 
@@ -158,27 +166,55 @@ def _reflect(index, size):
     return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
+def cutout(images, generator, size):
+    """Set one random ``size`` x ``size`` square of each normalized image to zero, the
+    dataset's mean colour (DeVries & Taylor 2017, "Improved Regularization of Convolutional
+    Neural Networks with Cutout"; the square lies inside the image, as in airbench96).
+
+    Args:
+        images: (N, C, H, W) normalized batch; not changed.
+        generator: CPU generator for the squares' corners.
+    """
+    n, _, height, width = images.shape
+    top = torch.randint(0, height - size + 1, (n, 1, 1), generator=generator)
+    left = torch.randint(0, width - size + 1, (n, 1, 1), generator=generator)
+    rows = torch.arange(height)[None, :, None]
+    cols = torch.arange(width)[None, None, :]
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return images.masked_fill(inside[:, None].to(images.device), 0.0)
+
+
 def iterate_batches(dataset, batch_size, device, generator=None, augment=False, padding=4,
-                    reflect=False, flips=None):
+                    reflect=False, flips=None, cutout_size=0, indices=None):
     """Yield normalized (inputs, labels) batches on ``device``.
 
     Args:
-        dataset: an :class:`~model.datasets.ImageDataset`.
+        dataset: an :class:`~model.datasets.ImageDataset`, or a
+            :class:`~model.folders.FolderDataset` (decoded by a DataLoader; ``augment`` is
+            then its random resized crop and flip, and the other augmentation flags unused).
         generator: shuffles (and drives augmentation) when given; None keeps the order.
         augment: apply :func:`random_crop_flip` (needs ``generator``) with ``padding`` and
             ``reflect``.
         flips: optional (len(dataset),) bool tensor, which images to mirror (else at random).
+        cutout_size: with ``augment``, the side of :func:`cutout`'s square (0: none).
+        indices: the images to yield, in this order (default: all).
     """
-    count = len(dataset)
-    order = torch.randperm(count, generator=generator) if generator is not None else None
-    for start in range(0, count, batch_size):
-        index = order[start:start + batch_size] if order is not None else slice(
-            start, start + batch_size)
+    if isinstance(dataset, FolderDataset):
+        yield from dataset.batches(batch_size, device, generator, augment, indices)
+        return
+    order = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
+    if generator is not None:
+        order = order[torch.randperm(len(order), generator=generator)]
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
         images = dataset.images[index].to(device, non_blocking=True)
         if augment:
             images = random_crop_flip(images, generator, padding, reflect,
                                       None if flips is None else flips[index])
-        yield dataset.info.normalize(images), dataset.labels[index].to(device, non_blocking=True)
+        inputs = dataset.info.normalize(images)
+        if augment and cutout_size:
+            inputs = cutout(inputs, generator, cutout_size)
+        yield inputs, dataset.labels[index].to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -262,7 +298,7 @@ def train_one_epoch(model, optimizer, dataset, *, epoch, epochs, seed, batch_siz
     seen = 0
     flips = alternating_flips(len(dataset), seed, epoch) if recipe.alternate_flip else None
     batches = iterate_batches(dataset, batch_size, device, generator, augment,
-                              recipe.crop_padding, recipe.reflect, flips)
+                              recipe.crop_padding, recipe.reflect, flips, recipe.cutout)
     bar = tqdm(batches,
                total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
                disable=not progress, unit="batch")

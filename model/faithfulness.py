@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from torchvision.models.mobilenetv2 import InvertedResidual
 
 from .engine import fast_layout
 from .blur import gaussian_blur
+from .zoo import RESIDUAL_BLOCKS
 
 EPSILON = 1e-12
 
@@ -125,14 +127,26 @@ def randomization_stages(model):
     """The layers cascading randomization re-initializes, top first: [(name, modules)].
 
     Each conv or Linear layer is one stage; a BatchNorm joins the conv before it, since the two
-    form one learned filter bank.
+    form one learned filter bank; a residual or inverted-residual block (torchvision's ResNet
+    and MobileNet) is one stage with all its layers, as Adebayo et al. randomize Inception v3
+    block by block.
     """
     stages = []
-    for name, module in model.named_children():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            stages.append((name, [module]))
-        elif isinstance(module, nn.BatchNorm2d) and stages:
-            stages[-1][1].append(module)
+
+    def walk(module, prefix):
+        for name, child in module.named_children():
+            name = f"{prefix}{name}"
+            if isinstance(child, (*RESIDUAL_BLOCKS, InvertedResidual)):
+                stages.append((name, [m for m in child.modules()
+                                      if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]))
+            elif isinstance(child, (nn.Conv2d, nn.Linear)):
+                stages.append((name, [child]))
+            elif isinstance(child, nn.BatchNorm2d) and stages:
+                stages[-1][1].append(child)
+            else:
+                walk(child, f"{name}.")
+
+    walk(model, "")
     return stages[::-1]
 
 

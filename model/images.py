@@ -5,8 +5,6 @@ loads the checkpoint, ``select_inputs`` turns ``--index``/``--image`` into a nor
 and ``resolve_targets`` turns ``--target`` into one class index per image.
 """
 import os
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +15,12 @@ from .cli import common_parser, non_negative_int, positive_int
 from .datasets import DATASETS, load_dataset
 from .engine import iterate_batches
 from .errors import UserError
+from .image_files import load_image_file
 from .runtime import prepare_output_folder, resolve_device, seed_everything
 from .zoo import LAYER_NAMES, TORCHVISION_ARCHS
 
-MAX_IMAGE_PIXELS = 50_000_000  # larger files are refused rather than decoded
 MAX_NAME_PART = 40  # characters kept of each file or folder name in an image's output name
-EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a camera held the picture
 DEFAULT_DATASET, DEFAULT_ARCH = "shapes", "vgg"
-CENTER_CROP_FROM = 64  # models for images this large see photos as ImageNet's do: crop, no squash
 
 
 def checkpoint_parser(script):
@@ -33,14 +29,7 @@ def checkpoint_parser(script):
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint to load (default: "
                              "outputs/checkpoints/<dataset>_<arch>.pt)")
-    parser.add_argument("--weights", default=None, metavar="FILE|DEFAULT",
-                        help="instead of a checkpoint: a torchvision-format state dict for "
-                             "--arch (resnet18, alexnet, vgg16, mobilenet_v2), or DEFAULT for "
-                             "torchvision's pretrained ImageNet weights (a download); without "
-                             "--dataset the input is ImageNet's (224 px)")
-    parser.add_argument("--class-names", default=None, metavar="FILE",
-                        help="class names of --weights, one per line (default: ImageNet's "
-                             "for 1000 outputs, else the --dataset's)")
+    add_weights_flags(parser)
     parser.add_argument("--out", default=f"outputs/{script}",
                         help=f"folder for the outputs (default: outputs/{script})")
     parser.add_argument_group(
@@ -50,6 +39,19 @@ def checkpoint_parser(script):
     # checked against --dataset/--arch when the user names them.
     parser.set_defaults(dataset=None, arch=None)
     return parser
+
+
+def add_weights_flags(parser):
+    """``--weights`` and ``--class-names``: a torchvision net with the user's weights."""
+    parser.add_argument("--weights", default=None, metavar="FILE|DEFAULT",
+                        help="instead of a checkpoint: a torchvision-format state dict for "
+                             "--arch (resnet18, alexnet, vgg16, mobilenet_v2), or DEFAULT for "
+                             "torchvision's pretrained ImageNet weights (a download); without "
+                             "--dataset the input is ImageNet's (224 px)")
+    parser.add_argument("--class-names", default=None, metavar="FILE",
+                        help="class names of --weights, one per line (default: ImageNet's "
+                             "for 1000 outputs, imagefolder's folder names, else the "
+                             "--dataset's)")
 
 
 def method_parser(script):
@@ -102,7 +104,8 @@ def weights_model(args, device):
         raise UserError("give --checkpoint or --weights, not both")
     if args.arch is None:
         raise UserError(f"--weights needs --arch: one of {', '.join(TORCHVISION_ARCHS)}")
-    return model_from_weights(args.arch, args.weights, args.dataset, args.class_names, device)
+    return model_from_weights(args.arch, args.weights, args.dataset, args.class_names, device,
+                              args.data_dir, args.image_size)
 
 
 def prepare_method(args):
@@ -144,7 +147,7 @@ def select_inputs(args, info, device):
     if not has_test_split(info):
         raise UserError(f"there is no {info.name} test split to take --index from: give "
                         "--image FILES, or the --dataset the weights were trained on")
-    test_set = load_dataset(info.name, "test", args.data_dir)
+    test_set = load_split(info, "test", args)
     for index in args.index:
         if index >= len(test_set):
             raise UserError(f"--index {index} is past the {info.name} test split "
@@ -154,6 +157,12 @@ def select_inputs(args, info, device):
     return Selection(info.normalize(test_set.images[index].to(device)),
                      test_set.labels[index].to(device), [f"test_{i}" for i in args.index],
                      masks)
+
+
+def load_split(info, split, args):
+    """A split of the model's dataset from ``--data-dir``; an image folder in the model's
+    classes and input size, decoded by ``--workers`` processes."""
+    return load_dataset(info.name, split, args.data_dir, info=info, workers=args.workers)
 
 
 def has_test_split(info):
@@ -194,90 +203,6 @@ def image_names(paths):
         counts[text] = counts.get(text, 0) + 1
         names.append(text if counts[text] == 1 else f"{text}_{counts[text]}")
     return names
-
-
-def load_image_file(path, info):
-    """Read an image file as uint8 (C, H, W) in the model's channels and size.
-
-    A photo stored sideways with an EXIF orientation tag (as phones do) is first turned
-    upright. Colour is converted to grayscale for 1-channel models and grayscale (or a
-    palette, alpha or 16-bit image) to RGB for 3-channel ones; another size is resized
-    (bilinear, antialiased): squashed to the 28 or 32 px of the small datasets, and for
-    models of 64 px and more resized and centre-cropped as ImageNet's evaluation does
-    (:func:`_resize_center_crop`). A note on stderr says so. Files over ``MAX_IMAGE_PIXELS`` are
-    refused before they are decoded.
-    """
-    from PIL import Image
-
-    mode = "L" if info.channels == 1 else "RGB"
-    with _open_image(path) as image:
-        if image.mode != mode:
-            print(f"note: converted {path} from {image.mode} to {mode} for the "
-                  f"{info.channels}-channel model", file=sys.stderr)
-        image = _decode(path, image, mode)
-    size = (info.image_size, info.image_size)
-    if info.image_size >= CENTER_CROP_FROM and image.size != size:
-        image = _resize_center_crop(path, image, info.image_size)
-    elif image.size != size:
-        print(f"note: resized {path} from {image.size[0]}x{image.size[1]} to "
-              f"{size[0]}x{size[1]}", file=sys.stderr)
-        image = image.resize(size, Image.Resampling.BILINEAR)
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return pixels.view(info.image_size, info.image_size, info.channels).permute(2, 0, 1)
-
-
-def _resize_center_crop(path, image, size):
-    """ImageNet's evaluation preprocessing: the shorter side resized to size * 256 / 224
-    (bilinear, antialiased), then the central size x size square."""
-    from PIL import Image
-
-    short = round(size * 256 / 224)
-    scale = short / min(image.size)
-    width, height = (max(size, round(side * scale)) for side in image.size)
-    image = image.resize((width, height), Image.Resampling.BILINEAR)
-    left, top = (width - size) // 2, (height - size) // 2
-    print(f"note: resized {path} to {width}x{height} and took the central {size}x{size}",
-          file=sys.stderr)
-    return image.crop((left, top, left + size, top + size))
-
-
-def _open_image(path):
-    """Open an image lazily (header only), refusing what is missing, unreadable or huge."""
-    from PIL import Image, UnidentifiedImageError
-
-    limit = f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
-    try:
-        with warnings.catch_warnings():  # our own limit below replaces Pillow's warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except FileNotFoundError:
-        raise UserError(f"--image {path}: no such file") from None
-    except PermissionError:
-        raise UserError(f"--image {path}: cannot read it (permission denied)") from None
-    except Image.DecompressionBombError:
-        raise UserError(f"--image {path}: larger than {limit}; shrink it first") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise UserError(f"--image {path}: not a readable image ({error})") from None
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        image.close()
-        raise UserError(f"--image {path}: {width}x{height} is larger than {limit}; shrink it "
-                        "first")
-    return image
-
-
-def _decode(path, image, mode):
-    """Decode an opened image, upright (EXIF orientation applied), into ``mode``; a UserError
-    for a truncated or broken file."""
-    from PIL import ImageOps
-
-    try:
-        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
-            print(f"note: turned {path} upright as its EXIF orientation tag says",
-                  file=sys.stderr)
-        return ImageOps.exif_transpose(image).convert(mode)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise UserError(f"--image {path}: not a readable image ({error})") from None
 
 
 def check_target(spec, info, labelled=True):
@@ -338,7 +263,7 @@ def test_predictions(model, test_set, device, batch_size=512):
 
 @torch.no_grad()
 def sample_test_images(model, test_set, count, seed, device, wrong_share=0.25,
-                       batch_size=512):
+                       batch_size=512, predictions=None):
     """A fixed, seeded sample of test images that mixes right and wrong decisions and classes.
 
     Up to ``wrong_share`` of the ``count`` images are misclassified ones (as many as the model
@@ -346,10 +271,14 @@ def sample_test_images(model, test_set, count, seed, device, wrong_share=0.25,
     taken class by class in turn (one image of every class, then a second of every class, ...),
     so that as many classes as possible appear. Misclassified images come first.
 
+    ``predictions``: the model's predictions on ``test_set`` if already computed
+    (:func:`test_predictions`).
+
     Returns:
         (indices (count,) int64, predictions (count,) int64), on the CPU.
     """
-    predictions = test_predictions(model, test_set, device, batch_size)
+    if predictions is None:
+        predictions = test_predictions(model, test_set, device, batch_size)
     generator = torch.Generator().manual_seed(seed)
     count = min(count, len(test_set))
     wrong = (predictions != test_set.labels).nonzero()[:, 0]

@@ -35,6 +35,7 @@ import max_activation_search
 import model.checkpoint
 import model.cli
 import model.datasets
+import model.image_files
 import model.images
 import model.mirror as mirror
 import model.runtime
@@ -336,7 +337,7 @@ def test_huge_image_is_refused_before_decoding(script, trained_shapes_checkpoint
                                                monkeypatch, capsys):
     path = tmp_path / "poster.png"
     Image.new("RGB", (120, 100)).save(path)
-    monkeypatch.setattr(model.images, "MAX_IMAGE_PIXELS", 120 * 100 - 1)
+    monkeypatch.setattr(model.image_files, "MAX_IMAGE_PIXELS", 120 * 100 - 1)
     monkeypatch.setattr(Image.Image, "convert", lambda *a, **k: pytest.fail("decoded"))
     code, lines = cli(script, method_argv(script, trained_shapes_checkpoint, tmp_path,
                                           "--image", path), capsys)
@@ -782,7 +783,7 @@ def test_exif_orientation_is_applied_before_resizing(suffix, tmp_path, capsys):
     stored = Image.new("RGB", (64, 32), (0, 0, 255))
     stored.paste((255, 0, 0), (0, 0, 32, 32))
     exif = Image.Exif()
-    exif[model.images.EXIF_ORIENTATION] = 6
+    exif[model.image_files.EXIF_ORIENTATION] = 6
     path = tmp_path / f"sideways{suffix}"
     stored.save(path, exif=exif, quality=95)
     pixels = model.images.load_image_file(path, DATASET_INFO["shapes"]).int()  # (3, 32, 32)

@@ -49,12 +49,13 @@ def test_unreadable_files_are_user_errors(tmp_path, content, message):
 
 
 def test_index_selection_carries_labels_and_masks():
-    args = argparse.Namespace(image=None, index=[4, 0], data_dir="data")
+    args = argparse.Namespace(image=None, index=[4, 0], data_dir="data", workers=0)
     selection = select_inputs(args, RGB, "cpu")
     assert selection.inputs.shape == (2, 3, 32, 32)
     assert selection.names == ["test_4", "test_0"] and selection.masks.shape == (2, 32, 32)
     with pytest.raises(UserError, match="past the shapes test split"):
-        select_inputs(argparse.Namespace(image=None, index=[2000], data_dir="data"), RGB, "cpu")
+        select_inputs(argparse.Namespace(image=None, index=[2000], data_dir="data",
+                                        workers=0), RGB, "cpu")
 
 
 def test_targets_per_image():
