@@ -36,6 +36,7 @@ from model.plotting import Figure, Rectangle
 from model.runtime import save_json, seed_everything, write_figure
 
 MAX_SHOWN = 16  # images per channel in the figures: a figure of k subplots grows with k
+MAX_OVERVIEW = 32  # channels in the default overview: 512 rows would be 55,000 px tall
 
 
 def unit_boxes(result, channels, field, image_size):
@@ -93,8 +94,9 @@ def get_args_parser():
                         help="conv-part layer, or fc for the classes (default: the last conv)")
     parser.add_argument("--channels", nargs="+", default=None,
                         help="channels to draw, e.g. 0-7 12: the overview's rows and a "
-                             "detailed figure each (default: all in the overview, detailed "
-                             "figures only for layers of <= 16 channels)")
+                             f"detailed figure each (default: up to {MAX_OVERVIEW} in the "
+                             f"overview, for larger layers the {MAX_OVERVIEW} with the highest "
+                             "maximum; detailed figures only for layers of <= 16 channels)")
     parser.add_argument("--k", type=positive_int, default=9,
                         help="images kept per channel (default: 9)")
     parser.add_argument("--score", choices=("max", "mean"), default="max",
@@ -106,6 +108,19 @@ def get_args_parser():
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per forward pass (default: 256)")
     return parser
+
+
+def overview_channels(result):
+    """The channels the overview shows by default: all of a layer of up to
+    ``MAX_OVERVIEW``, else the ``MAX_OVERVIEW`` with the highest maximum (in channel order),
+    so that the figure of a 512-channel layer stays readable; a note says so."""
+    count = len(result.channel_max)
+    if count <= MAX_OVERVIEW:
+        return list(range(count))
+    strongest = torch.topk(result.channel_max, MAX_OVERVIEW).indices.sort().values.tolist()
+    print(f"note: the overview shows the {MAX_OVERVIEW} of the {count} channels with the "
+          "highest maximum; --channels picks others", file=sys.stderr)
+    return strongest
 
 
 def check_arguments(args, model, layer, dataset, device):
@@ -163,9 +178,10 @@ def search(args):
     print(f"wrote {paths[-1]}; dead channels: "
           f"{report['dead_channels'] or 'none'}")
 
-    chosen = parse_channels(args.channels, channel_count) if args.channels else all_channels
+    chosen = (parse_channels(args.channels, channel_count) if args.channels
+              else overview_channels(result))
     images_of = lambda c: dataset.images[result.indices[c]].float() / 255  # noqa: E731
-    crops = [[images_of(c)[rank][:, t:b, l:r] for rank, (t, l, b, r) in enumerate(boxes[c])]
+    crops = [[image[:, t:b, l:r] for image, (t, l, b, r) in zip(images_of(c), boxes[c])]
              for c in chosen]
     title = f"{info.name} {layer}: top {args.k} {args.split} images per channel ({args.score})"
     paths.append(write_figure(plot_overview(crops, [labels[c] for c in chosen], title),

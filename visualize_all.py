@@ -40,8 +40,8 @@ from model.checkpoint import (CheckpointError, default_checkpoint_path, library_
                               load_checkpoint, load_model)
 from model.cli import ArgumentParser, Terminated, common_parser, positive_int, run
 from model.errors import UserError
-from model.images import (DEFAULT_ARCH, DEFAULT_DATASET, add_weights_flags, has_test_split,
-                          load_split, sample_test_images, test_predictions, weights_model)
+from model.images import (DEFAULT_ARCH, DEFAULT_DATASET, add_weights_flags, load_split,
+                          sample_test_images, test_predictions, weights_model)
 from model.runtime import atomic_open, resolve_device, save_figure, save_json, seed_everything
 
 ROOT = Path(__file__).resolve().parent
@@ -287,10 +287,6 @@ def report_model(args, device):
               "--workers", str(args.workers)]
     if args.weights:
         model, info = weights_model(args, device)
-        if not has_test_split(info):
-            raise UserError("the report needs test images: give --dataset imagefolder "
-                            "--data-dir DIR with your images in DIR/val/<class>/ (or the "
-                            "--dataset the weights were trained on)")
         flags = ["--weights", args.weights, "--arch", args.arch, "--dataset", args.dataset]
         for flag, value in (("--class-names", args.class_names),
                             ("--image-size", args.image_size)):
@@ -312,6 +308,10 @@ def build_report(args):
     if args.weights and (args.retrain or args.epochs or args.max_train_images):
         raise UserError("--weights are reported on as they are; --retrain, --epochs and "
                         "--max-train-images are for training a checkpoint")
+    if args.weights and args.dataset is None:  # ImageNet input: no test split here
+        raise UserError("the report needs test images: give --dataset imagefolder --data-dir "
+                        "DIR with your images in DIR/val/<class>/ (or the --dataset the "
+                        "weights were trained on)")
     if not args.weights:
         args.dataset, args.arch = args.dataset or DEFAULT_DATASET, args.arch or DEFAULT_ARCH
     out = Path(args.out or f"outputs/report_{args.dataset or 'imagenet'}_{args.arch}")

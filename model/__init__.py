@@ -15,7 +15,9 @@ Modules:
                       ``get_layer``, ``conv_layer_names``, ``block_end``, ``split_at``
     zoo               torchvision's resnet18, alexnet, vgg16, mobilenet_v2: small-image
                       stems, ``--weights`` files and ImageNet class names
-    datasets          torchvision datasets and ``shapes`` as in-memory tensors; ``DatasetInfo``
+    datasets          torchvision datasets and ``shapes`` as in-memory tensors; ``DatasetInfo``;
+                      ``load_dataset`` for every ``--dataset``, ``imagefolder`` included
+    folders           your own class folders, streamed by a DataLoader (``FolderDataset``)
     dataset_files     checks of torchvision's files: damaged or mismatched files named
     shapes            the offline shapes dataset with ground-truth object masks
     checkpoint        atomic, validated, ``weights_only`` checkpoints
@@ -26,6 +28,7 @@ Modules:
     cli               one-line errors, Ctrl-C and SIGTERM, argument types, the shared flags
     errors            ``UserError``, the one exception the CLI turns into a one-line message
     images            what a method script explains: model, ``--index``/``--image``, targets
+    image_files       one image file as a model input: upright, converted, resized / cropped
     heatmaps          map normalization, resizing, signed display, overlays and mosaics
     plotting          matplotlib set up quietly (config folder, glyph warnings); ``Figure``
     receptive_field   receptive fields from kernel, stride and padding

@@ -3,7 +3,7 @@
 
 One pass over a dataset, in batches and without gradients, keeps for every channel of the layer
 the ``k`` images with the highest score, the channel's maximum over positions (or its mean), and
-the position of that maximum. Each batch's top-k is merged into the running top-k on tensors, so
+the position of that maximum (from the same reduction: no second pass). Each batch's top-k is merged into the running top-k on tensors, so
 memory is channels x k whatever the number of images. Ties are broken by the lower image index
 (a stable merge), exactly as a full sort would.
 
@@ -50,31 +50,35 @@ class TopActivations:
     Attributes:
         values: (K, k) scores, best first (-inf where fewer than k images were seen).
         indices: (K, k) dataset indices of those images (-1 where none).
-        positions: (K, k, 2) (row, col) of each channel's maximum in those images (filled
-            by :meth:`locate_maxima` after the scan).
+        spots: (K, k) where each channel's maximum lies in those images, as a flat index
+            into its (h, w) map (the first maximum, as ``torch.max`` picks it).
+        width: w, the maps' width.
         channel_max: (K,) the highest activation of each channel over all images seen.
     """
 
     values: torch.Tensor
     indices: torch.Tensor
-    positions: torch.Tensor
+    spots: torch.Tensor
+    width: int
     channel_max: torch.Tensor
 
     @classmethod
-    def empty(cls, channels, k, device, dtype=torch.float32):
+    def empty(cls, channels, k, width, device, dtype=torch.float32):
         return cls(torch.full((channels, k), -torch.inf, dtype=dtype, device=device),
                    torch.full((channels, k), -1, dtype=torch.int64, device=device),
-                   torch.zeros(channels, k, 2, dtype=torch.int64, device=device),
+                   torch.zeros(channels, k, dtype=torch.int64, device=device), width,
                    torch.full((channels,), -torch.inf, dtype=dtype, device=device))
 
     def merge(self, activations, first_index, score="max"):
         """Fold one batch of activations (B, K, h, w), dataset indices first_index.., in.
 
         Running entries come first in the concatenation and the sort is stable, so among
-        equal scores the lower dataset index wins, as in a full stable sort.
+        equal scores the lower dataset index wins, as in a full stable sort. The position of
+        each maximum comes from the same reduction as the maximum itself, so the scan needs no
+        second pass over the kept images.
         """
         flat = activations.flatten(2)  # (B, K, hw)
-        peak = flat.amax(2)  # (B, K)
+        peak, spot = flat.max(2)  # (B, K) each
         scores = (peak if score == "max" else flat.mean(2)).T  # (K, B)
         self.channel_max = torch.maximum(self.channel_max, peak.amax(0))
         # A batch image can enter a channel's top k only by beating its current k-th score:
@@ -88,22 +92,16 @@ class TopActivations:
         best = candidates[ranked.indices[:, :keep]]  # (K, keep) batch positions
         values = torch.cat([self.values, scores.gather(1, best)], dim=1)  # (K, k + keep)
         indices = torch.cat([self.indices, best + first_index], dim=1)
+        spots = torch.cat([self.spots, spot.T.gather(1, best)], dim=1)
         order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :self.k]
         self.values = values.gather(1, order)
         self.indices = indices.gather(1, order)
+        self.spots = spots.gather(1, order)
 
-    def locate_maxima(self, function, dataset, device):
-        """Fill ``positions``: one more forward pass over the (at most K x k) kept images.
-
-        Finding the argmax only for the images that end up kept keeps it out of the scan.
-        """
-        kept = self.indices.clamp_min(0)  # (K, k); -1 (no image) reads image 0, unused
-        unique, inverse = torch.unique(kept, return_inverse=True)
-        activations = function(dataset.info.normalize(dataset.images[unique.cpu()].to(device)))
-        width = activations.shape[-1]
-        channel = torch.arange(kept.shape[0], device=activations.device)[:, None]
-        where = activations.flatten(2)[inverse, channel].argmax(2)  # (K, k): first maximum
-        self.positions = torch.stack([where // width, where % width], dim=2)
+    @property
+    def positions(self):
+        """(K, k, 2): (row, col) of each channel's maximum in its kept images."""
+        return torch.stack([self.spots // self.width, self.spots % self.width], dim=2)
 
     @property
     def k(self):
@@ -154,9 +152,8 @@ def search_top_activations(model, dataset, layer, k=9, score="max", batch_size=2
                           desc=f"scanning {layer}", unit="batch"):
         activations = function(inputs)
         if result is None:
-            result = TopActivations.empty(activations.shape[1], k, activations.device,
-                                          activations.dtype)
+            result = TopActivations.empty(activations.shape[1], k, activations.shape[-1],
+                                          activations.device, activations.dtype)
         result.merge(activations, seen, score)
         seen += len(inputs)
-    result.locate_maxima(function, dataset, device)
     return result

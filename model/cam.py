@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .engine import fast_layout
+from .engine import fast_layout, variant_batch
 from .errors import UserError
 from .gradients import ONE_BACKWARD, input_gradient
 from .heatmaps import normalize_maps, resize_maps
@@ -114,6 +114,7 @@ def score_weights(model, inputs, activations, targets, batch_size, channels=None
     flat_channels = channels.flatten()
     scores = torch.empty(count * chosen, dtype=activations.dtype, device=inputs.device)
     size = inputs.shape[-1]
+    batch_size = variant_batch(batch_size, inputs)
     for start in range(0, count * chosen, batch_size):
         part = slice(start, start + batch_size)
         maps = activations[image_index[part], flat_channels[part]]  # (B, h, w)
@@ -138,6 +139,7 @@ def ablation_weights(model, layer, inputs, activations, logits, targets, batch_s
     channel_index = torch.arange(channels, device=activations.device).repeat(count)
     ablated_scores = torch.empty(count * channels, dtype=activations.dtype,
                                  device=activations.device)
+    batch_size = variant_batch(batch_size, inputs)
     for start in range(0, count * channels, batch_size):
         part = slice(start, start + batch_size)
         ablated = activations[image_index[part]].clone()

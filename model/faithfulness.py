@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from .engine import fast_layout
+from .engine import fast_layout, variant_batch
 from .blur import gaussian_blur
 from .zoo import RESIDUAL_BLOCKS
 
@@ -82,6 +82,7 @@ def deletion_insertion_curves(model, inputs, targets, maps, mode, steps=16, subs
     start, end = (inputs, substrate) if mode == "deletion" else (substrate, inputs)
 
     curves = torch.empty(count * (steps + 1), dtype=inputs.dtype, device=inputs.device)
+    batch_size = variant_batch(batch_size, inputs)
     for first in range(0, len(curves), batch_size):
         flat = torch.arange(first, min(first + batch_size, len(curves)), device=inputs.device)
         image, step = flat // (steps + 1), flat % (steps + 1)

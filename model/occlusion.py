@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .blur import gaussian_blur
-from .engine import fast_layout
+from .engine import fast_layout, variant_batch
 from .errors import UserError
 from .registry import register
 
@@ -92,7 +92,7 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     x_ij = (1 - M_ij) * x + M_ij * fill, with M_ij the square's indicator, and
     p_ij = softmax(f(x_ij))[target]. The N * ny * nx variants are built on the fly and run in
     batches of ``batch_size``, so memory is bounded by the batch, not by the number of
-    positions.
+    positions (and by ``model.engine.variant_batch``'s pixel budget for large images).
 
     Args:
         model: the network in eval mode.
@@ -115,6 +115,7 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     base_probability = base.gather(1, targets[:, None])[:, 0]
     probability = torch.empty(count * positions, dtype=base.dtype, device=inputs.device)
     top_class = torch.empty(count * positions, dtype=torch.int64, device=inputs.device)
+    batch_size = variant_batch(batch_size, inputs)
     for start in range(0, count * positions, batch_size):
         flat = torch.arange(start, min(start + batch_size, count * positions),
                             device=inputs.device)

@@ -177,3 +177,26 @@ def test_measure_cost_sees_memory_freed_before_the_block_ends():
         time.sleep(0.05)
         del buffer
     assert 60 * 2 ** 20 < cost.peak_bytes < 200 * 2 ** 20
+
+
+def test_cascading_randomization_takes_torchvision_blocks_whole():
+    """ResNet-18: the head, then each residual block with all its convs and BatchNorms (the
+    downsampling path included), then the stem conv with its BatchNorm."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, 4, 32).eval()
+    stages = randomization_stages(model)
+    blocks = [f"layer{stage}.{block}" for stage in range(4, 0, -1) for block in (1, 0)]
+    assert [name for name, _ in stages] == ["fc", *blocks, "conv1"]
+    modules = dict(stages)
+    assert modules["layer4.0"] == [model.layer4[0].conv1, model.layer4[0].bn1,
+                                   model.layer4[0].conv2, model.layer4[0].bn2,
+                                   model.layer4[0].downsample[0], model.layer4[0].downsample[1]]
+    assert modules["conv1"] == [model.conv1, model.bn1]
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    second = [m for _, (_, m) in zip(range(2), cascading_randomization(model, seed=1))][-1]
+    changed = {".".join(k.split(".")[:2 if k.startswith("layer") else 1])
+               for k, v in second.state_dict().items()
+               if v.dtype.is_floating_point and not torch.equal(v, original[k])}
+    assert changed == {"fc", "layer4.1"}
+    mobilenet = [name for name, _ in randomization_stages(build_model("mobilenet_v2", 3, 4, 32))]
+    assert mobilenet[:3] == ["classifier.1", "features.18.0", "features.17"]

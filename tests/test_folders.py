@@ -2,6 +2,7 @@
 preprocessing (``model.image_files``), training and the method scripts on them, and
 ``--weights`` with folder class names. Tiny generated folders at 32 px; never a download."""
 import gc
+import json
 import multiprocessing
 import threading
 import time
@@ -16,6 +17,7 @@ import class_activation_maps
 import max_activation_search
 import occlusion_sensitivity
 import train_cnn
+import visualize_all
 from conftest import stderr_lines
 from model.activation_search import search_top_activations
 from model.architectures import build_model, conv_layer_names
@@ -393,3 +395,53 @@ def test_a_folder_dataset_streams_and_scans_as_the_same_images_in_memory(train_s
     assert torch.equal(streamed.positions, held.positions)
     assert torch.allclose(streamed.values, held.values, rtol=1e-5, atol=1e-6)
     assert torch.allclose(streamed.channel_max, held.channel_max, rtol=1e-5, atol=1e-6)
+
+
+# 10. The report with --weights on a folder.
+
+@pytest.fixture(scope="module")
+def alexnet_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "alexnet.pth"
+    torch.manual_seed(0)
+    torch.save(build_model("alexnet", 3, len(CLASSES), SIZE).state_dict(), path)
+    return path
+
+
+def test_report_on_weights_and_a_folder_notes_what_it_left_out(folders, alexnet_weights,
+                                                               tmp_path, capsys):
+    out = tmp_path / "report"
+    code = visualize_all.main(["--weights", str(alexnet_weights), "--arch", "alexnet",
+                               "--dataset", "imagefolder", "--data-dir", str(folders),
+                               "--image-size", str(SIZE), "--workers", "0", "--methods", "cam",
+                               "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["weights"] == str(alexnet_weights) and summary["checkpoint"] is None
+    assert summary["dataset"] == "imagefolder" and summary["test_images"] == 2 * len(CLASSES)
+    assert 0 <= summary["test_accuracy"] <= 1 and summary["epochs"] is None
+    page = (out / "index.html").read_text()
+    assert "not trained here, so there is no training curve" in page
+    assert "training_curve.png" not in page and not (out / "training_curve.png").exists()
+    # AlexNet has no global-average-pooling head: the CAM section says why plain CAM is absent.
+    assert "Note: plain CAM left out: features.10 does not feed a global average" in page
+    assert "--weights" in summary["sections"][0]["commands"][0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ((), "the report needs test images: give --dataset imagefolder"),
+    (("--dataset", "imagefolder", "--retrain"), "--weights are reported on as they are"),
+])
+def test_report_on_weights_refuses_what_cannot_work(folders, alexnet_weights, tmp_path, capsys,
+                                                    extra, message):
+    code = visualize_all.main(["--weights", str(alexnet_weights), "--arch", "alexnet",
+                               "--class-names", str(write_names(tmp_path)),
+                               "--data-dir", str(folders), "--workers", "0",
+                               "--out", str(tmp_path / "report"), *extra])
+    lines = stderr_lines(capsys.readouterr())
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def write_names(tmp_path):
+    path = tmp_path / "names.txt"
+    path.write_text("\n".join(sorted(CLASSES, key=str.lower)) + "\n")
+    return path

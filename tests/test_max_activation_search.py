@@ -6,7 +6,8 @@ import torch
 
 import max_activation_search as mas
 from conftest import stderr_lines
-from model.activation_search import layer_function, parse_channels, search_top_activations
+from model.activation_search import (TopActivations, layer_function, parse_channels,
+                                     search_top_activations)
 from model.architectures import build_model, split_at
 from model.datasets import DATASET_INFO, ImageDataset
 from model.errors import UserError
@@ -134,3 +135,13 @@ def test_cli_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path
     assert code == 2
     lines = [line for line in stderr_lines(capsys.readouterr()) if "scanning" not in line]
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_the_default_overview_of_a_wide_layer_shows_its_strongest_channels(capsys):
+    result = TopActivations.empty(40, 3, 4, "cpu")
+    result.channel_max = torch.arange(40.0).roll(5)  # channel c peaks at (c - 5) mod 40
+    chosen = mas.overview_channels(result)
+    assert chosen == sorted(c for c in range(40) if (c - 5) % 40 >= 8)
+    assert "the overview shows the 32 of the 40 channels" in capsys.readouterr().err
+    narrow = TopActivations.empty(32, 3, 4, "cpu")
+    assert mas.overview_channels(narrow) == list(range(32))

@@ -231,3 +231,23 @@ def test_named_recipes_choose_the_plan_and_a_resume_keeps_its_recipe():
     with pytest.raises(model.engine.UserError, match="no recipe 'long' for vgg on shapes; "
                                                      "choose from default"):
         train_cnn.apply_recipe(parse(["--dataset", "shapes", "--recipe", "long"]))
+
+
+def test_cutout_zeroes_one_square_inside_each_image():
+    images = torch.ones(64, 3, 10, 12)
+    cut = model.engine.cutout(images, torch.Generator().manual_seed(0), 4)
+    zero = (cut == 0).all(1)  # (N, H, W)
+    assert torch.equal(images, torch.ones_like(images))  # the input is not changed
+    assert (zero.sum((1, 2)) == 16).all() and (cut[cut != 0] == 1).all()
+    rows, cols = zero.any(2), zero.any(1)  # each zero region is one 4 x 4 square
+    assert (rows.sum(1) == 4).all() and (cols.sum(1) == 4).all()
+    assert len({tuple(r.nonzero()[:, 0].tolist()) for r in rows}) > 1  # not one fixed place
+    again = model.engine.cutout(images, torch.Generator().manual_seed(0), 4)
+    assert torch.equal(cut, again)
+
+
+def test_variant_batches_keep_small_images_and_cap_large_ones():
+    assert model.engine.variant_batch(256, torch.zeros(1, 3, 32, 32)) == 256
+    assert model.engine.variant_batch(256, torch.zeros(1, 3, 224, 224)) == 64
+    assert model.engine.variant_batch(16, torch.zeros(1, 3, 224, 224)) == 16
+    assert model.engine.variant_batch(256, torch.zeros(1, 3, 4000, 4000)) == 1
