@@ -124,9 +124,13 @@ def explain(args):
     layers = args.layer or conv_layer_names(model)
     images, written = info.denormalize(selection.inputs), []
     summary = [[] for _ in selection.names]  # per image: (label, projections, boxes) per layer
+    paths = {}  # one note per way of projecting, naming its layers
+    for layer in layers:
+        paths.setdefault(projection_path(model, layer), []).append(layer)
+    for path, named in paths.items():
+        print(f"note: projections of {', '.join(named)} by {path}")
     for number, layer in enumerate(layers):
         field = layer_receptive_field(model, layer)
-        print(f"note: projections of {layer} by {projection_path(model, layer)}")
         if args.all_channels:
             with torch.no_grad():
                 channel_count = layer_activation(model, layer, selection.inputs[:1]).shape[1]

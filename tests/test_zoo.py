@@ -307,8 +307,11 @@ def test_method_scripts_run_on_weights_without_a_checkpoint(tmp_path, capsys):
     assert deconvnet.main(common + ["--layer", "features.2", "features.4", "--top", "4",
                                     "--all-layers", "--out", str(tmp_path / "deconv")]) == 0
     assert (tmp_path / "deconv" / "deconvnet_photo_all_layers.png").is_file()
-    err = capsys.readouterr().err
-    assert "no gallery" in err and "took the central 224x224" in err
+    captured = capsys.readouterr()
+    assert "no gallery" in captured.err and "took the central 224x224" in captured.err
+    # One note per way of projecting, naming its layers.
+    assert captured.out.count("note: projections of") == 1
+    assert "note: projections of features.2, features.4 by the ReLU-rule gradient" in captured.out
     assert gradient_ascent.main(["--arch", "mobilenet_v2", "--weights", weights, "--steps", "2",
                                  "--out", str(tmp_path / "ascent")]) == 0
     out = capsys.readouterr().out
