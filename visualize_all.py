@@ -308,6 +308,11 @@ def build_report(args):
     if args.weights and (args.retrain or args.epochs or args.max_train_images):
         raise UserError("--weights are reported on as they are; --retrain, --epochs and "
                         "--max-train-images are for training a checkpoint")
+    if args.class_names and not args.weights:
+        raise UserError("--class-names names the outputs of --weights FILE; a checkpoint "
+                        "stores its class names")
+    if args.weights and args.checkpoint:
+        raise UserError("give --checkpoint or --weights, not both")
     if args.weights and args.dataset is None:  # ImageNet input: no test split here
         raise UserError("the report needs test images: give --dataset imagefolder --data-dir "
                         "DIR with your images in DIR/val/<class>/ (or the --dataset the "

@@ -429,6 +429,7 @@ def test_report_on_weights_and_a_folder_notes_what_it_left_out(folders, alexnet_
 
 @pytest.mark.parametrize("extra, message", [
     ((), "the report needs test images: give --dataset imagefolder"),
+    (("--dataset", "imagefolder", "--checkpoint", "any.pt"), "give --checkpoint or --weights"),
     (("--dataset", "imagefolder", "--retrain"), "--weights are reported on as they are"),
 ])
 def test_report_on_weights_refuses_what_cannot_work(folders, alexnet_weights, tmp_path, capsys,
@@ -445,3 +446,10 @@ def write_names(tmp_path):
     path = tmp_path / "names.txt"
     path.write_text("\n".join(sorted(CLASSES, key=str.lower)) + "\n")
     return path
+
+
+def test_report_refuses_class_names_without_weights(tmp_path, capsys):
+    code = visualize_all.main(["--class-names", str(write_names(tmp_path)),
+                               "--out", str(tmp_path / "report")])
+    lines = stderr_lines(capsys.readouterr())
+    assert code == 2 and len(lines) == 1 and "--class-names names the outputs" in lines[0]
