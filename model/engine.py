@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .architectures import PatchWhitening
 from .errors import UserError
-from .folders import FolderDataset
+from .folders import FolderDataset, visiting_order
 from .optim import learning_rate_at, set_learning_rate
 from .zoo import TORCHVISION_ARCHS
 
@@ -202,9 +202,7 @@ def iterate_batches(dataset, batch_size, device, generator=None, augment=False, 
     if isinstance(dataset, FolderDataset):
         yield from dataset.batches(batch_size, device, generator, augment, indices)
         return
-    order = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
-    if generator is not None:
-        order = order[torch.randperm(len(order), generator=generator)]
+    order = visiting_order(len(dataset), generator, indices)
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         images = dataset.images[index].to(device, non_blocking=True)

@@ -69,6 +69,15 @@ def class_mapping(folder_classes, model_classes, folder):
                     f"{len(model_classes)} classes; name the folders after its classes")
 
 
+def visiting_order(count, generator=None, indices=None):
+    """The dataset indices a pass over batches visits: ``indices`` (default all ``count``),
+    shuffled by ``generator`` when given."""
+    order = torch.arange(count) if indices is None else torch.as_tensor(indices)
+    if generator is not None:
+        order = order[torch.randperm(len(order), generator=generator)]
+    return order
+
+
 class FolderDataset(torch.utils.data.Dataset):
     """One split of class folders, decoded on demand.
 
@@ -127,9 +136,7 @@ class FolderDataset(torch.utils.data.Dataset):
             augment: random resized crop + flip, one seed per image drawn from ``generator``.
             indices: the images to yield, in this order (default: all).
         """
-        order = torch.arange(len(self)) if indices is None else torch.as_tensor(indices)
-        if generator is not None:
-            order = order[torch.randperm(len(order), generator=generator)]
+        order = visiting_order(len(self), generator, indices)
         seeds = (torch.randint(2**62, (len(order),), generator=generator) if augment
                  else None)
         loader = torch.utils.data.DataLoader(
