@@ -180,7 +180,9 @@ def search(args):
 
     chosen = (parse_channels(args.channels, channel_count) if args.channels
               else overview_channels(result))
-    images_of = lambda c: dataset.images[result.indices[c]].float() / 255  # noqa: E731
+    # Each channel's top images, read once (decoding them is the cost for an image folder).
+    top_images = {c: dataset.images[result.indices[c]] for c in chosen}
+    images_of = lambda c: top_images[c].float() / 255  # noqa: E731
     crops = [[image[:, t:b, l:r] for image, (t, l, b, r) in zip(images_of(c), boxes[c])]
              for c in chosen]
     title = f"{info.name} {layer}: top {args.k} {args.split} images per channel ({args.score})"
@@ -193,7 +195,7 @@ def search(args):
     for c in detailed:
         projections = None
         if args.project and not is_classes:
-            inputs = info.normalize(dataset.images[result.indices[c]].to(device))
+            inputs = info.normalize(top_images[c].to(device))
             channel = torch.full((args.k, 1), c, device=device)
             projections = compute_projections(model, inputs, layer, channel)[0][:, 0]
             projections = torch.stack([signed_display(p) for p in projections]).cpu()

@@ -40,8 +40,9 @@ from model.checkpoint import (CheckpointError, default_checkpoint_path, library_
                               load_checkpoint, load_model)
 from model.cli import ArgumentParser, Terminated, common_parser, positive_int, run
 from model.errors import UserError
-from model.images import (DEFAULT_ARCH, DEFAULT_DATASET, add_weights_flags, load_split,
-                          sample_test_images, test_predictions, weights_model)
+from model.images import (DEFAULT_ARCH, DEFAULT_DATASET, add_weights_flags,
+                          check_weights_flags, load_split, sample_test_images,
+                          test_predictions, weights_model)
 from model.runtime import atomic_open, resolve_device, save_figure, save_json, seed_everything
 
 ROOT = Path(__file__).resolve().parent
@@ -308,11 +309,7 @@ def build_report(args):
     if args.weights and (args.retrain or args.epochs or args.max_train_images):
         raise UserError("--weights are reported on as they are; --retrain, --epochs and "
                         "--max-train-images are for training a checkpoint")
-    if args.class_names and not args.weights:
-        raise UserError("--class-names names the outputs of --weights FILE; a checkpoint "
-                        "stores its class names")
-    if args.weights and args.checkpoint:
-        raise UserError("give --checkpoint or --weights, not both")
+    check_weights_flags(args)
     if args.weights and args.dataset is None:  # ImageNet input: no test split here
         raise UserError("the report needs test images: give --dataset imagefolder --data-dir "
                         "DIR with your images in DIR/val/<class>/ (or the --dataset the "

@@ -360,7 +360,7 @@ def variant_batch(batch_size, images):
     (occlusion, Score-CAM, Ablation-CAM, deletion / insertion): ``batch_size``, at most
     ``VARIANT_PIXELS`` pixels. At 32 px that is the 256 asked for; at 224 px it is 64: 256
     copies' activations (ResNet-18: about 3 GB) overflow every cache, and occlusion and
-    Score-CAM ran 1.3x and 1.7x the time of their forward passes instead of 0.8x
+    Score-CAM ran 1.34x and 1.69x the time of their forward passes instead of 1.0-1.16x
     (bench/speed_224.py)."""
     return max(1, min(batch_size, VARIANT_PIXELS // (images.shape[-2] * images.shape[-1])))
 

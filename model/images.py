@@ -95,15 +95,21 @@ def load_method_model(args):
     return device, model, info
 
 
-def weights_model(args, device):
-    """Model and DatasetInfo of ``--weights`` (see ``model.checkpoint.model_from_weights``)."""
-    if not args.weights:
+def check_weights_flags(args):
+    """Refuse ``--class-names`` without ``--weights``, and ``--weights`` with ``--checkpoint``
+    or without ``--arch``, before any work."""
+    if args.class_names and not args.weights:
         raise UserError("--class-names names the outputs of --weights FILE; a checkpoint "
                         "stores its class names")
-    if args.checkpoint:
+    if args.weights and args.checkpoint:
         raise UserError("give --checkpoint or --weights, not both")
-    if args.arch is None:
+    if args.weights and args.arch is None:
         raise UserError(f"--weights needs --arch: one of {', '.join(TORCHVISION_ARCHS)}")
+
+
+def weights_model(args, device):
+    """Model and DatasetInfo of ``--weights`` (see ``model.checkpoint.model_from_weights``)."""
+    check_weights_flags(args)
     return model_from_weights(args.arch, args.weights, args.dataset, args.class_names, device,
                               args.data_dir, args.image_size)
 
