@@ -25,19 +25,20 @@ per pixel as its entry's ``display`` says (saliency: max_c |g_c|, Simonyan et al
 3.1; Integrated Gradients: the sum over colour channels), and every map is min-max normalized.
 """
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from model import distributed
 from model.architectures import conv_layer_names
 from model.attribution import BASELINE, METHODS
 from model.cam import cam_layer_applies
 from model.cli import ArgumentParser, positive_int, run
 from model.errors import UserError
-from model.faithfulness import (area_under_curve, cascading_randomization,
-                              deletion_insertion_curves, measure_cost, spearman)
+from model.faithfulness import (Cost, area_under_curve, cascading_randomization,
+                                deletion_insertion_curves, measure_cost, spearman)
 from model.heatmaps import DIVERGING_CMAP, normalize_maps, plot_map_table, plot_overlay_grid
 from model.images import checkpoint_parser, load_method_model, load_split, sample_test_images
 from model.layers import resolve_layer
@@ -107,8 +108,14 @@ class Evaluation:
 
 
 def score_methods(model, inputs, targets, methods, settings, masks=None, steps=16,
-             sanity_images=16, progress=False):
-    """Score attribution methods on one batch of images (see the module docstring).
+                  sanity_images=16, progress=False):
+    """Score attribution methods on a set of images (see the module docstring).
+
+    The images are explained in chunks of ``settings.batch_size``; chunk c runs with seed
+    ``settings.seed + c`` (the random baseline, the order of tied pixels), so that a chunk's
+    result does not depend on who computes it. Under torchrun each process takes whole
+    chunks (``Processes.my_batches``); rank 0 gathers every image's maps, curves and scores
+    and computes the rest, exactly as one process would.
 
     Args:
         model: the network in eval mode.
@@ -119,27 +126,32 @@ def score_methods(model, inputs, targets, methods, settings, masks=None, steps=1
         sanity_images: how many of the images the randomization check uses.
 
     Returns:
-        :class:`Evaluation`.
+        :class:`Evaluation` (None in processes other than rank 0).
     """
-    device = inputs.device
+    processes = distributed.current()
+    measured = {method: explain_chunks(model, inputs, targets, method, settings, masks, steps)
+                for method in tqdm(methods, disable=not (progress and processes.main),
+                                   desc="evaluating", unit="method")}
+    gathered = distributed.gather(measured)
+    if not processes.main:
+        return None
     maps, curves, scores = {}, {}, {}
-    for method in tqdm(methods, disable=not progress, desc="evaluating", unit="method"):
-        # A first call pays one-off costs (kernel selection, autograd set-up): not the method's.
-        attribution_maps(method, model, inputs[:2], targets[:2], settings)
-        with measure_cost(model, device) as cost:
-            maps[method] = attribution_maps(method, model, inputs, targets, settings)
-        curves[method] = {}
-        for mode in ("deletion", "insertion"):
-            # The same generator per method: tied pixels are broken the same way for all.
-            generator = torch.Generator().manual_seed(settings.seed)
-            curves[method][mode] = deletion_insertion_curves(
-                model, inputs, targets, maps[method], mode, steps,
-                batch_size=2 * settings.batch_size, generator=generator).cpu()
+    for method in methods:
+        per_image = {key: torch.cat([piece for _, piece in sorted(
+            (start, part[method][key][number]) for part in gathered
+            for number, start in enumerate(part[method]["starts"]))])
+            for key in ("maps", "deletion", "insertion", "pointing", "mass_inside")
+            if measured[method][key] is not None}
+        maps[method] = per_image["maps"].to(inputs.device)
+        curves[method] = {mode: per_image[mode] for mode in ("deletion", "insertion")}
         scores[method] = {f"{mode}_auc": float(area_under_curve(curves[method][mode]).mean())
                           for mode in ("deletion", "insertion")}
         if masks is not None:
-            scores[method]["pointing"] = float(pointing_hits(maps[method], masks).float().mean())
-            scores[method]["mass_inside"] = float(mass_inside(maps[method], masks).mean())
+            scores[method]["pointing"] = float(per_image["pointing"].float().mean())
+            scores[method]["mass_inside"] = float(per_image["mass_inside"].mean())
+        cost = Cost()
+        for part in gathered:
+            cost.add(part[method]["cost"])
         scores[method].update(cost.per_image(len(inputs)))
 
     few_inputs, few_targets = inputs[:sanity_images], targets[:sanity_images]
@@ -161,6 +173,40 @@ def score_methods(model, inputs, targets, methods, settings, masks=None, steps=1
                               for a in methods])
     return Evaluation(methods, maps, curves, scores, stages, randomization, cascade,
                       agreement)
+
+
+def explain_chunks(model, inputs, targets, method, settings, masks, steps):
+    """One method on this process's chunks of the images (:func:`score_methods`).
+
+    Returns:
+        dict: ``starts`` (the chunks' first image), per chunk ``maps`` (n, H, W),
+        ``deletion`` and ``insertion`` (n, steps + 1) curves, ``pointing`` (n,) hits and
+        ``mass_inside`` (n,) (None without masks), all on the CPU; and ``cost``, a
+        :class:`~model.faithfulness.Cost` over the chunks.
+    """
+    chunks = distributed.current().my_batches(len(inputs), settings.batch_size)
+    result = {"starts": [start for start, _ in chunks], "maps": [], "deletion": [],
+              "insertion": [], "pointing": None if masks is None else [],
+              "mass_inside": None if masks is None else [], "cost": Cost()}
+    if chunks:  # a first call pays one-off costs (kernel selection, autograd set-up)
+        attribution_maps(method, model, inputs[:2], targets[:2], settings)
+    for start, stop in chunks:
+        chunk = replace(settings, seed=settings.seed + start // settings.batch_size)
+        images, classes = inputs[start:stop], targets[start:stop]
+        with measure_cost(model, inputs.device) as cost:
+            maps = attribution_maps(method, model, images, classes, chunk)
+        result["cost"].add(cost)
+        result["maps"].append(maps.cpu())
+        for mode in ("deletion", "insertion"):
+            # The same generator per method: tied pixels are broken the same way for all.
+            generator = torch.Generator().manual_seed(chunk.seed)
+            result[mode].append(deletion_insertion_curves(
+                model, images, classes, maps, mode, steps, batch_size=2 * chunk.batch_size,
+                generator=generator).cpu())
+        if masks is not None:
+            result["pointing"].append(pointing_hits(maps, masks[start:stop]).cpu())
+            result["mass_inside"].append(mass_inside(maps, masks[start:stop]).cpu())
+    return result
 
 
 # Table columns: (metric key, heading, how to read it)
@@ -373,7 +419,9 @@ def evaluate_command(args):
     methods, settings, inputs, targets, labels, masks, indices = prepare_evaluation(
         args, model, info, device)
     evaluation = score_methods(model, inputs, targets, methods, settings, masks, args.steps,
-                          args.sanity_images, progress=True)
+                               args.sanity_images, progress=True)
+    if evaluation is None:
+        return []  # another process's share: rank 0 writes the whole evaluation
     out = Path(args.out)
     written = [save_json(summary(evaluation, settings, args.steps, args.sanity_images, indices),
                          out / "evaluation.json"),
@@ -398,7 +446,8 @@ def evaluate_command(args):
 
 
 def main(argv=None, written=None):
-    return run(evaluate_command, get_args_parser().parse_args(argv), written=written)
+    return run(evaluate_command, get_args_parser().parse_args(argv), written=written,
+               several_processes=True)
 
 
 if __name__ == "__main__":

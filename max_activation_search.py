@@ -10,7 +10,9 @@ the ``--k`` images with the highest score, the channel's maximum over positions 
 mean`` for its mean), and the position of that maximum. Each batch's top-k is merged into the
 running top-k on tensors, so memory is channels x k whatever the number of images. Ties are
 broken by the lower image index (a stable merge), exactly as a full sort would. The scan is
-``model.activation_search``; this script draws and saves its result.
+``model.activation_search``; this script draws and saves its result. Under torchrun
+(``torchrun --nproc_per_node N max_activation_search.py ...``) each process scans whole batches
+and the top-k are merged exactly: the same JSON and figures as one process.
 
 The receptive field of the maximum is computed from the layer stack (``model.receptive_field``)
 and drawn as a box; ``--project`` adds the DeconvNet projection of each top activation
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from model import distributed
 from model.activation_search import layer_function, parse_channels, search_top_activations
 from model.architectures import conv_layer_names, get_layer
 from model.cli import ArgumentParser, positive_int, run
@@ -154,6 +157,8 @@ def search(args):
     check_arguments(args, model, layer, dataset, device)
     result = search_top_activations(model, dataset, layer, args.k, args.score,
                                     args.batch_size, device, progress=True)
+    if not distributed.current().main:
+        return []  # rank 0 writes the same result
     channel_count = result.values.shape[0]
     is_classes = isinstance(get_layer(model, layer), nn.Linear)
     field = None if is_classes else layer_receptive_field(model, layer)
@@ -208,7 +213,8 @@ def search(args):
 
 
 def main(argv=None, written=None):
-    return run(search, get_args_parser().parse_args(argv), written=written)
+    return run(search, get_args_parser().parse_args(argv), written=written,
+               several_processes=True)
 
 
 if __name__ == "__main__":

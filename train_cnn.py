@@ -6,10 +6,14 @@
     python train_cnn.py --dataset cifar10 --resume            # continue after Ctrl-C
     python train_cnn.py --dataset cifar10 --recipe long       # 92%, about an hour on a CPU
     python train_cnn.py --dataset imagefolder --data-dir photos --arch resnet18  # your images
+    torchrun --nproc_per_node 2 train_cnn.py --dataset shapes  # 2 processes (or GPUs), DDP
 
 Every epoch ends with the checkpoint rewritten atomically
 (``outputs/checkpoints/<dataset>_<arch>.pt`` by default) and a training-curve PNG beside it,
 so an interrupted run keeps its last good epoch and ``--resume`` continues from there.
+Under torchrun every process trains on its part of each batch (DistributedDataParallel,
+``model.engine.for_training``) with the one-process batch size and schedule; rank 0 alone
+writes the checkpoint, the curve and the log.
 Defaults (epochs, batch size, learning rate, augmentation) come from the per-dataset recipe
 in ``model.engine.RECIPES``, or from a named one (``--recipe``, ``model.engine.NAMED_RECIPES``).
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from model import distributed
 from model.architectures import build_model
 from model.checkpoint import (check_destination, curve_path, default_checkpoint_path,
                               load_model, save_checkpoint, snapshot_path)
@@ -148,6 +153,8 @@ def train(args):
     if args.out is None:
         args.out = str(default_checkpoint_path(args.dataset, args.arch))
     device = resolve_device(args.device)
+    processes = distributed.current()
+    say = print if processes.main else lambda *_: None  # rank 0 speaks for every process
     # Check the destination before any work: --resume needs a usable checkpoint there, and a
     # new run may only replace a checkpoint of the same dataset and arch.
     if args.resume:
@@ -165,6 +172,9 @@ def train(args):
     if args.image_size and args.dataset != "imagefolder":
         raise UserError(f"--image-size is fixed by --dataset {args.dataset}; it is for "
                         "imagefolder")
+    if args.batch_size < processes.size:
+        raise UserError(f"--batch-size {args.batch_size} is smaller than the {processes.size} "
+                        "processes that share each batch")
     train_set = load_dataset(args.dataset, "train", args.data_dir, image_size=args.image_size,
                              workers=args.workers).subset(args.max_train_images)
     info = train_set.info
@@ -179,18 +189,21 @@ def train(args):
     history, done = (restore(resumed, args, model_args, model, optimizer) if args.resume
                      else ([], 0))
     if done >= args.epochs:
-        print(f"{args.out} already has {done} of {args.epochs} epochs; nothing to do")
+        say(f"{args.out} already has {done} of {args.epochs} epochs; nothing to do")
         return []
-    print(f"training {args.arch} on {args.dataset} ({len(train_set)} train / {len(test_set)} "
-          f"test images) on {device} for epochs {done + 1}-{args.epochs}")
+    on = f"{processes.size} processes ({device.type})" if processes.several else device
+    say(f"training {args.arch} on {args.dataset} ({len(train_set)} train / {len(test_set)} "
+        f"test images) on {on} for epochs {done + 1}-{args.epochs}")
     epochs = fit(model, optimizer, train_set, test_set, first_epoch=done + 1,
                  epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                  peak_lr=args.lr, device=device, augment=args.augment,
                  progress=not args.no_progress, recipe=recipe)
-    written = [Path(args.out), curve_path(args.out)]
+    written = [Path(args.out), curve_path(args.out)] if processes.main else []
     try:
         for metrics in epochs:
             history.append(metrics)
+            if not processes.main:
+                continue
             tqdm.write(f"epoch {metrics['epoch']}/{args.epochs}  "
                        f"train loss {metrics['train_loss']:.4f}  "
                        f"test loss {metrics['test_loss']:.4f}  "
@@ -209,8 +222,8 @@ def train(args):
         kept = (f"{args.out} keeps epoch {history[-1]['epoch']}" if history
                 else "no checkpoint was written")
         raise TrainingDivergedError(f"{error}; {kept}") from None
-    print(f"saved {args.out} (test accuracy {accuracy_note(history[-1], recipe, len(test_set))}) "
-          f"and {curve_path(args.out)}")
+    say(f"saved {args.out} (test accuracy {accuracy_note(history[-1], recipe, len(test_set))}) "
+        f"and {curve_path(args.out)}")
     return written
 
 
@@ -224,7 +237,8 @@ def interrupted_note(args):
 
 def main(argv=None, written=None):
     args = get_args_parser().parse_args(argv)
-    return run(train, args, interrupted=lambda: interrupted_note(args), written=written)
+    return run(train, args, interrupted=lambda: interrupted_note(args), written=written,
+               several_processes=True)
 
 
 if __name__ == "__main__":

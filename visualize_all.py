@@ -4,6 +4,8 @@
     python visualize_all.py --dataset shapes --methods cam occlusion evaluation
     python visualize_all.py --dataset mnist --arch simple --data-dir data --num-images 200
     python visualize_all.py --dataset shapes --retrain        # train anew, with snapshots
+    torchrun --nproc_per_node 2 visualize_all.py --dataset shapes  # training and evaluation
+                                                                    # shared by 2 processes
 
 Trains the model when its checkpoint is missing (or with ``--retrain``, keeping a snapshot per
 epoch for the feature-evolution figures), picks a fixed, seeded gallery of test images (right
@@ -11,6 +13,9 @@ and wrong decisions, several classes), runs each method script with its own defa
 scores every attribution method (evaluate_attributions.py) on ``--num-images`` test images,
 and writes ``outputs/report_<dataset>_<arch>/``: ``index.html`` (one offline page), the PNGs
 in a folder per method, ``summary.json`` and ``log.txt`` (everything the scripts printed).
+
+Under torchrun the processes share the training (when the report trains) and the evaluation,
+which then runs first; rank 0 alone runs the per-image sections and writes the report.
 """
 import contextlib
 import datetime
@@ -35,6 +40,7 @@ import gradient_ascent
 import max_activation_search
 import occlusion_sensitivity
 import train_cnn
+from model import distributed
 from model.architectures import conv_layer_names
 from model.checkpoint import (CheckpointError, default_checkpoint_path, library_versions,
                               load_checkpoint, load_model)
@@ -318,6 +324,12 @@ def build_report(args):
         args.dataset, args.arch = args.dataset or DEFAULT_DATASET, args.arch or DEFAULT_ARCH
     out = Path(args.out or f"outputs/report_{args.dataset or 'imagenet'}_{args.arch}")
     sections = [s for s in SECTIONS if args.methods is None or s.name in args.methods]
+    if not distributed.current().main:
+        return share_report_work(args, sections, out)
+    # Under torchrun the evaluation, the section the other processes share, runs first, so
+    # that they do not wait for the sections rank 0 runs alone.
+    running = (sorted(sections, key=lambda section: section.name != "evaluation")
+               if distributed.current().several else sections)
     times, results, stopped = {}, [], None
     # The bar is closed on any error too, so that the error is the terminal's last line.
     with (atomic_open(out / "log.txt") as raw_log,
@@ -338,10 +350,12 @@ def build_report(args):
             save_figure(train_cnn.plot_training_curve(checkpoint["history"], title),
                         out / "training_curve.png")
         progress.update()
-        for section in sections:
+        for section in running:
             progress.set_postfix_str(section.name)
             try:
-                results.append(run_section(section, context, common, out, log))
+                with (contextlib.nullcontext() if section.name == "evaluation"
+                      else distributed.alone()):
+                    results.append(run_section(section, context, common, out, log))
             except KeyboardInterrupt as stop:  # keep what is finished, say what is not
                 stopped = (section, stop)
                 log.write(f"stopped during {section.name}: {stop}\n")
@@ -351,7 +365,8 @@ def build_report(args):
         log.flush()
         log.detach()  # atomic_open closes the file
 
-    finished = sections[:len(results)]
+    results.sort(key=lambda result: SECTION_NAMES.index(result["name"]))
+    finished = [s for s in sections if s.name in {result["name"] for result in results}]
     evaluation = None
     if any(s.name == "evaluation" for s in finished):
         evaluation = read_json(out / "evaluation" / "evaluation.json")
@@ -373,6 +388,19 @@ def build_report(args):
         raise stop
     if any(result["failed"] for result in results):
         raise UserError("some sections failed (see above and log.txt); the report marks them")
+
+
+def share_report_work(args, sections, out):
+    """What a process other than rank 0 does under torchrun: its part of the training, if the
+    report trains, and of the evaluation. Rank 0 writes the whole report (and its log)."""
+    log = io.StringIO()
+    if not args.weights:
+        train_if_needed(args, report_checkpoint(args), log)
+    for section in sections:
+        if section.name == "evaluation":
+            common = report_model(args, resolve_device(args.device))[3]
+            run_section(section, ReportContext([], [], args.num_images), common, out, log)
+    return []
 
 
 def read_json(path):
@@ -524,7 +552,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(argv)
     args.command = " ".join(["python visualize_all.py", *map(shlex.quote, argv)])
-    return run(build_report, args)
+    return run(build_report, args, several_processes=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from . import distributed
 from .architectures import get_layer
 from .engine import iterate_batches
 from .errors import UserError
@@ -98,6 +99,23 @@ class TopActivations:
         self.indices = indices.gather(1, order)
         self.spots = spots.gather(1, order)
 
+    @classmethod
+    def combine(cls, parts, device):
+        """The top-k of several scans of disjoint images (the processes' ``TopActivations``;
+        None for a process that had no images), on ``device``: exactly the one scan of them
+        all, ties again broken by the lower dataset index."""
+        parts = [part for part in parts if part is not None]
+        values = torch.cat([part.values for part in parts], dim=1).to(device)  # (K, P * k)
+        indices = torch.cat([part.indices for part in parts], dim=1).to(device)
+        spots = torch.cat([part.spots for part in parts], dim=1).to(device)
+        # Sort by index, then stably by score: equal scores stay in index order.
+        order = torch.sort(indices, dim=1, stable=True).indices
+        by_score = torch.sort(values.gather(1, order), dim=1, descending=True, stable=True)
+        order = order.gather(1, by_score.indices[:, :parts[0].k])
+        channel_max = torch.stack([part.channel_max.to(device) for part in parts]).amax(0)
+        return cls(values.gather(1, order), indices.gather(1, order), spots.gather(1, order),
+                   parts[0].width, channel_max)
+
     @property
     def positions(self):
         """(K, k, 2): (row, col) of each channel's maximum in its kept images."""
@@ -141,19 +159,27 @@ def search_top_activations(model, dataset, layer, k=9, score="max", batch_size=2
         layer: a conv-part layer name, or the final Linear layer's name for classes.
         k: images kept per channel; score: ``max`` or ``mean`` over positions.
 
+    Under torchrun each process scans whole batches (``Processes.my_batches``) and every
+    process gets the processes' results combined (:meth:`TopActivations.combine`): the same
+    as one process's scan.
+
     Returns:
         :class:`TopActivations`; memory stays O(channels x k) whatever ``len(dataset)``.
     """
     function = layer_function(model, layer)
+    processes = distributed.current()
+    mine = processes.my_batches(len(dataset), batch_size)
     result = None
-    seen = 0
-    batches = iterate_batches(dataset, batch_size, device)
-    for inputs, _ in tqdm(batches, total=-(-len(dataset) // batch_size), disable=not progress,
-                          desc=f"scanning {layer}", unit="batch"):
+    batches = iterate_batches(dataset, batch_size, device,
+                              indices=processes.my_indices(len(dataset), batch_size))
+    for (first_index, _), (inputs, _) in tqdm(
+            zip(mine, batches), total=len(mine), disable=not (progress and processes.main),
+            desc=f"scanning {layer}", unit="batch"):
         activations = function(inputs)
         if result is None:
             result = TopActivations.empty(activations.shape[1], k, activations.shape[-1],
                                           activations.device, activations.dtype)
-        result.merge(activations, seen, score)
-        seen += len(inputs)
+        result.merge(activations, first_index, score)
+    if processes.several:
+        result = TopActivations.combine(distributed.gather(result), device)
     return result

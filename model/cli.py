@@ -11,12 +11,16 @@ import os
 import signal
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
+import torch.distributed as dist
+
+from . import distributed
 from .architectures import ARCHITECTURES
 from .datasets import DATASETS
 from .errors import UserError
-from .runtime import keep_freed_memory, os_reason
+from .runtime import keep_freed_memory, os_reason, resolve_device
 
 MAX_SEED = 2**32 - 1  # NumPy's limit; torch and Python accept it too
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -131,7 +135,7 @@ def terminate_like_ctrl_c():
             signal.signal(number, handler)
 
 
-def run(command, args, interrupted=None, written=None):
+def run(command, args, interrupted=None, written=None, several_processes=False):
     """Call ``command(args)`` and turn every way it can fail into one line on stderr.
 
     A script's command returns the paths of the files it wrote (figures, JSON, checkpoints),
@@ -144,10 +148,15 @@ def run(command, args, interrupted=None, written=None):
     one, else ``interrupted()`` when given, else "interrupted". Outputs are written
     atomically (``model.runtime.atomic_open``), so a failure, Ctrl-C or SIGTERM never leaves a
     half-written or temporary file.
+
+    Under torchrun a script that can share its work (``several_processes``) joins the process
+    group for the command (``model.distributed``); any other script refuses to run. Every
+    process prints its own one line, those other than rank 0 with ``process R of N:`` before
+    it; when another process died, the line says so.
     """
     keep_freed_memory()  # every script moves large batches through a net on the CPU
     try:
-        with terminate_like_ctrl_c():
+        with terminate_like_ctrl_c(), _process_group(args, several_processes):
             paths = command(args)
         if written is not None:
             written.extend(paths or [])
@@ -156,8 +165,10 @@ def run(command, args, interrupted=None, written=None):
             raise
         note = str(stop) or (interrupted() if interrupted else "interrupted")
         if isinstance(stop, Terminated):
+            if distributed.current().several:  # torchrun stops the rest when one process ends
+                note = _another_process_ended(note)
             note = f"{note} (terminated by {stop.signal_name})"
-        print(f"\n{note}", file=sys.stderr)
+        print(f"\n{distributed.current().label()}{note}", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop like SIGPIPE
         _silence_stdout()
@@ -165,9 +176,32 @@ def run(command, args, interrupted=None, written=None):
     except Exception as error:  # noqa: BLE001 -- the CLI boundary: no traceback for users
         if args.debug:
             raise
-        print(f"error: {describe_error(error)}", file=sys.stderr)
+        message = f"error: {describe_error(error)}"
+        if distributed.current().several and distributed.is_group_failure(error):
+            message = _another_process_ended(interrupted() if interrupted else "")
+        print(f"{distributed.current().label()}{message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _another_process_ended(note):
+    """The line of a process that stopped because torchrun's group lost another one, with
+    what is kept (``note``, an interruption note without its "interrupted: ")."""
+    kept = note.removeprefix("interrupted").removeprefix(":").strip()
+    return ("stopped: another process of the group ended (torchrun names it below)"
+            + (f"; {kept}" if kept else ""))
+
+
+def _process_group(args, several_processes):
+    """The torchrun process group for a script started by torchrun (none otherwise, and none
+    for a script run by another one, which decides what it shares)."""
+    if not distributed.launched_by_torchrun() or dist.is_initialized():
+        return nullcontext()
+    if not several_processes:
+        raise UserError(f"{Path(sys.argv[0]).name} runs in one process: start it with python, "
+                        "not torchrun (torchrun is for train_cnn.py, max_activation_search.py, "
+                        "evaluate_attributions.py and visualize_all.py)")
+    return distributed.process_group(resolve_device(args.device))
 
 
 def _silence_stdout():

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import distributed
 from .architectures import PatchWhitening
 from .errors import UserError
 from .folders import FolderDataset, visiting_order
@@ -185,7 +186,7 @@ def cutout(images, generator, size):
 
 
 def iterate_batches(dataset, batch_size, device, generator=None, augment=False, padding=4,
-                    reflect=False, flips=None, cutout_size=0, indices=None):
+                    reflect=False, flips=None, cutout_size=0, indices=None, part=None):
     """Yield normalized (inputs, labels) batches on ``device``.
 
     Args:
@@ -198,13 +199,19 @@ def iterate_batches(dataset, batch_size, device, generator=None, augment=False, 
         flips: optional (len(dataset),) bool tensor, which images to mirror (else at random).
         cutout_size: with ``augment``, the side of :func:`cutout`'s square (0: none).
         indices: the images to yield, in this order (default: all).
+        part: maps a batch's size to the slice of it to yield (this process's part of a
+            global batch, ``model.distributed.Processes.part``); its random augmentation is
+            the whole batch's, so that the parts of all processes make up the one-process
+            batch.
     """
     if isinstance(dataset, FolderDataset):
-        yield from dataset.batches(batch_size, device, generator, augment, indices)
+        yield from dataset.batches(batch_size, device, generator, augment, indices, part)
         return
     order = visiting_order(len(dataset), generator, indices)
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
+        # Augmenting the whole batch and keeping a part costs a few ms per step; drawing only
+        # the part's random numbers would change the batch's draws.
         images = dataset.images[index].to(device, non_blocking=True)
         if augment:
             images = random_crop_flip(images, generator, padding, reflect,
@@ -212,7 +219,8 @@ def iterate_batches(dataset, batch_size, device, generator=None, augment=False, 
         inputs = dataset.info.normalize(images)
         if augment and cutout_size:
             inputs = cutout(inputs, generator, cutout_size)
-        yield inputs, dataset.labels[index].to(device, non_blocking=True)
+        rows = slice(None) if part is None else part(len(index))
+        yield inputs[rows], dataset.labels[index[rows]].to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -279,6 +287,12 @@ def train_one_epoch(model, optimizer, dataset, *, epoch, epochs, seed, batch_siz
     ``recipe`` (a :class:`Recipe`) gives the augmentation's padding, label smoothing, the
     schedule's shape and bfloat16; without it, the defaults of :class:`Recipe`.
 
+    Under torchrun (``model`` wrapped by :func:`for_training`) each process trains on its
+    part of every global batch of ``batch_size`` images. Its loss is the sum over its part
+    times size / (global batch), so that DistributedDataParallel's mean of the processes'
+    gradients is the gradient of the global batch's mean loss, as in one process; loss and
+    accuracy are summed over the processes.
+
     Returns:
         dict with ``train_loss``, ``train_accuracy`` and ``images_per_s``.
 
@@ -286,46 +300,71 @@ def train_one_epoch(model, optimizer, dataset, *, epoch, epochs, seed, batch_siz
         TrainingDivergedError: the loss or the weights became NaN or infinite.
     """
     recipe = recipe or Recipe(epochs, batch_size, peak_lr)
+    processes = distributed.current()
     model.train()
     generator = epoch_generator(seed, epoch)
     steps_per_epoch = math.ceil(len(dataset) / batch_size)
     total_steps = epochs * steps_per_epoch
     step = (epoch - 1) * steps_per_epoch
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
+    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss and correct of my parts
     flips = alternating_flips(len(dataset), seed, epoch) if recipe.alternate_flip else None
     batches = iterate_batches(dataset, batch_size, device, generator, augment,
-                              recipe.crop_padding, recipe.reflect, flips, recipe.cutout)
+                              recipe.crop_padding, recipe.reflect, flips, recipe.cutout,
+                              part=processes.part if processes.several else None)
     bar = tqdm(batches,
                total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
-               disable=not progress, unit="batch")
+               disable=not (progress and processes.main), unit="batch")
     started = time.perf_counter()
-    for inputs, labels in bar:
+    for batch, (inputs, labels) in enumerate(bar):
         set_learning_rate(optimizer, learning_rate_at(step, total_steps, peak_lr, recipe.warmup,
                                                       recipe.schedule, recipe.warmup_start))
         if recipe.channels_last:
             inputs = fast_layout(inputs)
         with autocast(device, recipe.bfloat16):
             logits = model(inputs).float()
-        loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+        global_count = min(batch_size, len(dataset) - batch * batch_size)
+        loss_sum = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing,
+                                   reduction="sum")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum * (processes.size / global_count)).backward()
         optimizer.step()
         step += 1
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
+        sums += torch.stack([loss_sum.detach().double(),
+                             (logits.argmax(1) == labels).sum().double()])
+        seen = min((batch + 1) * batch_size, len(dataset))  # by every process together
         if step % 20 == 0 or seen == len(dataset):  # syncing every step would slow CUDA
-            mean_loss = loss_sum.item() / seen
+            mean_loss, accuracy = (_summed(sums) / seen).tolist()
             _check_finite(mean_loss, epoch)
-            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{accuracy:.3f}")
     elapsed = time.perf_counter() - started
-    mean_loss = loss_sum.item() / seen
+    mean_loss, accuracy = (_summed(sums) / len(dataset)).tolist()
     _check_finite(mean_loss, epoch)
     _check_finite_weights(model, epoch)  # the last step can break them after a finite loss
-    return {"train_loss": mean_loss, "train_accuracy": correct.item() / seen,
-            "images_per_s": seen / elapsed}
+    return {"train_loss": mean_loss, "train_accuracy": accuracy,
+            "images_per_s": len(dataset) / elapsed}
+
+
+def _summed(sums):
+    """``sums`` added up over the processes (a copy: the running sums stay this process's)."""
+    return distributed.sum_over_processes(sums.clone())
+
+
+def for_training(model, device):
+    """``model`` as trained by one process: itself; under torchrun, wrapped in
+    DistributedDataParallel, whose backward averages the gradients over the processes.
+
+    BatchNorm: on CUDA the layers become ``SyncBatchNorm``, so that the batch statistics are
+    the global batch's, as in one process. The CPU has no SyncBatchNorm: there each process
+    normalizes with the statistics of its own part of the batch (a "ghost batch" of
+    batch / processes images), and every forward pass starts from rank 0's running statistics
+    (DDP's ``broadcast_buffers``). Rank 0's are the ones kept (:func:`fit`).
+    """
+    if not distributed.current().several:
+        return model
+    if torch.device(device).type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same parameters
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if torch.device(device).type == "cuda" else None)
 
 
 def _check_finite(loss, epoch):
@@ -402,6 +441,9 @@ def loss_and_accuracy(model, dataset, device, batch_size=512, views="image", bfl
                       channels_last=False):
     """Mean cross-entropy and accuracy of ``model`` on ``dataset``.
 
+    Under torchrun each process evaluates whole batches (``Processes.my_indices``) and the sums
+    are added up over the processes.
+
     Args:
         views: classify by the mean logits over these test-time views (:func:`view_logits`;
             the methods always explain the model on the image alone).
@@ -412,14 +454,16 @@ def loss_and_accuracy(model, dataset, device, batch_size=512, views="image", bfl
         dict with ``test_loss`` and ``test_accuracy``.
     """
     model.eval()
-    loss_sum, correct = 0.0, 0
-    for inputs, labels in iterate_batches(dataset, batch_size, device):
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
+    mine = distributed.current().my_indices(len(dataset), batch_size)
+    for inputs, labels in iterate_batches(dataset, batch_size, device, indices=mine):
         if channels_last:
             inputs = fast_layout(inputs)
         with autocast(device, bfloat16):
             logits = view_logits(model, inputs, views)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                             (logits.argmax(1) == labels).sum().double()])
+    loss_sum, correct = distributed.sum_over_processes(sums).tolist()
     return {"test_loss": loss_sum / len(dataset), "test_accuracy": correct / len(dataset)}
 
 
@@ -427,6 +471,9 @@ def fit(model, optimizer, train_set, test_set, *, first_epoch, epochs, seed, bat
         peak_lr, device, augment=False, progress=True, recipe=None):
     """Train epochs ``first_epoch..epochs``, yielding each epoch's metrics after evaluating it
     (``recipe``: see :func:`train_one_epoch`).
+
+    Under torchrun ``model`` is trained wrapped by :func:`for_training`, and tested as it is
+    (the processes hold the same weights), each process on whole batches.
 
     Every epoch is tested on the image alone: the epochs before the last on the recipe's
     ``epoch_test_images`` test images spread over the split (``ImageDataset.spread``), the
@@ -441,12 +488,14 @@ def fit(model, optimizer, train_set, test_set, *, first_epoch, epochs, seed, bat
     """
     recipe = recipe or Recipe(epochs, batch_size, peak_lr)
     speed = {"bfloat16": recipe.bfloat16, "channels_last": recipe.channels_last}
+    trained = for_training(model, device)
     for epoch in range(first_epoch, epochs + 1):
         started = time.perf_counter()
-        metrics = train_one_epoch(model, optimizer, train_set, epoch=epoch, epochs=epochs,
+        metrics = train_one_epoch(trained, optimizer, train_set, epoch=epoch, epochs=epochs,
                                   seed=seed, batch_size=batch_size, peak_lr=peak_lr,
                                   device=device, augment=augment, progress=progress,
                                   recipe=recipe)
+        distributed.share_buffers(model)  # evaluate and save rank 0's running statistics
         last = epoch == epochs
         tested = test_set if last else test_set.spread(recipe.epoch_test_images)
         metrics.update(loss_and_accuracy(model, tested, device, **speed), test_images=len(tested))

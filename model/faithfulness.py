@@ -179,6 +179,14 @@ class Cost:
     seconds: float = 0.0
     peak_bytes: int = 0  # peak memory above the level at the start
 
+    def add(self, other):
+        """Count ``other``'s passes and seconds too; the peak is the higher one."""
+        self.forward_images += other.forward_images
+        self.backward_images += other.backward_images
+        self.seconds += other.seconds
+        self.peak_bytes = max(self.peak_bytes, other.peak_bytes)
+        return self
+
     def per_image(self, count):
         """A JSON-ready summary for ``count`` explained images."""
         return {"forward_passes_per_image": self.forward_images / count,

@@ -128,25 +128,39 @@ class FolderDataset(torch.utils.data.Dataset):
             return self
         return FolderDataset(self.info, self.samples[::len(self) // count], self.workers)
 
-    def batches(self, batch_size, device, generator=None, augment=False, indices=None):
+    def batches(self, batch_size, device, generator=None, augment=False, indices=None,
+                part=None):
         """Yield normalized (inputs, labels) batches on ``device``, decoded by a DataLoader.
 
         Args:
             generator: shuffles, and seeds the augmentation, when given; None keeps the order.
             augment: random resized crop + flip, one seed per image drawn from ``generator``.
             indices: the images to yield, in this order (default: all).
+            part: maps a batch's size to the slice of it to yield (this process's part of a
+                global batch); only that part is decoded, with the whole batch's seeds.
         """
         order = visiting_order(len(self), generator, indices)
         seeds = (torch.randint(2**62, (len(order),), generator=generator) if augment
                  else None)
+        positions = torch.arange(len(order)).split(batch_size)
+        if part is not None:
+            positions = [batch[part(len(batch))] for batch in positions]
+        # A process's part of the last batch can be empty; a DataLoader cannot load that.
+        empty_last = bool(positions) and len(positions[-1]) == 0
         loader = torch.utils.data.DataLoader(
-            _Ordered(self, order, seeds), batch_size=batch_size, num_workers=self.workers,
-            pin_memory=torch.device(device).type == "cuda")
+            _Ordered(self, order, seeds),
+            batch_sampler=[p.tolist() for p in positions[:len(positions) - empty_last]],
+            num_workers=self.workers, pin_memory=torch.device(device).type == "cuda")
         iterator = iter(loader)
         try:
             for images, labels in iterator:
                 yield (self.info.normalize(images.to(device, non_blocking=True)),
                        labels.to(device, non_blocking=True))
+            if empty_last:
+                size = self.info.image_size
+                empty = torch.zeros(0, self.info.channels, size, size, dtype=torch.uint8)
+                yield (self.info.normalize(empty.to(device)),
+                       torch.zeros(0, dtype=torch.int64, device=device))
             return
         except UserError as error:  # raised in a worker: keep the worker's own message
             if WORKER_ERROR not in str(error):

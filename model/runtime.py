@@ -12,17 +12,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .distributed import launched_by_torchrun, local_cuda_index
 from .errors import UserError
 
 
 def resolve_device(spec="auto"):
     """Turn ``auto|cpu|cuda|cuda:N`` into a ``torch.device``; auto picks CUDA when present.
+    Under torchrun, CUDA means this process's GPU, ``cuda:LOCAL_RANK``.
 
     Raises:
-        UserError: CUDA asked for but absent, a GPU index that does not exist, or a bad spec.
+        UserError: CUDA asked for but absent, a GPU index that does not exist, a GPU index
+            under torchrun (which gives each process its own), or a bad spec.
     """
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(spec)
     except RuntimeError:
@@ -33,6 +36,11 @@ def resolve_device(spec="auto"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {spec} asked for CUDA, but no CUDA device is available; "
                             "use --device cpu or --device auto")
+        if launched_by_torchrun():
+            if device.index is not None:
+                raise UserError(f"--device {spec}: under torchrun each process uses the GPU "
+                                "of its LOCAL_RANK; give --device cuda")
+            return torch.device("cuda", local_cuda_index())
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
     return device
