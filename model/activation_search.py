@@ -3,9 +3,10 @@
 
 One pass over a dataset, in batches and without gradients, keeps for every channel of the layer
 the ``k`` images with the highest score, the channel's maximum over positions (or its mean), and
-the position of that maximum (from the same reduction: no second pass). Each batch's top-k is merged into the running top-k on tensors, so
-memory is channels x k whatever the number of images. Ties are broken by the lower image index
-(a stable merge), exactly as a full sort would.
+the position of that maximum (from the same reduction: no second pass). Each batch's top-k is
+merged into the running top-k on tensors, so memory is channels x k whatever the number of
+images. Ties are broken by the lower image index (a stable merge), exactly as a full sort
+would. Under torchrun each process scans whole batches and the results are combined exactly.
 
 - :func:`parse_channels`: ``["0-7", "12"]`` command-line tokens to checked channel indices.
 - :class:`TopActivations`: the running (and final) top-k of every channel, merged batch by batch.
