@@ -205,8 +205,8 @@ def test_a_killed_process_ends_the_other_and_resume_under_torchrun_finishes_the_
         tmp_path):
     """kill -9 one of two training processes after the first checkpoint: the other stops with
     one line, the checkpoint is whole and --resume under torchrun gives the straight run."""
-    out, epochs = tmp_path / "ddp.pt", "8"
-    straight = start_torchrun(TRAIN + [epochs, "--out", tmp_path / "straight.pt"])
+    out, epochs = tmp_path / "killed" / "ddp.pt", "8"
+    straight = start_torchrun(TRAIN + [epochs, "--out", tmp_path / "straight" / "ddp.pt"])
     running = start_torchrun(TRAIN + [epochs, "--out", out])
     deadline = time.monotonic() + 180
     while not out.exists():
@@ -224,13 +224,13 @@ def test_a_killed_process_ends_the_other_and_resume_under_torchrun_finishes_the_
     # torchrun prints its own traceback; the training processes print none
     assert f'File "{ROOT / "model"}' not in errors and 'train_cnn.py", line' not in errors
     kept = load_checkpoint(out)
-    assert 1 <= kept["epoch"] < 8 and not list(tmp_path.glob(".*.tmp"))
+    assert 1 <= kept["epoch"] < 8 and not list(out.parent.glob(".*.tmp"))
 
     code, printed, errors = torchrun(TRAIN + [epochs, "--out", out, "--resume"])
     assert code == 0, errors[-3000:]
     assert printed.count("epoch ") == 8 - kept["epoch"]  # rank 0 alone prints
     assert finish(straight)[0] == 0
-    first, second = load_checkpoint(out), load_checkpoint(tmp_path / "straight.pt")
+    first, second = load_checkpoint(out), load_checkpoint(tmp_path / "straight" / "ddp.pt")
     assert first["epoch"] == 8
     assert [row["test_accuracy"] for row in first["history"]] == pytest.approx(
         [row["test_accuracy"] for row in second["history"]], abs=1e-3)
