@@ -40,12 +40,14 @@ import gradient_ascent
 import max_activation_search
 import occlusion_sensitivity
 import train_cnn
-from model import distributed
+from model import distributed, report_page
+from model.attribution import METHODS
 from model.architectures import conv_layer_names
 from model.checkpoint import (CheckpointError, default_checkpoint_path, library_versions,
                               load_checkpoint, load_model)
 from model.cli import ArgumentParser, Terminated, common_parser, positive_int, run
 from model.errors import UserError
+from model.explorer import explorer_data, explorer_maps, explorer_targets, write_explorer
 from model.images import (DEFAULT_ARCH, DEFAULT_DATASET, add_weights_flags,
                           check_weights_flags, load_split, sample_test_images,
                           test_predictions, weights_model)
@@ -333,7 +335,8 @@ def build_report(args):
     times, results, stopped = {}, [], None
     # The bar is closed on any error too, so that the error is the terminal's last line.
     with (atomic_open(out / "log.txt") as raw_log,
-          tqdm(total=len(sections) + 1, desc="report", unit="step") as progress):
+          tqdm(total=len(sections) + 1 + (not args.no_explorer), desc="report",
+               unit="step") as progress):
         log = io.TextIOWrapper(raw_log, encoding="utf-8")
         trained = None if args.weights else train_if_needed(args, report_checkpoint(args), log)
         if trained is not None:
@@ -362,6 +365,14 @@ def build_report(args):
                 break
             times[section.name] = results[-1]["seconds"]
             progress.update()
+        if not args.no_explorer and not stopped:
+            started = time.perf_counter()
+            with distributed.alone():
+                build_explorer(args, model, info, test_set, predictions, device, out,
+                               lambda method, layer: progress.set_postfix_str(
+                                   f"explorer: {method}" + (f" at {layer}" if layer else "")))
+            times["explorer"] = time.perf_counter() - started
+            progress.update()
         log.flush()
         log.detach()  # atomic_open closes the file
 
@@ -374,6 +385,8 @@ def build_report(args):
                              times, results, evaluation)
     if stopped:
         summary["interrupted_during"] = stopped[0].name
+    if "explorer" in times:
+        summary["explorer"] = "explorer.html"
     save_json(summary, out / "summary.json")
     with atomic_open(out / "index.html") as page:
         page.write(render_html(summary, finished, results, evaluation).encode())
@@ -388,6 +401,28 @@ def build_report(args):
         raise stop
     if any(result["failed"] for result in results):
         raise UserError("some sections failed (see above and log.txt); the report marks them")
+
+
+def build_explorer(args, model, info, test_set, predictions, device, out, progress):
+    """Precompute the explorer's maps for ``--explorer-images`` seeded test images (right and
+    wrong decisions, as the gallery; default 16, 4 above 64 px, where Score-CAM's and
+    Ablation-CAM's passes per map grow with the channels) and write ``explorer.html`` and
+    ``explorer_data.js``. Returns their paths."""
+    count = args.explorer_images or (16 if info.image_size <= 64 else 4)
+    indices, _ = sample_test_images(model, test_set, count, args.seed, device,
+                                    wrong_share=0.34, predictions=predictions)
+    images = test_set.images[indices]
+    inputs = info.normalize(images.to(device))
+    with torch.no_grad():
+        probabilities = torch.softmax(model(inputs).float(), dim=1).cpu()
+    labels = test_set.labels[indices]
+    targets = explorer_targets(labels, probabilities)
+    maps = explorer_maps(model, inputs, targets, conv_layer_names(model), info,
+                         progress=progress)
+    title = f"{args.arch or 'model'} on {info.name}"
+    data = explorer_data(title, info, images, labels, probabilities, targets, maps,
+                         [f"test_{index}" for index in indices.tolist()])
+    return write_explorer(out, data)
 
 
 def share_report_work(args, sections, out):
@@ -432,40 +467,30 @@ def report_summary(args, device, info, checkpoint, accuracy, test_count, context
     }
 
 
-PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
-       color: #222; line-height: 1.45; }
-h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-.paper { color: #666; font-size: .9em; }
-.what { background: #f5f7fa; border-left: 4px solid #4a7bd0; padding: .5em .8em; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: .8em; color: #666; }
-table { border-collapse: collapse; font-size: .85em; }
-th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; }
-th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
-tr.baseline td { color: #777; } .failed { color: #b00; } .note { color: #555; }
-code, pre { font-size: .85em; background: #f5f5f5; }
-"""
-
-
 def render_html(summary, sections, results, evaluation):
-    """The report page: relative links only, readable offline."""
+    """The report page: a sticky contents bar, a summary, then one folding section per
+    method (the first open); relative links only, readable offline."""
     escape = html.escape
+    title = f"cnn-viz report: {escape(summary['arch'])} on {escape(summary['dataset'])}"
+    links = [("#summary", "Summary")] + [(f"#{s.name}", s.title) for s in sections]
+    links.append(("#reproduce", "Reproduce"))
+    if summary.get("explorer"):
+        links.append(("explorer.html", "Explorer (any image, method, class, layer)"))
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>cnn-viz report: {escape(summary['arch'])} on "
-             f"{escape(summary['dataset'])}</title><style>{PAGE_STYLE}</style></head><body>",
-             f"<h1>cnn-viz report: {escape(summary['arch'])} on "
-             f"{escape(summary['dataset'])}</h1>",
-             model_paragraph(summary),
-             "<p>Sections: " + ", ".join(f"<a href='#{s.name}'>{escape(s.title)}</a>"
-                                         for s in sections) + "</p>"]
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+             f"<title>{title}</title><style>{report_page.STYLE}</style>"
+             f"<script>{report_page.HEAD_SCRIPT}</script></head><body>",
+             report_page.contents_bar(links), "<main>",
+             f"<section id='summary'><h1>{title}</h1>", model_paragraph(summary),
+             summary_table(evaluation, summary.get("explorer")), "</section>"]
     if summary.get("interrupted_during"):
         parts.append(f"<p class='failed'><b>This run was interrupted</b> (Ctrl-C or a signal) "
                      f"during the section {escape(summary['interrupted_during'])}: it and the "
                      "sections after it are missing from this page. Run the same command "
                      "again for the whole report.</p>")
-    for section, result in zip(sections, results):
-        parts.append(f"<h2 id='{section.name}'>{escape(section.title)}</h2>"
+    for number, (section, result) in enumerate(zip(sections, results)):
+        parts.append(f"<details id='{section.name}'{' open' if number == 0 else ''}>"
+                     f"<summary><h2>{escape(section.title)}</h2></summary>"
                      f"<p class='paper'>{escape(section.paper)} &middot; "
                      f"{result['seconds']:.1f} s</p>"
                      f"<p class='what'><b>What it shows:</b> {escape(section.shows)}<br>"
@@ -477,15 +502,59 @@ def render_html(summary, sections, results, evaluation):
         if section.name == "evaluation" and evaluation is not None:
             parts.append(evaluation_table(evaluation))
         for figure in result["figures"]:
-            parts.append(f"<figure><img src='{escape(figure)}' alt='{escape(figure)}'>"
-                         f"<figcaption>{escape(figure)}</figcaption></figure>")
+            parts.append(report_page.figure_html(figure, f"{section.title}: {figure}"))
         parts.append("<details><summary>commands</summary><pre>"
-                     + escape("\n".join(result["commands"])) + "</pre></details>")
-    reproduce = {key: summary[key] for key in ("command", "git_commit", "versions", "seed",
-                                               "training_args", "report_args")}
-    parts.append("<h2 id='reproduce'>Reproduce</h2><pre>"
-                 + escape(json.dumps(reproduce, indent=1)) + "</pre></body></html>")
+                     + escape("\n".join(result["commands"])) + "</pre></details></details>")
+    reproduce = {key: summary.get(key) for key in ("command", "git_commit", "versions", "seed",
+                                                   "training_args", "report_args")}
+    parts.append("<section id='reproduce'><h2>Reproduce</h2><pre>"
+                 + escape(json.dumps(reproduce, indent=1)) + "</pre></section></main>"
+                 f"<script>{report_page.SCRIPT}</script></body></html>")
     return "\n".join(parts)
+
+
+# The report section that shows a method's own figures, by the method's registry family.
+FAMILY_SECTIONS = {"perturbation": "occlusion", "cam": "cam"}
+GRADIENT_SECTION_METHODS = ("saliency", "guided-backprop", "deconvnet")  # deconvnet.py's paths
+RANDOMIZED_CHANGES = 0.5  # rank correlation below which a map "changes" with the top layer
+
+
+def summary_table(evaluation, explorer):
+    """Per method the evaluation's headline figures, each row linking to the method's
+    figures (its section, and the explorer with the method chosen). Keys an older
+    evaluation.json lacks show as "-"."""
+    if evaluation is None:
+        return ("<p>No evaluation in this report (run it with the evaluation section for the "
+                "per-method summary).</p>")
+    escape = html.escape
+    head = ("<tr><th>method</th><th>deletion AUC (lower better)</th><th>insertion AUC "
+            "(higher better)</th><th>pointing game</th><th>top layer randomized</th>"
+            "<th>ms / image</th><th>figures</th></tr>")
+    rows = []
+    for method in evaluation["methods"]:
+        scores = evaluation["scores"].get(method, {})
+        family = METHODS[method].family if method in METHODS else None
+        section = ("deconvnet" if method in GRADIENT_SECTION_METHODS
+                   else FAMILY_SECTIONS.get(family, "evaluation"))
+        links = [f"<a href='#{section}'>{section}</a>"]
+        if explorer:
+            links.append(f"<a href='explorer.html#method={escape(method)}'>explore</a>")
+        correlation = scores.get("randomized_top_layer")
+        verdict = "-" if correlation is None else (
+            f"r = {correlation:.2f}: "
+            + ("changes" if correlation < RANDOMIZED_CHANGES else "barely changes"))
+        cells = [escape(method)] + [evaluate_attributions.format_value(key, scores.get(key))
+                                    for key in ("deletion_auc", "insertion_auc", "pointing")]
+        cells += [verdict, evaluate_attributions.format_value("ms_per_image",
+                                                              scores.get("ms_per_image"))]
+        baseline = " class='baseline'" if method == evaluate_attributions.BASELINE else ""
+        rows.append(f"<tr{baseline}>" + "".join(f"<td>{cell}</td>" for cell in cells)
+                    + f"<td>{' &middot; '.join(links)}</td></tr>")
+    return ("<h2>Summary: how far each map can be trusted</h2><div class='scroll'><table>"
+            + head + "".join(rows) + "</table></div><p class='note'>From the evaluation "
+            f"section. A faithful map changes when the top layer's weights are randomized "
+            f"(rank correlation with the original map below {RANDOMIZED_CHANGES}); the "
+            "random row is the chance level.</p>")
 
 
 def model_paragraph(summary):
@@ -500,8 +569,8 @@ def model_paragraph(summary):
                 f"trained here, so there is no training curve), {where}.</p>")
     return (f"<p>{accuracy} after {summary['epochs']} epochs. Checkpoint "
             f"<code>{escape(summary['checkpoint'])}</code>, {where}.</p>"
-            "<figure><img src='training_curve.png' alt='training curve'>"
-            "<figcaption>training curve: loss and accuracy per epoch</figcaption></figure>")
+            + report_page.figure_html("training_curve.png",
+                                      "training curve: loss and accuracy per epoch"))
 
 
 def evaluation_table(evaluation):
@@ -522,7 +591,7 @@ def evaluation_table(evaluation):
             f"randomization on {settings['sanity_images']} images; occlusion "
             f"{settings['occlusion_patch']} px {settings['occlusion_baseline']} patch, stride "
             f"{settings['occlusion_stride']}; CAM layer {settings['layer']}.</p>")
-    return "<table>" + "".join(lines) + "</table>" + note
+    return "<div class='scroll'><table>" + "".join(lines) + "</table></div>" + note
 
 
 def get_args_parser():
@@ -537,6 +606,11 @@ def get_args_parser():
                         help="sections to run (default: all)")
     parser.add_argument("--num-images", type=positive_int, default=100,
                         help="test images the evaluation scores (default: 100)")
+    parser.add_argument("--explorer-images", type=positive_int, default=None,
+                        help="test images the explorer page precomputes every method's maps "
+                             "for (default: 16; 4 for images above 64 px)")
+    parser.add_argument("--no-explorer", action="store_true",
+                        help="leave out the explorer page (explorer.html) and its data")
     parser.add_argument("--retrain", action="store_true",
                         help="train anew even if the checkpoint exists (with snapshots)")
     parser.add_argument("--epochs", type=positive_int, default=None,

@@ -679,7 +679,7 @@ def test_ctrl_c_in_the_report_training_says_how_to_continue_and_the_rerun_resume
     checkpoint = tmp_path / "report.pt"
     argv = ["--dataset", "shapes", "--arch", "simple", "--checkpoint", str(checkpoint),
             "--epochs", "2", "--max-train-images", "256", "--methods", "occlusion",
-            "--out", str(tmp_path / "report")]
+            "--no-explorer", "--out", str(tmp_path / "report")]
     monkeypatch.setattr(model.engine, "learning_rate_at", ctrl_c_in_epoch_two)
     assert visualize_all.main(argv) == 130
     last = stderr_lines(capsys.readouterr())[-1]

@@ -425,6 +425,9 @@ def test_report_on_weights_and_a_folder_notes_what_it_left_out(folders, alexnet_
     # AlexNet has no global-average-pooling head: the CAM section says why plain CAM is absent.
     assert "Note: plain CAM left out: features.10 does not feed a global average" in page
     assert "--weights" in summary["sections"][0]["commands"][0]
+    # The explorer works on torchvision nets too: AlexNet's layers, no plain CAM.
+    data = (out / "explorer_data.js").read_text()
+    assert '"layer": "features.10"' in data and '"method": "cam"' not in data
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -54,7 +54,9 @@ def test_summary_holds_every_metric_and_what_reproduces_the_run(report):
     for method, values in scores.items():
         assert set(METRICS) <= set(values), method
         assert all(isinstance(v, float) and v == v for v in values.values()), method
-    assert set(summary["seconds"]) == {"training", *visualize_all.SECTION_NAMES}
+    assert set(summary["seconds"]) == {"training", *visualize_all.SECTION_NAMES, "explorer"}
+    assert summary["explorer"] == "explorer.html"
+    assert (report / "explorer.html").is_file() and (report / "explorer_data.js").is_file()
     for key in ("git_commit", "versions", "device", "seed", "training_args", "report_args",
                 "test_accuracy", "gallery_test_indices"):
         assert key in summary
@@ -65,10 +67,11 @@ def test_summary_holds_every_metric_and_what_reproduces_the_run(report):
 def test_methods_selects_sections(report, tmp_path):
     checkpoint = str(report.parent / "tiny.pt")
     code = visualize_all.main(["--checkpoint", checkpoint, "--methods", "cam", "occlusion",
-                               "--out", str(tmp_path)])
+                               "--no-explorer", "--out", str(tmp_path)])
     assert code == 0
     page = (tmp_path / "index.html").read_text()
     assert "id='cam'" in page and "id='occlusion'" in page and "id='evaluation'" not in page
+    assert "explorer.html" not in page and not (tmp_path / "explorer_data.js").exists()
     assert set(json.loads((tmp_path / "summary.json").read_text())["seconds"]) == {
         "occlusion", "cam"}
 
@@ -143,7 +146,7 @@ def test_a_failing_section_is_marked_and_the_others_are_still_written(report, tm
 
     monkeypatch.setattr(visualize_all.occlusion_sensitivity, "main", broken)
     code = visualize_all.main(["--checkpoint", str(report.parent / "tiny.pt"), "--methods",
-                               "occlusion", "cam", "--out", str(tmp_path)])
+                               "occlusion", "cam", "--no-explorer", "--out", str(tmp_path)])
     assert code == 2
     last = [line for line in capsys.readouterr().err.splitlines() if line.strip()][-1]
     assert last.startswith("error: some sections failed")
