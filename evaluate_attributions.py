@@ -43,7 +43,7 @@ from model.heatmaps import DIVERGING_CMAP, normalize_maps, plot_map_table, plot_
 from model.images import checkpoint_parser, load_method_model, load_split, sample_test_images
 from model.layers import resolve_layer
 from model.metrics import mass_inside, pointing_hits
-from model.occlusion import occlusion_geometry
+from model.occlusion import SURVEY_STRIDE, occlusion_geometry
 from model.plotting import Figure, matplotlib
 from model.runtime import save_json, seed_everything, write_figure
 
@@ -56,7 +56,7 @@ class Settings:
     info: object  # DatasetInfo: for occlusion's fill and the IG baseline
     layer: str  # the CAM layer: the last conv layer
     batch_size: int = 256
-    occlusion_stride: int = 2  # small images: the script's 1 costs 4x and ranks alike
+    occlusion_stride: int = SURVEY_STRIDE  # up to 64 px (model.occlusion.survey_options)
     seed: int = 0
 
     def options(self, method):
@@ -386,8 +386,9 @@ def get_args_parser():
                         help="images for the randomization check (default: 16)")
     parser.add_argument("--layer", default=None,
                         help="conv layer of the CAM methods (default: the last)")
-    parser.add_argument("--occlusion-stride", type=positive_int, default=2,
-                        help="occlusion stride; patch and fill are the script's (default: 2)")
+    parser.add_argument("--occlusion-stride", type=positive_int, default=SURVEY_STRIDE,
+                        help="occlusion stride up to 64 px; patch and fill are the script's "
+                             f"(default: {SURVEY_STRIDE})")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per forward pass (default: 256)")
     return parser

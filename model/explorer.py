@@ -8,7 +8,8 @@ reader choose an image, a method, a target class and a layer, and shows the prec
 
 What is computed: for each gallery image, the targets are its true class and the top-3
 predicted classes (:data:`TARGETS` distinct classes, filled up from the next predictions);
-every method of the registry (``model.attribution.METHODS``) explains each of them, the
+every method of the registry (``model.attribution.METHODS``) explains each of them with its
+defaults (occlusion with the evaluation's stride, ``model.occlusion.survey_options``), the
 layer-taking methods at :func:`explorer_layers`. A map is stored as 8 bits per pixel: an
 unsigned map min-max normalized as in the evaluation (``normalize_maps``), a signed one
 (``AttributionMethod.signed``) scaled so that 0 is the middle of a diverging colour map
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from .attribution import METHODS
 from .cam import cam_layer_applies
 from .heatmaps import DIVERGING_CMAP, HEATMAP_CMAP, normalize_maps
+from .occlusion import survey_options
 from .plotting import matplotlib
 from .runtime import atomic_open
 
@@ -108,8 +110,9 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
         for layer in layers:
             if progress:
                 progress(name, layer)
+            options = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
             maps = method(model, repeated, flat_targets, layer=layer, info=info,
-                          batch_size=batch_size).detach().float().cpu()
+                          batch_size=batch_size, **options).detach().float().cpu()
             maps = shrink(maps[:, None], stored_side(maps.shape[-1]))[:, 0]
             stored = signed_bytes(maps) if method.signed else to_bytes(normalize_maps(maps))
             results.append((name, layer, stored.view(count, slots, *maps.shape[1:])))
