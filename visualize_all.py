@@ -47,7 +47,7 @@ from model.checkpoint import (CheckpointError, default_checkpoint_path, library_
                               load_checkpoint, load_model)
 from model.cli import ArgumentParser, Terminated, common_parser, positive_int, run
 from model.errors import UserError
-from model.explorer import explorer_data, explorer_maps, explorer_targets, write_explorer
+from model.explorer import build_explorer
 from model.images import (DEFAULT_ARCH, DEFAULT_DATASET, add_weights_flags,
                           check_weights_flags, load_split, sample_test_images,
                           test_predictions, weights_model)
@@ -368,9 +368,12 @@ def build_report(args):
         if not args.no_explorer and not stopped:
             started = time.perf_counter()
             with distributed.alone():
-                build_explorer(args, model, info, test_set, predictions, device, out,
-                               lambda method, layer: progress.set_postfix_str(
-                                   f"explorer: {method}" + (f" at {layer}" if layer else "")))
+                build_explorer(model, info, test_set, predictions, device, out,
+                               title=f"{(checkpoint or {}).get('arch', args.arch)} on {info.name}",
+                               count=args.explorer_images,
+                               seed=args.seed, progress=lambda method, layer:
+                               progress.set_postfix_str(f"explorer: {method}"
+                                                        + (f" at {layer}" if layer else "")))
             times["explorer"] = time.perf_counter() - started
             progress.update()
         log.flush()
@@ -401,28 +404,6 @@ def build_report(args):
         raise stop
     if any(result["failed"] for result in results):
         raise UserError("some sections failed (see above and log.txt); the report marks them")
-
-
-def build_explorer(args, model, info, test_set, predictions, device, out, progress):
-    """Precompute the explorer's maps for ``--explorer-images`` seeded test images (right and
-    wrong decisions, as the gallery; default 16, 4 above 64 px, where Score-CAM's and
-    Ablation-CAM's passes per map grow with the channels) and write ``explorer.html`` and
-    ``explorer_data.js``. Returns their paths."""
-    count = args.explorer_images or (16 if info.image_size <= 64 else 4)
-    indices, _ = sample_test_images(model, test_set, count, args.seed, device,
-                                    wrong_share=0.34, predictions=predictions)
-    images = test_set.images[indices]
-    inputs = info.normalize(images.to(device))
-    with torch.no_grad():
-        probabilities = torch.softmax(model(inputs).float(), dim=1).cpu()
-    labels = test_set.labels[indices]
-    targets = explorer_targets(labels, probabilities)
-    maps = explorer_maps(model, inputs, targets, conv_layer_names(model), info,
-                         progress=progress)
-    title = f"{args.arch or 'model'} on {info.name}"
-    data = explorer_data(title, info, images, labels, probabilities, targets, maps,
-                         [f"test_{index}" for index in indices.tolist()])
-    return write_explorer(out, data)
 
 
 def share_report_work(args, sections, out):

@@ -6,44 +6,39 @@
     python bench/explorer_speed.py --weights FILE --arch resnet18 --dataset imagefolder \\
         --data-dir photos                                             # 224 px, 4 images
 
-Runs the step ``visualize_all.py`` adds for ``explorer.html`` (``visualize_all.build_explorer``:
-every registered method, each gallery image's true and top-3 classes, three layers) on the
-model a report would use, and prints one table row: images, maps, seconds, the size of
-``explorer_data.js`` and of the whole report folder it would sit in. The issue's bound is 30 s
-for the ``shapes`` report on a laptop CPU and 10 MB of data at 32 px.
+Runs the step ``visualize_all.py`` adds for ``explorer.html`` (``model.explorer.build_explorer``:
+every registered method, each image's true and top-3 classes, three layers) on the model a
+method script would load, and prints one table row: images, maps, seconds and the size of
+``explorer_data.js``. The issue's bound is 30 s for the ``shapes`` report on a laptop CPU and
+10 MB of data at 32 px.
 """
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import visualize_all  # noqa: E402
-from model.images import load_split, test_predictions  # noqa: E402
-from model.runtime import resolve_device, seed_everything  # noqa: E402
+from model.cli import ArgumentParser, positive_int  # noqa: E402
+from model.explorer import build_explorer  # noqa: E402
+from model.images import (checkpoint_parser, checkpoint_path, load_method_model,  # noqa: E402
+                          load_split, test_predictions)
+from model.runtime import seed_everything  # noqa: E402
 
 
 def main(argv=None):
-    parser = visualize_all.get_args_parser()
-    parser.description = __doc__.split("\n")[0]
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
+                            parents=[checkpoint_parser("explorer_speed")])
+    parser.add_argument("--explorer-images", type=positive_int, default=None,
+                        help="images (default: 16; 4 above 64 px, as the report)")
     args = parser.parse_args(argv)
-    if not args.weights:
-        args.dataset, args.arch = args.dataset or "shapes", args.arch or "vgg"
     seed_everything(args.seed)
-    device = resolve_device(args.device)
-    if not args.weights and not args.checkpoint and not visualize_all.report_checkpoint(
-            args).exists():
-        sys.exit(f"no {visualize_all.report_checkpoint(args)}: train it first "
-                 f"(python train_cnn.py --dataset {args.dataset} --arch {args.arch})")
-    model, info, _, _ = visualize_all.report_model(args, device)
+    device, model, info = load_method_model(args)
     test_set = load_split(info, "test", args)
     predictions = test_predictions(model, test_set, device)
-    out = Path(args.out or tempfile.mkdtemp(prefix="explorer_speed_"))
     started = time.perf_counter()
-    page, data = visualize_all.build_explorer(args, model, info, test_set, predictions, device,
-                                              out, lambda method, layer: None)
+    _, data = build_explorer(model, info, test_set, predictions, device, args.out,
+                             title=info.name, count=args.explorer_images, seed=args.seed)
     seconds = time.perf_counter() - started
     content = json.loads(data.read_text().removeprefix("window.EXPLORER_DATA = ").rstrip()
                          .rstrip(";"))
@@ -51,8 +46,9 @@ def main(argv=None):
     maps = len(content["combos"]) * images * len(content["images"][0]["targets"])
     print("| model | input px | images | maps | seconds | explorer_data.js |")
     print("|---|---|---|---|---|---|")
-    print(f"| {args.arch} on {info.name} | {info.image_size} | {images} | {maps} | "
-          f"{seconds:.1f} | {data.stat().st_size / 2 ** 20:.1f} MiB |")
+    name = args.arch or checkpoint_path(args).stem
+    print(f"| {name} on {info.name} | {info.image_size} | {images} | "
+          f"{maps} | {seconds:.1f} | {data.stat().st_size / 2 ** 20:.1f} MiB |")
 
 
 if __name__ == "__main__":

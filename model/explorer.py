@@ -1,7 +1,6 @@
 """The report's explorer: every registered method's map of the gallery images, precomputed.
 
-``visualize_all.py`` calls :func:`explorer_maps` and :func:`write_explorer`, which put two files
-in the report folder: ``explorer.html``, a static page with plain JavaScript (the template
+``visualize_all.py`` calls :func:`build_explorer`, which puts two files in the report folder: ``explorer.html``, a static page with plain JavaScript (the template
 ``model/explorer.html``), and ``explorer_data.js``, which sets ``window.EXPLORER_DATA`` (a page
 opened from ``file://`` may not ``fetch`` a file, but it may load a script). The page lets the
 reader choose an image, a method, a target class and a layer, and shows the precomputed map.
@@ -25,9 +24,10 @@ import torch.nn.functional as F
 
 from .attribution import METHODS
 from .cam import cam_layer_applies
-from .heatmaps import DIVERGING_CMAP, HEATMAP_CMAP, normalize_maps
+from .architectures import conv_layer_names
+from .heatmaps import DIVERGING_CMAP, HEATMAP_CMAP, colour_table, normalize_maps
+from .images import sample_test_images
 from .occlusion import survey_options
-from .plotting import matplotlib
 from .runtime import atomic_open
 
 FORMAT, VERSION = "cnn-viz-explorer", 1
@@ -119,12 +119,6 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
     return results
 
 
-def colour_table(name):
-    """A matplotlib colour map as 256 [r, g, b] rows of 0..255 integers."""
-    table = matplotlib.colormaps[name](torch.linspace(0, 1, 256).numpy())[:, :3]
-    return (table * 255).round().astype(int).tolist()
-
-
 def explorer_data(title, info, images, labels, probabilities, targets, maps, names):
     """The JSON-ready content of ``explorer_data.js``.
 
@@ -155,6 +149,35 @@ def explorer_data(title, info, images, labels, probabilities, targets, maps, nam
         "colormaps": {"unsigned": colour_table(HEATMAP_CMAP),
                       "signed": colour_table(DIVERGING_CMAP)},
     }
+
+
+def build_explorer(model, info, test_set, predictions, device, out, *, title, count=None,
+                   seed=0, progress=None):
+    """Precompute the explorer's maps for ``count`` seeded test images (right and wrong
+    decisions, as the report's gallery; default 16, 4 above 64 px, where Score-CAM's and
+    Ablation-CAM's passes per map grow with the channels) and write ``explorer.html`` and
+    ``explorer_data.js`` into ``out``.
+
+    Args:
+        predictions: the model's predictions on ``test_set`` (``model.images.test_predictions``).
+        progress: called with each (method, layer) before it is computed, if given.
+    Returns:
+        the two paths.
+    """
+    count = count or (16 if info.image_size <= 64 else 4)
+    indices, _ = sample_test_images(model, test_set, count, seed, device, wrong_share=0.34,
+                                    predictions=predictions)
+    images = test_set.images[indices]
+    inputs = info.normalize(images.to(device))
+    with torch.no_grad():
+        probabilities = torch.softmax(model(inputs).float(), dim=1).cpu()
+    labels = test_set.labels[indices]
+    targets = explorer_targets(labels, probabilities)
+    maps = explorer_maps(model, inputs, targets, conv_layer_names(model), info,
+                         progress=progress)
+    data = explorer_data(title, info, images, labels, probabilities, targets, maps,
+                         [f"test_{index}" for index in indices.tolist()])
+    return write_explorer(out, data)
 
 
 def write_explorer(folder, data):

@@ -41,6 +41,12 @@ def signed_display(values):
     return (0.5 + 0.5 * values / values.abs().max().clamp_min(1e-12)).clamp(0.0, 1.0)
 
 
+def colour_table(name):
+    """A matplotlib colour map as 256 [r, g, b] rows of 0..255 integers (for a web page)."""
+    table = matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3]
+    return (table * 255).round().astype(int).tolist()
+
+
 def resize_maps(maps, size, mode="bilinear"):
     """Resize (N, h, w) maps to (N, size, size); ``mode`` is ``bilinear`` or ``nearest``."""
     extra = {"align_corners": False} if mode == "bilinear" else {}
