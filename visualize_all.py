@@ -368,9 +368,9 @@ def build_report(args):
         if not args.no_explorer and not stopped:
             started = time.perf_counter()
             with distributed.alone():
+                arch = checkpoint["arch"] if checkpoint else args.arch
                 build_explorer(model, info, test_set, predictions, device, out,
-                               title=f"{(checkpoint or {}).get('arch', args.arch)} on {info.name}",
-                               count=args.explorer_images,
+                               title=f"{arch} on {info.name}", count=args.explorer_images,
                                seed=args.seed, progress=lambda method, layer:
                                progress.set_postfix_str(f"explorer: {method}"
                                                         + (f" at {layer}" if layer else "")))
@@ -463,7 +463,8 @@ def render_html(summary, sections, results, evaluation):
              f"<script>{report_page.HEAD_SCRIPT}</script></head><body>",
              report_page.contents_bar(links), "<main>",
              f"<section id='summary'><h1>{title}</h1>", model_paragraph(summary),
-             summary_table(evaluation, summary.get("explorer")), "</section>"]
+             summary_table(evaluation, summary.get("explorer"), [s.name for s in sections]),
+             "</section>"]
     if summary.get("interrupted_during"):
         parts.append(f"<p class='failed'><b>This run was interrupted</b> (Ctrl-C or a signal) "
                      f"during the section {escape(summary['interrupted_during'])}: it and the "
@@ -500,10 +501,10 @@ GRADIENT_SECTION_METHODS = ("saliency", "guided-backprop", "deconvnet")  # decon
 RANDOMIZED_CHANGES = 0.5  # rank correlation below which a map "changes" with the top layer
 
 
-def summary_table(evaluation, explorer):
+def summary_table(evaluation, explorer, shown):
     """Per method the evaluation's headline figures, each row linking to the method's
-    figures (its section, and the explorer with the method chosen). Keys an older
-    evaluation.json lacks show as "-"."""
+    figures (its section among the ``shown`` ones, else the evaluation's maps; and the
+    explorer with the method chosen). Keys an older evaluation.json lacks show as "-"."""
     if evaluation is None:
         return ("<p>No evaluation in this report (run it with the evaluation section for the "
                 "per-method summary).</p>")
@@ -517,6 +518,7 @@ def summary_table(evaluation, explorer):
         family = METHODS[method].family if method in METHODS else None
         section = ("deconvnet" if method in GRADIENT_SECTION_METHODS
                    else FAMILY_SECTIONS.get(family, "evaluation"))
+        section = section if section in shown else "evaluation"
         links = [f"<a href='#{section}'>{section}</a>"]
         if explorer:
             links.append(f"<a href='explorer.html#method={escape(method)}'>explore</a>")

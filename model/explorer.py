@@ -1,8 +1,9 @@
 """The report's explorer: every registered method's map of the gallery images, precomputed.
 
-``visualize_all.py`` calls :func:`build_explorer`, which puts two files in the report folder: ``explorer.html``, a static page with plain JavaScript (the template
-``model/explorer.html``), and ``explorer_data.js``, which sets ``window.EXPLORER_DATA`` (a page
-opened from ``file://`` may not ``fetch`` a file, but it may load a script). The page lets the
+``visualize_all.py`` calls :func:`build_explorer`, which puts two files in the report folder:
+``explorer.html``, a static page with plain JavaScript (the template ``model/explorer.html``),
+and ``explorer_data.js``, which sets ``window.EXPLORER_DATA`` (a page opened from ``file://``
+may not ``fetch`` a file, but it may load a script). The page lets the
 reader choose an image, a method, a target class and a layer, and shows the precomputed map.
 
 What is computed: for each gallery image, the targets are its true class and the top-3
