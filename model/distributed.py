@@ -111,6 +111,8 @@ def process_group(device):
     """
     global _current
     backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if backend == "nccl":  # all_gather_object moves its buffers to the current GPU
+        torch.cuda.set_device(device)
     dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT,
                             device_id=device if backend == "nccl" else None)
     _current = Processes(dist.get_rank(), dist.get_world_size())
