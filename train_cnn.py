@@ -43,7 +43,8 @@ def get_args_parser():
     parser = ArgumentParser(description=__doc__.split("\n")[0], parents=[common_parser()])
     parser.add_argument("--recipe", default=None, metavar="NAME",
                         help="a named training recipe instead of the dataset's default one "
-                             "(cifar10 with vgg: 'long' or 'deep', 92%% in about an hour on a CPU)")
+                             "(cifar10 with vgg: 'long' or 'deep', 92%% in about an hour on a "
+                             "CPU)")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="number of epochs (default: the dataset's recipe)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
