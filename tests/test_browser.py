@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import visualize_all
+from model.explorer import read_explorer_data
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # As the machine notes say: without the background-networking flags Chromium keeps trying to
@@ -112,10 +113,12 @@ def test_every_contents_link_lands_on_its_section_and_opens_it(browser, report):
         "return document.getElementById('contents').getBoundingClientRect().bottom")
     for target in targets:
         browser.find_element(By.CSS_SELECTOR, f"nav#contents a[href='#{target}']").click()
-        top, is_open = browser.execute_script(
+        # The link's hashchange handler opens a folded section: it runs after the click.
+        WebDriverWait(browser, 5).until(lambda d: d.execute_script(
             f"const e = document.getElementById('{target}');"
-            "return [e.getBoundingClientRect().top, e.tagName !== 'DETAILS' || e.open];")
-        assert is_open, target
+            "return e.tagName !== 'DETAILS' || e.open;"), f"{target} not opened")
+        top = browser.execute_script(
+            f"return document.getElementById('{target}').getBoundingClientRect().top")
         # at the top of the window below the sticky bar, or the page ends before it can be
         assert bar - 2 <= top <= bar + 80 or browser.execute_script(
             "return window.innerHeight + window.scrollY >= document.body.scrollHeight - 2"), \
@@ -178,8 +181,7 @@ def test_explorer_data_of_another_version_is_named_not_misread(browser, report, 
 def explorer_arrays(report):
     """What explorer_data.js holds, decoded: (data, inputs (N, H, W, 3), maps
     (combos, N, T, H, W))."""
-    text = (report / "explorer_data.js").read_text()
-    data = json.loads(text.removeprefix("window.EXPLORER_DATA = ").rstrip().rstrip(";"))
+    data = read_explorer_data(report / "explorer_data.js")
     count, slots = len(data["images"]), len(data["images"][0]["targets"])
     height, width = data["height"], data["width"]
     inputs = np.frombuffer(base64.b64decode(data["inputs"]), np.uint8).reshape(
