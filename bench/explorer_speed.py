@@ -12,7 +12,6 @@ method script would load, and prints one table row: images, maps, seconds and th
 ``explorer_data.js``. The issue's bound is 30 s for the ``shapes`` report on a laptop CPU and
 10 MB of data at 32 px.
 """
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.cli import ArgumentParser, positive_int  # noqa: E402
-from model.explorer import build_explorer  # noqa: E402
+from model.explorer import build_explorer, read_explorer_data  # noqa: E402
 from model.images import (checkpoint_parser, checkpoint_path, load_method_model,  # noqa: E402
                           load_split, test_predictions)
 from model.runtime import seed_everything  # noqa: E402
@@ -40,8 +39,7 @@ def main(argv=None):
     _, data = build_explorer(model, info, test_set, predictions, device, args.out,
                              title=info.name, count=args.explorer_images, seed=args.seed)
     seconds = time.perf_counter() - started
-    content = json.loads(data.read_text().removeprefix("window.EXPLORER_DATA = ").rstrip()
-                         .rstrip(";"))
+    content = read_explorer_data(data)
     images = len(content["images"])
     maps = len(content["combos"]) * images * len(content["images"][0]["targets"])
     print("| model | input px | images | maps | seconds | explorer_data.js |")

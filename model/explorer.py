@@ -181,12 +181,21 @@ def build_explorer(model, info, test_set, predictions, device, out, *, title, co
     return write_explorer(out, data)
 
 
+SCRIPT_PREFIX = b"window.EXPLORER_DATA = "
+
+
+def read_explorer_data(path):
+    """The content of an ``explorer_data.js`` that :func:`write_explorer` wrote."""
+    text = Path(path).read_bytes().removeprefix(SCRIPT_PREFIX).rstrip().rstrip(b";")
+    return json.loads(text)
+
+
 def write_explorer(folder, data):
     """Write ``explorer.html`` and ``explorer_data.js`` into ``folder``; returns both paths."""
     folder = Path(folder)
     page, script = folder / "explorer.html", folder / "explorer_data.js"
     with atomic_open(script) as file:
-        file.write(b"window.EXPLORER_DATA = " + json.dumps(data).encode() + b";\n")
+        file.write(SCRIPT_PREFIX + json.dumps(data).encode() + b";\n")
     with atomic_open(page) as file:
         file.write(TEMPLATE.read_bytes())
     return [page, script]

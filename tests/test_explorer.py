@@ -1,7 +1,6 @@
 """The explorer's precomputed data (``model.explorer``), without a browser
 (tests/test_browser.py opens the page)."""
 import base64
-import json
 
 import numpy as np
 import torch
@@ -10,7 +9,8 @@ from model.architectures import build_model, conv_layer_names
 from model.attribution import METHODS
 from model.datasets import load_dataset
 from model.explorer import (MAX_SIDE, explorer_data, explorer_layers, explorer_maps,
-                            explorer_targets, shrink, signed_bytes, write_explorer)
+                            explorer_targets, read_explorer_data, shrink, signed_bytes,
+                            write_explorer)
 from model.heatmaps import normalize_maps
 
 
@@ -75,8 +75,7 @@ def test_each_stored_map_is_the_methods_own_map_for_that_image_and_target(tmp_pa
                          probabilities, targets, maps, ["a", "b", "c"])
     page, script = write_explorer(tmp_path, data)
     assert page.read_text().startswith("<!DOCTYPE html>")
-    written = json.loads(script.read_text().removeprefix("window.EXPLORER_DATA = ").rstrip()
-                         .rstrip(";"))
+    written = read_explorer_data(script)
     block = np.frombuffer(base64.b64decode(written["maps"]), np.uint8)
     assert block.size == len(maps) * 3 * targets.shape[1] * 32 * 32
     first = block.reshape(len(maps), 3, targets.shape[1], 32, 32)[0]
