@@ -5,6 +5,7 @@
     python class_activation_maps.py --dataset mnist --arch simple --method gradcam --smooth 16
     python class_activation_maps.py --image cat.png --dataset cifar10 --target cat
     python class_activation_maps.py --dataset shapes --method integrated-gradients saliency
+    python class_activation_maps.py --dataset shapes --method gradcam --save-maps gradcam.npz
 
 Every method of the CAM family (``model.cam``: CAM, Grad-CAM, Grad-CAM++, XGrad-CAM,
 HiResCAM, LayerCAM, guided Grad-CAM, Score-CAM, faster Score-CAM, Ablation-CAM, Eigen-CAM)
@@ -29,13 +30,18 @@ from model.cam import cam_layer_applies
 from model.cli import ArgumentParser, non_negative_int, positive_int, run
 from model.heatmaps import normalize_maps, plot_overlay_grid, show_image, show_overlay
 from model.images import (has_test_split, load_split, method_parser, prepare_method,
-                          resolve_targets, test_predictions)
+                          resolve_targets, save_maps, test_predictions)
 from model.plotting import Figure
 from model.runtime import write_figure
 
 CAM_METHODS = [name for name, method in METHODS.items() if method.family == "cam"]
 DEFAULTS = METHODS["faster-scorecam"].defaults  # the CAM family's options
 MAX_CLASS_MAPS = 10  # the one-image figure shows the most probable classes of ImageNet's 1000
+SAVED = ("the first --method's maps as the registry returns them, before the figures' "
+         "normalization to [0, 1]; maps_<method> (N, H, W) float32 for every --method, the "
+         "first included; method (the methods in order), layer, upsample, smooth, "
+         "max_channels; the --index or --image images only (not the class maps or the "
+         "gallery)")
 
 
 def plot_class_maps(image, maps, classes, probabilities, method, title):
@@ -67,7 +73,7 @@ def gallery_selection(model, test_set, device, per_group, batch_size):
 
 def get_args_parser():
     parser = ArgumentParser(description=__doc__.split("\n")[0],
-                            parents=[method_parser("class_activation_maps")])
+                            parents=[method_parser("class_activation_maps", maps=SAVED)])
     parser.add_argument("--method", nargs="+", choices=list(METHODS), default=None,
                         help="attribution methods to show (default: the CAM family; cam only "
                              "where it applies); every registered method can be chosen")
@@ -100,11 +106,14 @@ def explain(args):
     options = dict(batch_size=args.batch_size, max_channels=args.max_channels,
                    smooth=args.smooth, upsample=args.upsample, info=info, seed=args.seed)
 
-    def maps_for(inputs, targets, method):
+    def raw_maps_for(inputs, targets, method):
         generator = torch.Generator().manual_seed(args.seed)
         maps = METHODS[method](model, inputs, targets, layer=layer, generator=generator,
                                **options)
-        return normalize_maps(maps.detach())
+        return maps.detach().float()
+
+    def maps_for(inputs, targets, method):
+        return normalize_maps(raw_maps_for(inputs, targets, method))
 
     with torch.no_grad():
         probabilities = torch.softmax(model(selection.inputs), 1)
@@ -115,8 +124,14 @@ def explain(args):
               for name, label, pred, prob in zip(selection.names, selection.labels,
                                                  predictions, probabilities)]
     out = Path(args.out)
-    maps = {method: maps_for(selection.inputs, targets, method) for method in methods}
-    written = [write_figure(plot_overlay_grid(images, maps, titles), out / f"cam_{layer}_grid.png")]
+    raw_maps = {method: raw_maps_for(selection.inputs, targets, method) for method in methods}
+    maps = {method: normalize_maps(method_maps) for method, method_maps in raw_maps.items()}
+    written = [write_figure(plot_overlay_grid(images, maps, titles),
+                            out / f"cam_{layer}_grid.png")]
+    if args.save_maps:
+        written.append(save_maps(args, info, selection, raw_maps[methods[0]], targets,
+                                 method=methods, layer=layer,
+                                 **{f"maps_{method}": raw_maps[method] for method in methods}))
 
     shown = probabilities[0].argsort(descending=True)[:MAX_CLASS_MAPS].sort().values
     every = len(shown) == len(info.classes)

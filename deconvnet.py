@@ -4,6 +4,7 @@
     python deconvnet.py --dataset shapes --layer conv2 --channel 5 --whole-map
     python deconvnet.py --dataset mnist --arch simple --layer conv2 --all-channels
     python deconvnet.py --dataset shapes --rule guided          # Springenberg et al. 2015
+    python deconvnet.py --dataset shapes --index 0 1 --layer conv2 --save-maps deconvnet.npz
 
 One activation of a layer (the strongest unit of a channel, or its whole map) is kept, every
 other activation is set to zero, and the signal goes down the explicit mirror of the network
@@ -21,15 +22,25 @@ from pathlib import Path
 import torch
 
 from model.architectures import conv_layer_names
+from model.attribution import METHODS
 from model.cli import ArgumentParser, non_negative_int, positive_int, run
 from model.errors import UserError
 from model.heatmaps import HEATMAP_CMAP, frame, show_image, signed_display
-from model.images import method_parser, prepare_method
+from model.images import method_parser, prepare_method, resolve_targets, save_maps
 from model.mirror import (RULES, compute_projections, layer_activation, projection_path,
                           strongest_channels)
 from model.plotting import Figure, Rectangle
 from model.receptive_field import layer_receptive_field
 from model.runtime import write_figure
+
+# The registered method that sends the class score down by each --rule (model.gradients).
+RULE_METHODS = {"deconvnet": "deconvnet", "guided": "guided-backprop", "saliency": "saliency"}
+SAVED = ("the class score of --target sent down to the pixels by --rule, one map per image "
+         "as the registry's deconvnet, guided-backprop or saliency method gives it (max over "
+         "colour channels of its magnitude); method and rule; and per --layer "
+         "projections_<layer> (N, J, C, H, W) float32, the J projections the figures show, "
+         "and channels_<layer> (N, J) int64, their channels (large with --all-channels)")
+
 
 def plot_projections(image, projections, activations, channels, boxes, title, columns=3):
     """Paper Fig. 2 style: per channel, its feature map, its projection and the image crop.
@@ -99,7 +110,7 @@ def maximum_boxes(activations, field, image_size):
 
 def get_args_parser():
     parser = ArgumentParser(description=__doc__.split("\n")[0],
-                            parents=[method_parser("deconvnet")])
+                            parents=[method_parser("deconvnet", maps=SAVED)])
     parser.add_argument("--layer", nargs="+", default=None,
                         help="layers to project from (default: every conv layer)")
     parser.add_argument("--channel", type=non_negative_int, nargs="+", default=None,
@@ -124,6 +135,7 @@ def explain(args):
     layers = args.layer or conv_layer_names(model)
     images, written = info.denormalize(selection.inputs), []
     summary = [[] for _ in selection.names]  # per image: (label, projections, boxes) per layer
+    saved = {}  # --save-maps: the projections and channels of every layer
     paths = {}  # one note per way of projecting, naming its layers
     for layer in layers:
         paths.setdefault(projection_path(model, layer), []).append(layer)
@@ -142,6 +154,9 @@ def explain(args):
         projections, activations = compute_projections(model, selection.inputs, layer,
                                                        channels.to(device), args.rule,
                                                        args.whole_map)
+        if args.save_maps:
+            saved[f"projections_{layer}"] = projections.float().cpu()  # (N, J, C, H, W)
+            saved[f"channels_{layer}"] = channels
         for index, name in enumerate(selection.names):
             boxes = maximum_boxes(activations[index], field, info.image_size)
             title = (f"{name}, layer {layer}: {args.rule} projections of "
@@ -163,7 +178,20 @@ def explain(args):
                                      args.top)
             written.append(write_figure(figure, Path(args.out) /
                                         f"{args.rule}_{name}_all_layers.png"))
+    if args.save_maps:
+        written.append(save_class_maps(args, model, info, selection, saved))
     return written
+
+
+def save_class_maps(args, model, info, selection, saved):
+    """Write ``--save-maps``: per image the class score of ``--target`` sent down by ``--rule``
+    (the registered method), with the projections ``saved`` per layer; returns the path."""
+    with torch.no_grad():
+        logits = model(selection.inputs)
+    targets = resolve_targets(args.target, info, logits, selection.labels)
+    method = RULE_METHODS[args.rule]
+    maps = METHODS[method](model, selection.inputs, targets)  # (N, H, W)
+    return save_maps(args, info, selection, maps, targets, method=method, **saved)
 
 
 def main(argv=None, written=None):

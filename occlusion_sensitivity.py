@@ -3,6 +3,7 @@
     python occlusion_sensitivity.py --dataset shapes --index 0 1 2
     python occlusion_sensitivity.py --dataset mnist --arch simple --patch 6 --stride 2
     python occlusion_sensitivity.py --image cat.png --dataset cifar10 --baseline gray
+    python occlusion_sensitivity.py --dataset shapes --index 0 1 --save-maps occlusion.npz
 
 A square patch (``--patch`` pixels, moved by ``--stride``) is slid over the image and filled with
 a baseline (gray, zero = black, the dataset's mean colour, a blurred copy of the image, or a
@@ -20,7 +21,7 @@ import torch
 from model.cli import ArgumentParser, positive_int, run
 from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, class_colormap, frame, show_image,
                             show_overlay)
-from model.images import method_parser, prepare_method, resolve_targets
+from model.images import method_parser, prepare_method, resolve_targets, save_maps
 from model.attribution import METHODS
 from model.occlusion import (SMALL_IMAGE_GEOMETRY, baseline_images, compute_occlusion,
                              occlusion_geometry)
@@ -28,6 +29,9 @@ from model.plotting import Figure, Patch, Rectangle
 from model.runtime import write_figure
 
 DEFAULTS = METHODS["occlusion"].defaults
+SAVED = ("the drop of p(target) per pixel (the registry's occlusion map); probability "
+         "(N, ny, nx) p(target) with the patch at each position, tops (ny,) and lefts (nx,) "
+         "the positions' pixel coordinates, method, patch, stride and baseline")
 
 
 def occluded_image(image, fill, top, left, patch):
@@ -94,7 +98,7 @@ def plot_occlusion(image, fill, result, index, patch, classes, title, strip=8):
 
 def get_args_parser():
     parser = ArgumentParser(description=__doc__.split("\n")[0],
-                            parents=[method_parser("occlusion_sensitivity")])
+                            parents=[method_parser("occlusion_sensitivity", maps=SAVED)])
     parser.add_argument("--patch", type=positive_int, default=None,
                         help=f"side of the occluding square in pixels (default: "
                              f"{SMALL_IMAGE_GEOMETRY[0]} up to 64 px images, else 1/7 of the "
@@ -133,6 +137,10 @@ def explain(args):
         figure = plot_occlusion(images[index], fills[index], result, index, args.patch,
                                 info.classes, title)
         written.append(write_figure(figure, Path(args.out) / f"occlusion_{name}.png"))
+    if args.save_maps:
+        written.append(save_maps(args, info, selection, result.pixel_drop, targets,
+                                 method="occlusion", probability=result.probability,
+                                 tops=result.tops, lefts=result.lefts))
     return written
 
 

@@ -2,12 +2,14 @@
 
 Shared by every method script: ``method_parser`` adds the flags, ``load_method_model`` finds and
 loads the checkpoint, ``select_inputs`` turns ``--index``/``--image`` into a normalized batch,
-and ``resolve_targets`` turns ``--target`` into one class index per image.
+``resolve_targets`` turns ``--target`` into one class index per image, and ``save_maps``
+writes a script's maps for ``--save-maps``.
 """
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .checkpoint import default_checkpoint_path, load_model, model_from_weights
@@ -16,7 +18,8 @@ from .datasets import DATASETS, load_dataset
 from .engine import iterate_batches
 from .errors import UserError
 from .image_files import load_image_file
-from .runtime import prepare_output_folder, resolve_device, seed_everything
+from .runtime import (PLAIN_KINDS, check_writable_file, prepare_output_folder, resolve_device,
+                      save_arrays, seed_everything)
 from .zoo import LAYER_NAMES, TORCHVISION_ARCHS
 
 MAX_NAME_PART = 40  # characters kept of each file or folder name in an image's output name
@@ -54,8 +57,14 @@ def add_weights_flags(parser):
                              "--dataset's)")
 
 
-def method_parser(script):
-    """Parent parser of a script that explains chosen images: checkpoint flags plus images."""
+def method_parser(script, maps=None):
+    """Parent parser of a script that explains chosen images: checkpoint flags plus images.
+
+    Args:
+        maps: for a script that makes one map per image, what its ``--save-maps`` file holds
+            beyond the keys every such file has (:func:`save_maps`), in words for the help;
+            None: the script has no ``--save-maps``.
+    """
     parser = checkpoint_parser(script)
     parser.add_argument("--index", type=non_negative_int, nargs="+", default=[0, 1, 2],
                         help="indices into the test split (default: 0 1 2)")
@@ -67,6 +76,16 @@ def method_parser(script):
                              "(default: pred)")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per forward pass (default: 256)")
+    if maps is None:
+        parser.set_defaults(save_maps=None)
+    else:
+        parser.add_argument("--save-maps", metavar="FILE.npz", default=None,
+                            help="also write the raw maps to FILE.npz, numbers and strings "
+                                 "only (np.load needs no allow_pickle): maps (N, H, W) "
+                                 f"float32, {maps}; targets (N,) int64, labels (N,) (-1: "
+                                 "an image file), image_names, classes, dataset, "
+                                 "image_size, checkpoint and every flag set to a number, "
+                                 "a string or a list of them (default: not written)")
     return parser
 
 
@@ -121,6 +140,8 @@ def prepare_method(args):
         (device, model, DatasetInfo, Selection).
     """
     seed_everything(args.seed)
+    if args.save_maps:  # like --out, before any work
+        check_writable_file(args.save_maps, "--save-maps")
     device, model, info = load_method_model(args)
     check_target(args.target, info, labelled=not args.image)
     return device, model, info, select_inputs(args, info, device)
@@ -163,6 +184,38 @@ def select_inputs(args, info, device):
     return Selection(info.normalize(test_set.images[index].to(device)),
                      test_set.labels[index].to(device), [f"test_{i}" for i in args.index],
                      masks)
+
+
+def save_maps(args, info, selection, maps, targets, **arrays):
+    """Write ``--save-maps``: one raw map per image, its target and the run's settings.
+
+    The keys: ``maps`` (N, H, W) float32 and ``targets`` (N,) int64; ``labels`` (N,) int64
+    (-1: an image file), ``image_names``, ``classes``, ``dataset``, ``image_size`` and
+    ``checkpoint`` (absent for ``--weights``); then ``arrays``, the script's own (its method,
+    options it resolved, more maps); and every flag of ``vars(args)`` whose value is a number,
+    a string or a list of them (flags left unset, None, are not stored). Tensors go to the
+    CPU; strings become unicode arrays, so ``np.load`` reads the file without pickle.
+
+    Args:
+        maps: (N, H, W) tensor; targets: (N,) tensor.
+        arrays: more named values (tensors, numbers, strings or lists of them).
+    Returns:
+        the path written (``args.save_maps``).
+    """
+    def plain(value):
+        return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+
+    flags = {name: value for name, value in vars(args).items()
+             if np.asarray(value).dtype.kind in PLAIN_KINDS}
+    common = dict(labels=plain(selection.labels).astype(np.int64), image_names=selection.names,
+                  classes=list(info.classes), dataset=info.name, image_size=info.image_size)
+    if not args.weights:
+        common["checkpoint"] = str(checkpoint_path(args))
+    own = {name: plain(value) for name, value in arrays.items()}
+    written = save_arrays({**flags, **common, **own, "maps": plain(maps).astype(np.float32),
+                           "targets": plain(targets).astype(np.int64)}, args.save_maps)
+    print(f"wrote {written}")
+    return written
 
 
 def load_split(info, split, args):

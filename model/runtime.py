@@ -242,6 +242,24 @@ def save_json(data, path):
     return path
 
 
+PLAIN_KINDS = "biufU"  # bool, signed and unsigned int, float, unicode: loadable without pickle
+
+
+def save_arrays(arrays, path):
+    """Write named arrays to a NumPy ``.npz`` file atomically; returns ``path``.
+
+    Every value must become a number, bool or string array (no Python objects), so that
+    ``np.load(path)`` reads the file without ``allow_pickle``. The name is kept as given
+    (``np.savez`` adds ``.npz`` only to a path, not to an open file).
+    """
+    arrays = {name: np.asarray(value) for name, value in arrays.items()}
+    for name, array in arrays.items():
+        assert array.dtype.kind in PLAIN_KINDS, f"{name}: {array.dtype} would need pickling"
+    with atomic_open(path) as file:
+        np.savez(file, **arrays)
+    return path
+
+
 def write_figure(figure, path):
     """Save a figure (see :func:`save_figure`), tell the user where it went, return ``path``."""
     print(f"wrote {save_figure(figure, path)}")
