@@ -14,6 +14,8 @@ import torch
 from .blur import gaussian_blur
 from .engine import fast_layout, variant_batch
 from .errors import UserError
+from .incremental import (DEFAULT_MAX_MEMORY_MB, IncrementalOcclusion, note_fallbacks,
+                          positions_per_batch)
 from .registry import register
 
 
@@ -85,7 +87,8 @@ def _covered(starts, patch, size):
 
 
 @torch.no_grad()
-def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=256):
+def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=256,
+                      incremental=False, approximate=None, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
     """Occlusion sensitivity of a batch of images (Zeiler & Fergus 2014, sec. 4.2).
 
     For every patch position (i, j) the image x is replaced inside the square by ``fill``:
@@ -100,6 +103,11 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
         targets: (N,) class per image.
         fill: (N, C, H, W) normalized values for the patch (see :func:`baseline_images`).
         patch, stride: square side and step in pixels.
+        incremental: compute f(x_ij) layer by layer on the changed boxes only
+            (``model.incremental``, Krypton): the same logits, less work; batches of positions
+            then fill ``max_memory_mb`` instead of ``batch_size``.
+        approximate: Krypton's projective-field threshold tau in (0, 1] (implies
+            ``incremental``): faster, no longer exact.
 
     Returns:
         :class:`OcclusionResult`.
@@ -115,15 +123,14 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     base_probability = base.gather(1, targets[:, None])[:, 0]
     probability = torch.empty(count * positions, dtype=base.dtype, device=inputs.device)
     top_class = torch.empty(count * positions, dtype=torch.int64, device=inputs.device)
-    batch_size = variant_batch(batch_size, inputs)
-    for start in range(0, count * positions, batch_size):
-        flat = torch.arange(start, min(start + batch_size, count * positions),
-                            device=inputs.device)
-        image_index, position_index = flat // positions, flat % positions
-        mask = windows[position_index][:, None]  # (B, 1, H, W)
-        variants = torch.where(mask, fill[image_index], inputs[image_index])  # (B, C, H, W)
-        scores = torch.softmax(model(fast_layout(variants)), dim=1)
-        probability[flat] = scores.gather(1, targets[image_index, None])[:, 0]
+    if incremental or approximate is not None:
+        batches = _incremental_logits(model, inputs, fill, patch, tops, lefts, approximate,
+                                      max_memory_mb)
+    else:
+        batches = _plain_logits(model, inputs, fill, windows, variant_batch(batch_size, inputs))
+    for flat, logits in batches:
+        scores = torch.softmax(logits, dim=1)
+        probability[flat] = scores.gather(1, targets[flat // positions, None])[:, 0]
         top_class[flat] = scores.argmax(1)
     grid = (count, len(tops), len(lefts))
     probability, top_class = probability.view(grid), top_class.view(grid)
@@ -134,6 +141,32 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     pixel_drop = summed / coverage.clamp_min(1.0)
     return OcclusionResult(probability, drop, top_class, base_probability, pixel_drop,
                            tops, lefts)
+
+
+def _plain_logits(model, inputs, fill, windows, batch_size):
+    """(flat indices, logits) per batch of ``batch_size`` occluded images, image-major."""
+    positions = len(windows)
+    total = len(inputs) * positions
+    for start in range(0, total, batch_size):
+        flat = torch.arange(start, min(start + batch_size, total), device=inputs.device)
+        image_index, position_index = flat // positions, flat % positions
+        mask = windows[position_index][:, None]  # (B, 1, H, W)
+        variants = torch.where(mask, fill[image_index], inputs[image_index])  # (B, C, H, W)
+        yield flat, model(fast_layout(variants))
+
+
+def _incremental_logits(model, inputs, fill, patch, tops, lefts, tau, max_memory_mb):
+    """(flat indices, logits) per batch of positions, computed incrementally: each image is
+    run once whole, then its positions in batches that fit ``max_memory_mb``."""
+    plan = IncrementalOcclusion(model, inputs[:1], patch, tops, lefts, tau)
+    note_fallbacks(plan)
+    positions = len(tops) * len(lefts)
+    batch_size = positions_per_batch(plan, inputs.element_size(), max_memory_mb)
+    for image in range(len(inputs)):
+        plan.keep(inputs[image])
+        for start in range(0, positions, batch_size):
+            index = torch.arange(start, min(start + batch_size, positions))
+            yield (image * positions + index).to(inputs.device), plan.logits(fill[image], index)
 
 
 SMALL_IMAGE_GEOMETRY = (4, 1)  # patch and stride up to 64 px: every position of a 4 px patch
@@ -165,9 +198,13 @@ def occlusion_geometry(image_size, patch=None, stride=None):
           family="perturbation", cost="1 + patch positions forward", signed=True,
           display="mean drop over the patch positions covering each pixel (negative: "
                   "covering it helps)",
-          defaults={"patch": None, "stride": None, "baseline": "blur", "batch_size": 256},
+          defaults={"patch": None, "stride": None, "baseline": "blur", "batch_size": 256,
+                    "incremental": False, "approximate": None,
+                    "max_memory_mb": DEFAULT_MAX_MEMORY_MB},
           needs={"info"})
-def occlusion_map(model, inputs, targets, *, info, patch, stride, baseline, batch_size):
+def occlusion_map(model, inputs, targets, *, info, patch, stride, baseline, batch_size,
+                  incremental, approximate, max_memory_mb):
     patch, stride = occlusion_geometry(inputs.shape[-1], patch, stride)
     fill = baseline_images(inputs, info, baseline, patch)
-    return compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size).pixel_drop
+    return compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size,
+                             incremental, approximate, max_memory_mb).pixel_drop
