@@ -1,12 +1,17 @@
-"""Occlusion sensitivity cost against the model's batched inference throughput.
+"""Occlusion sensitivity: plain batched, incremental (Krypton) and approximate, side by side.
 
-    python bench/occlusion_speed.py                  # both archs, shapes-sized inputs
-    python bench/occlusion_speed.py --dataset mnist --images 32 --batch-size 512
+    python bench/occlusion_speed.py                  # the project's nets, shapes-sized inputs
+    python bench/occlusion_speed.py --image-size 224 --arch vgg16 resnet18 \
+        --geometry 32/16 16/8 --approximate 0.5
 
-The ideal cost of occlusion is (number of occluded variants) / (batched inference images/s):
-every variant needs one forward pass and nothing else. The table prints the measured time, that
-ideal and their ratio (issue target: <= 1.3 on a CPU). Weights do not change the speed, so the
-nets are freshly initialized and no checkpoint is needed.
+Per architecture and patch/stride: the plain batched occlusion (every occluded image through
+the whole net) against its ideal, (occluded images) / (batched inference images/s); the exact
+incremental occlusion (``--incremental``: only the changed box of each layer) with its speed-up
+and the speed-up its FLOP count predicts; each approximate threshold (``--approximate TAU``)
+the same way, with its map error against the exact map (mean and max |drop difference|, as a
+share of the exact map's largest |drop|). "exact diff" is the incremental map's largest
+difference from the plain one (the 224 px equality check). Weights do not change the speed,
+so the nets are freshly initialized (BatchNorm statistics randomized) and need no checkpoint.
 """
 import argparse
 import sys
@@ -20,52 +25,108 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import model.occlusion as occ  # noqa: E402
 from model.architectures import ARCHITECTURES, build_model  # noqa: E402
 from model.datasets import DATASET_INFO, DATASETS  # noqa: E402
-from model.engine import RECIPES  # noqa: E402
+from model.engine import RECIPES, variant_batch  # noqa: E402
+from model.incremental import IncrementalOcclusion  # noqa: E402
 from model.runtime import keep_freed_memory, resolve_device  # noqa: E402
 from train_speed import throughput  # noqa: E402
+
+
+def geometry(text):
+    """argparse type: PATCH/STRIDE, e.g. 16/8."""
+    patch, _, stride = text.partition("/")
+    return int(patch), int(stride)
+
+
+def timed(function, device):
+    started = time.perf_counter()
+    result = function()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - started
+
+
+def randomized(network):
+    """``network`` with BatchNorm statistics and affine weights drawn at random, so no layer
+    is the identity it is at initialization (its maps then exercise every layer)."""
+    generator = torch.Generator().manual_seed(0)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator))
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return network
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=DATASETS, default="shapes",
-                        help="input size and classes to mimic (default: shapes)")
-    parser.add_argument("--images", type=int, default=16, help="images explained (default: 16)")
-    parser.add_argument("--patch", type=int, default=4, help="patch side (default: 4)")
-    parser.add_argument("--stride", type=int, default=1, help="patch step (default: 1)")
+                        help="channels, classes and (without --image-size) the input size to "
+                             "mimic (default: shapes)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input side in px (default: the dataset's)")
+    parser.add_argument("--arch", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES),
+                        help="architectures (default: all)")
+    parser.add_argument("--images", type=int, default=1, help="images explained (default: 1)")
+    parser.add_argument("--geometry", type=geometry, nargs="+", default=[(4, 1)],
+                        help="PATCH/STRIDE settings (default: 4/1)")
+    parser.add_argument("--approximate", type=float, nargs="*", default=[0.5],
+                        help="projective-field thresholds TAU to time (default: 0.5)")
     parser.add_argument("--batch-size", type=int, default=256,
-                        help="variants per forward pass (default: 256)")
+                        help="plain occlusion: occluded images per forward pass (default: "
+                             "256, at most model.engine.variant_batch's pixel budget)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as every script does (model.cli.run)
     device = resolve_device(args.device)
     info = DATASET_INFO[args.dataset]
+    size = args.image_size or info.image_size
     torch.manual_seed(0)
-    inputs = torch.randn(args.images, info.channels, info.image_size, info.image_size,
-                         device=device)
-    print(f"device: {device}; {args.images} images, patch {args.patch}, stride "
-          f"{args.stride}, batch {args.batch_size}")
-    print("| arch | variants | occlusion time | inference img/s | ideal time | ratio |")
-    print("|---|---|---|---|---|---|")
-    for arch in ARCHITECTURES:
-        model = build_model(arch, info.channels, len(info.classes), info.image_size,
-                            RECIPES[(args.dataset, arch)].vgg_plan).to(device).eval()
-        batch = torch.randn(args.batch_size, *inputs.shape[1:], device=device)
-        images_per_s = throughput(model, batch, args.batch_size, train=False)
-        targets = torch.zeros(args.images, dtype=torch.long, device=device)
-        fill = torch.zeros_like(inputs)
-        occ.compute_occlusion(model, inputs[:1], targets[:1], fill[:1], args.patch,
-                              args.stride, args.batch_size)  # warm-up
-        started = time.perf_counter()
-        result = occ.compute_occlusion(model, inputs, targets, fill, args.patch, args.stride,
-                                       args.batch_size)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-        variants = result.probability.numel()
-        ideal = variants / images_per_s
-        print(f"| {arch} | {variants} | {elapsed:.3f} s | {images_per_s:.0f} | {ideal:.3f} s "
-              f"| {elapsed / ideal:.2f} |", flush=True)
+    inputs = torch.randn(args.images, info.channels, size, size, device=device)
+    fill = torch.zeros_like(inputs)
+    targets = torch.arange(args.images, device=device) % len(info.classes)
+    print(f"device: {device}; {args.images} image(s) of {size} px, {info.channels} channels")
+    print("| arch | patch/stride | positions | plain | plain / ideal | incremental (speed-up) "
+          "| FLOP prediction | exact diff | "
+          + " | ".join(f"tau {tau} (speed-up, FLOP prediction) | tau {tau} error mean / max"
+                       for tau in args.approximate) + " |")
+    print("|---" * (8 + 2 * len(args.approximate)) + "|")
+    for arch in args.arch:
+        plan_name = RECIPES[(args.dataset, arch)].vgg_plan if (args.dataset, arch) in RECIPES \
+            else "small"
+        network = randomized(build_model(arch, info.channels, len(info.classes), size,
+                                         plan_name)).to(device).eval()
+        batch = torch.randn(variant_batch(args.batch_size, inputs), *inputs.shape[1:],
+                            device=device)
+        images_per_s = throughput(network, batch, len(batch), train=False, steps=5, warmup=1)
+        for patch, stride in args.geometry:
+            def run(**options):
+                return occ.compute_occlusion(network, inputs, targets, fill, patch, stride,
+                                             args.batch_size, **options)
+            run(incremental=True)  # warm-up (and the first trace)
+            plain, plain_s = timed(run, device)
+            exact, exact_s = timed(lambda: run(incremental=True), device)
+            scale = max(float(exact.pixel_drop.abs().max()), 1e-12)
+            exact_diff = float((exact.pixel_drop - plain.pixel_drop).abs().max()) / scale
+            positions = exact.probability[0].numel()
+            ideal = args.images * positions / images_per_s
+            row = (f"| {arch} | {patch}/{stride} | {positions} | {plain_s:.2f} s | "
+                   f"{plain_s / ideal:.2f} | {exact_s:.2f} s ({plain_s / exact_s:.1f}x) | "
+                   f"{predicted(network, inputs, patch, exact):.1f}x | {exact_diff:.1e} |")
+            for tau in args.approximate:
+                approximate, approximate_s = timed(lambda: run(approximate=tau), device)
+                error = (approximate.pixel_drop - exact.pixel_drop).abs() / scale
+                row += (f" {approximate_s:.2f} s ({plain_s / approximate_s:.1f}x, "
+                        f"{predicted(network, inputs, patch, exact, tau):.1f}x) | "
+                        f"{float(error.mean()):.3f} / {float(error.max()):.3f} |")
+            print(row, flush=True)
     return 0
+
+
+def predicted(network, inputs, patch, result, tau=None):
+    """The speed-up the conv and Linear FLOPs predict: plain / incremental."""
+    plan = IncrementalOcclusion(network, inputs[:1], patch, result.tops, result.lefts, tau)
+    plain, incremental, _ = plan.flops()
+    return plain / incremental
 
 
 if __name__ == "__main__":

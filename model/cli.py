@@ -65,6 +65,14 @@ def non_negative_float(text):
     return value
 
 
+def fraction(text):
+    """argparse type: a number in (0, 1]."""
+    value = _parse(float, text, "a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
+    return value
+
+
 def seed_int(text):
     """argparse type: an integer in 0..2**32-1, the range every random generator accepts."""
     value = _parse(int, text, "an integer")

@@ -28,6 +28,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import one_line
+
 POINTWISE_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Identity,
                      nn.Dropout, nn.Sigmoid, nn.SiLU, nn.Hardswish, nn.GELU, nn.Tanh)
 POINTWISE_FUNCTIONS = (operator.add, operator.mul, torch.add, torch.mul, torch.relu, F.relu)
@@ -69,10 +71,20 @@ class BoxValue:
     lefts: torch.Tensor
 
 
+def torch_forward(module):
+    """Whether ``module`` computes what its torch.nn class does: its forward is torch.nn's
+    own and no hook changes it (a subclass's forward, e.g. a weight-standardized conv, may
+    not be a crop-able window or pointwise function)."""
+    return (type(module).forward.__module__.startswith("torch.nn.")
+            and not module._forward_hooks and not module._forward_pre_hooks)
+
+
 def window_of(module):
     """(kernel, stride, padding, dilation, pad value) per axis of a conv or pool layer, or None
     for a layer whose output is not a window function of its input here."""
     pair = torch.nn.modules.utils._pair
+    if not torch_forward(module):
+        return None
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
             return None
@@ -178,8 +190,9 @@ class IncrementalOcclusion:
         self.fallbacks = []
         shapes = {node: getattr(value, "shape", None)
                   for node, value in self._run_whole(example).items()}
-        grid_tops = tops.repeat_interleave(len(lefts))
+        grid_tops = tops.repeat_interleave(len(lefts))  # (P,): positions row by row
         grid_lefts = lefts.repeat(len(tops))
+        self.positions = len(grid_tops)
         self.boxes, self.changed = {}, set(self.nodes[:1])
         for node in self.nodes:
             self.boxes[node] = self._box(node, shapes, grid_tops, grid_lefts, patch)
@@ -242,7 +255,8 @@ class IncrementalOcclusion:
                 return "window"
             if isinstance(module, nn.AdaptiveAvgPool2d) and same_size:
                 return "pointwise"  # output size = input size: each output is its input
-            if isinstance(module, POINTWISE_MODULES) and not module.training and same_size:
+            if (isinstance(module, POINTWISE_MODULES) and not module.training and same_size
+                    and torch_forward(module)):
                 return "pointwise"
             return None
         if node.op == "call_function" and same_size:
@@ -376,10 +390,11 @@ class IncrementalOcclusion:
             def read(used):
                 if used not in self.changed:
                     kept = self.kept[used]
-                    if isinstance(kept, torch.Tensor) and kept.dim() == 4:
+                    if (isinstance(kept, torch.Tensor) and kept.dim() == 4
+                            and kept.shape[-2:] == self.shapes[node][2:]):
                         return crop(kept[0].permute(1, 2, 0).contiguous(), tops, lefts,
                                     box.height, box.width)
-                    return kept
+                    return kept  # a number, or broadcast over the map (a (1, C, 1, 1) scale)
                 value = values[used]
                 if (not inplace and value.values.shape[-2:] == (box.height, box.width)
                         and torch.equal(value.tops, tops) and torch.equal(value.lefts, lefts)):
@@ -459,8 +474,17 @@ def positions_per_batch(plan, element_size, max_memory_mb):
     return max(1, int(max_memory_mb * 2 ** 20 // plan.bytes_per_position(element_size)))
 
 
-def note_fallbacks(plan):
-    """Say once on stderr where incremental occlusion runs whole maps (unknown layers)."""
+def incremental_plan(model, example, patch, tops, lefts, tau=None):
+    """An :class:`IncrementalOcclusion`, saying on stderr in one line where it runs whole maps
+    (a layer it cannot crop); None, also said in one line, if ``torch.fx`` cannot trace the
+    model (Python control flow on tensor values): then every occluded image runs whole."""
+    try:
+        plan = IncrementalOcclusion(model, example, patch, tops, lefts, tau)
+    except Exception as error:  # torch.fx raises many kinds; any of them means: run whole
+        print(f"incremental occlusion: torch.fx cannot trace {type(model).__name__} "
+              f"({one_line(error)}); running every occluded image whole", file=sys.stderr)
+        return None
     line = plan.describe_fallbacks()
     if line:
         print(line, file=sys.stderr)
+    return plan

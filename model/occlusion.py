@@ -14,8 +14,7 @@ import torch
 from .blur import gaussian_blur
 from .engine import fast_layout, variant_batch
 from .errors import UserError
-from .incremental import (DEFAULT_MAX_MEMORY_MB, IncrementalOcclusion, note_fallbacks,
-                          positions_per_batch)
+from .incremental import DEFAULT_MAX_MEMORY_MB, incremental_plan, positions_per_batch
 from .registry import register
 
 
@@ -123,11 +122,13 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     base_probability = base.gather(1, targets[:, None])[:, 0]
     probability = torch.empty(count * positions, dtype=base.dtype, device=inputs.device)
     top_class = torch.empty(count * positions, dtype=torch.int64, device=inputs.device)
+    plan = None
     if incremental or approximate is not None:
-        batches = _incremental_logits(model, inputs, fill, patch, tops, lefts, approximate,
-                                      max_memory_mb)
-    else:
+        plan = incremental_plan(model, inputs[:1], patch, tops, lefts, approximate)
+    if plan is None:
         batches = _plain_logits(model, inputs, fill, windows, variant_batch(batch_size, inputs))
+    else:
+        batches = _incremental_logits(plan, inputs, fill, max_memory_mb)
     for flat, logits in batches:
         scores = torch.softmax(logits, dim=1)
         probability[flat] = scores.gather(1, targets[flat // positions, None])[:, 0]
@@ -155,12 +156,10 @@ def _plain_logits(model, inputs, fill, windows, batch_size):
         yield flat, model(fast_layout(variants))
 
 
-def _incremental_logits(model, inputs, fill, patch, tops, lefts, tau, max_memory_mb):
-    """(flat indices, logits) per batch of positions, computed incrementally: each image is
-    run once whole, then its positions in batches that fit ``max_memory_mb``."""
-    plan = IncrementalOcclusion(model, inputs[:1], patch, tops, lefts, tau)
-    note_fallbacks(plan)
-    positions = len(tops) * len(lefts)
+def _incremental_logits(plan, inputs, fill, max_memory_mb):
+    """(flat indices, logits) per batch of positions from an incremental ``plan``: each image
+    is run once whole, then its positions in batches that fit ``max_memory_mb``."""
+    positions = plan.positions
     batch_size = positions_per_batch(plan, inputs.element_size(), max_memory_mb)
     for image in range(len(inputs)):
         plan.keep(inputs[image])
