@@ -1,6 +1,6 @@
 """Occlusion sensitivity: plain batched, incremental (Krypton) and approximate, side by side.
 
-    python bench/occlusion_speed.py                  # the project's nets, shapes-sized inputs
+    python bench/occlusion_speed.py --arch simple vgg   # the project's nets at 32 px
     python bench/occlusion_speed.py --image-size 224 --arch vgg16 resnet18 \
         --geometry 32/16 16/8 --approximate 0.5
 
@@ -10,8 +10,10 @@ incremental occlusion (``--incremental``: only the changed box of each layer) wi
 and the speed-up its FLOP count predicts; each approximate threshold (``--approximate TAU``)
 the same way, with its map error against the exact map (mean and max |drop difference|, as a
 share of the exact map's largest |drop|). "exact diff" is the incremental map's largest
-difference from the plain one (the 224 px equality check). Weights do not change the speed,
-so the nets are freshly initialized (BatchNorm statistics randomized) and need no checkpoint.
+difference from the plain one (the 224 px equality check), also as a share of the largest
+|drop|. Weights do not change the speed, so the nets have random weights (``randomized``: no
+layer an identity, logits spread like a trained net's) and need no checkpoint; the target is
+the predicted class.
 """
 import argparse
 import sys
@@ -45,16 +47,26 @@ def timed(function, device):
     return result, time.perf_counter() - started
 
 
-def randomized(network):
-    """``network`` with BatchNorm statistics and affine weights drawn at random, so no layer
-    is the identity it is at initialization (its maps then exercise every layer)."""
+@torch.no_grad()
+def randomized(network, inputs, spread=3.0):
+    """``network`` (eval mode) with random weights made to behave like a trained net's where
+    the maps can tell: BatchNorm statistics and affine weights drawn at random, so no layer is
+    the identity it is at initialization, and the last Linear layer scaled so the logits on
+    ``inputs`` spread with standard deviation ``spread`` over the classes (at initialization
+    they are nearly equal, every probability about 1 / classes and every drop too small to
+    compare maps by). Returns the predicted classes, the targets to explain."""
     generator = torch.Generator().manual_seed(0)
     for module in network.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.copy_(torch.randn(module.num_features, generator=generator))
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
             module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return network
+    last = [module for module in network.modules() if isinstance(module, torch.nn.Linear)][-1]
+    factor = spread / float(network(inputs).std(1).mean())
+    last.weight.mul_(factor)
+    if last.bias is not None:
+        last.bias.mul_(factor)
+    return network(inputs).argmax(1)
 
 
 def main(argv=None):
@@ -66,7 +78,10 @@ def main(argv=None):
                         help="input side in px (default: the dataset's)")
     parser.add_argument("--arch", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES),
                         help="architectures (default: all)")
-    parser.add_argument("--images", type=int, default=1, help="images explained (default: 1)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="images explained (default: 16 up to 64 px, else 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random images "
+                        "(default: 0)")
     parser.add_argument("--geometry", type=geometry, nargs="+", default=[(4, 1)],
                         help="PATCH/STRIDE settings (default: 4/1)")
     parser.add_argument("--approximate", type=float, nargs="*", default=[0.5],
@@ -80,10 +95,10 @@ def main(argv=None):
     device = resolve_device(args.device)
     info = DATASET_INFO[args.dataset]
     size = args.image_size or info.image_size
-    torch.manual_seed(0)
+    args.images = args.images or (16 if size <= 64 else 1)
+    torch.manual_seed(args.seed)
     inputs = torch.randn(args.images, info.channels, size, size, device=device)
     fill = torch.zeros_like(inputs)
-    targets = torch.arange(args.images, device=device) % len(info.classes)
     print(f"device: {device}; {args.images} image(s) of {size} px, {info.channels} channels")
     print("| arch | patch/stride | positions | plain | plain / ideal | incremental (speed-up) "
           "| FLOP prediction | exact diff | "
@@ -93,8 +108,9 @@ def main(argv=None):
     for arch in args.arch:
         plan_name = RECIPES[(args.dataset, arch)].vgg_plan if (args.dataset, arch) in RECIPES \
             else "small"
-        network = randomized(build_model(arch, info.channels, len(info.classes), size,
-                                         plan_name)).to(device).eval()
+        network = build_model(arch, info.channels, len(info.classes), size,
+                              plan_name).to(device).eval()
+        targets = randomized(network, inputs)
         batch = torch.randn(variant_batch(args.batch_size, inputs), *inputs.shape[1:],
                             device=device)
         images_per_s = throughput(network, batch, len(batch), train=False, steps=5, warmup=1)

@@ -179,7 +179,7 @@ class IncrementalOcclusion:
         example: (1, C, H, W) an input of the size to explain.
         patch: square side in pixels.
         tops, lefts: (ny,), (nx,) the patch positions' pixel coordinates.
-        tau: None for exact; in (0, 1) for Krypton's projective-field threshold.
+        tau: None for exact; in (0, 1] for Krypton's projective-field threshold.
     """
 
     def __init__(self, model, example, patch, tops, lefts, tau=None):
@@ -255,8 +255,10 @@ class IncrementalOcclusion:
                 return "window"
             if isinstance(module, nn.AdaptiveAvgPool2d) and same_size:
                 return "pointwise"  # output size = input size: each output is its input
+            batch_statistics = (isinstance(module, nn.BatchNorm2d)
+                                and module.running_mean is None)  # normalizes by the batch
             if (isinstance(module, POINTWISE_MODULES) and not module.training and same_size
-                    and torch_forward(module)):
+                    and torch_forward(module) and not batch_statistics):
                 return "pointwise"
             return None
         if node.op == "call_function" and same_size:
@@ -384,6 +386,8 @@ class IncrementalOcclusion:
             region = self._region(used, values[used], tops * stride[0], lefts * stride[1],
                                   height, width, padding, pad_value)
             output = window_call(module, region)
+            if self.tau is not None:  # outside the cut box: the unoccluded activations
+                output = self._outside_kept(node, box, positions, output, tops, lefts)
         else:
             inplace = getattr(self.modules.get(node.target), "inplace", False)
 
@@ -404,6 +408,19 @@ class IncrementalOcclusion:
             kwargs = fx.node.map_arg(node.kwargs, read)
             output = self._call(node, args, kwargs)
         return BoxValue(output, tops, lefts)
+
+    def _outside_kept(self, node, box, positions, output, tops, lefts):
+        """``output`` (B, C, h, w) of the box at (tops, lefts) with the entries outside each
+        position's (thresholded) interval replaced by the kept unoccluded ones."""
+        height, width = output.shape[-2:]
+        device = output.device
+        rows = tops[:, None] + torch.arange(height, device=device)  # (B, h)
+        columns = lefts[:, None] + torch.arange(width, device=device)  # (B, w)
+        row_span, column_span = box.rows[positions].to(device), box.columns[positions].to(device)
+        inside = (((rows >= row_span[:, :1]) & (rows < row_span[:, 1:]))[:, :, None]
+                  & ((columns >= column_span[:, :1]) & (columns < column_span[:, 1:]))[:, None])
+        kept = crop(self._kept_padded(node, (0, 0), 0.0), tops, lefts, height, width)
+        return torch.where(inside[:, None], output, kept)
 
     # ---- cost --------------------------------------------------------------------------------
     def flops(self):

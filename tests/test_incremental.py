@@ -251,6 +251,47 @@ def test_approximate_mode(nets):
     assert cut_flops < exact_flops < plain_flops
 
 
+@pytest.mark.parametrize("tau", [0.75, 0.5, 0.3])
+@torch.no_grad()
+def test_approximate_logits_follow_the_definition_on_whole_maps(nets, tau):
+    """The approximation by its definition, computed a second, independent way: every layer of
+    the small VGG (an nn.Sequential) on whole maps, and after each conv or pool the entries
+    outside the thresholded changed interval reset to the unoccluded activations. The boxed
+    computation must give the same logits (float64, 1e-10 relative)."""
+    net = nets("vgg", "small", torch.float64)
+    inputs, fill = images(torch.float64, count=1)
+    tops = patch_positions(SIZE, PATCH, STRIDE)
+    plan = IncrementalOcclusion(net, inputs, PATCH, tops, tops, tau)
+    plan.keep(inputs[0])
+    boxed = plan.logits(fill[0], torch.arange(plan.positions))
+    grid = [(int(top), int(left)) for top in tops for left in tops]
+    expected = []
+    for top, left in grid:
+        occluded_input = occluded(inputs[0], fill[0], PATCH, tops.new_tensor([top]),
+                                  tops.new_tensor([left]))
+        occluded_map, unoccluded_map = occluded_input, inputs
+        rows, columns = torch.tensor([[top, top + PATCH]]), torch.tensor([[left, left + PATCH]])
+        for layer in net:
+            occluded_map, unoccluded_map = layer(occluded_map), layer(unoccluded_map)
+            window = incremental.window_of(layer)
+            if window is None:
+                continue
+            kernel, stride, padding, dilation, _ = window
+            height, width = occluded_map.shape[-2:]
+            rows = incremental.threshold(torch.stack(changed_interval(
+                *rows.unbind(1), kernel[0], stride[0], padding[0], dilation[0], height), 1),
+                height, tau)
+            columns = incremental.threshold(torch.stack(changed_interval(
+                *columns.unbind(1), kernel[1], stride[1], padding[1], dilation[1], width), 1),
+                width, tau)
+            inside = torch.zeros(height, width, dtype=torch.bool)
+            inside[rows[0, 0]:rows[0, 1], columns[0, 0]:columns[0, 1]] = True
+            occluded_map = torch.where(inside, occluded_map, unoccluded_map)
+        expected.append(occluded_map)
+    expected = torch.cat(expected)
+    assert relative_error(boxed - net(inputs), expected - net(inputs)) <= 1e-10
+
+
 # ---- the geometry of one layer --------------------------------------------------------------
 
 def random_window_layer(generator):
