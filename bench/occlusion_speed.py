@@ -39,6 +39,13 @@ def geometry(text):
     return int(patch), int(stride)
 
 
+def bench_net(dataset, arch, info, size, device):
+    """``arch`` built as ``dataset``'s recipe builds it (its VGG plan), random weights, eval."""
+    recipe = RECIPES.get((dataset, arch))
+    plan = recipe.vgg_plan if recipe is not None else "small"
+    return build_model(arch, info.channels, len(info.classes), size, plan).to(device).eval()
+
+
 def timed(function, device):
     started = time.perf_counter()
     result = function()
@@ -89,6 +96,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=256,
                         help="plain occlusion: occluded images per forward pass (default: "
                              "256, at most model.engine.variant_batch's pixel budget)")
+    parser.add_argument("--float64-check", action="store_true",
+                        help="instead of timing: each float32 map's distance from the float64 "
+                             "plain map (what float32 rounding alone moves a map)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as every script does (model.cli.run)
@@ -100,16 +110,15 @@ def main(argv=None):
     inputs = torch.randn(args.images, info.channels, size, size, device=device)
     fill = torch.zeros_like(inputs)
     print(f"device: {device}; {args.images} image(s) of {size} px, {info.channels} channels")
+    if args.float64_check:
+        return float64_check(args, info, inputs, fill, size, device)
     print("| arch | patch/stride | positions | plain | plain / ideal | incremental (speed-up) "
           "| FLOP prediction | exact diff | "
           + " | ".join(f"tau {tau} (speed-up, FLOP prediction) | tau {tau} error mean / max"
                        for tau in args.approximate) + " |")
     print("|---" * (8 + 2 * len(args.approximate)) + "|")
     for arch in args.arch:
-        plan_name = RECIPES[(args.dataset, arch)].vgg_plan if (args.dataset, arch) in RECIPES \
-            else "small"
-        network = build_model(arch, info.channels, len(info.classes), size,
-                              plan_name).to(device).eval()
+        network = bench_net(args.dataset, arch, info, size, device)
         targets = randomized(network, inputs)
         batch = torch.randn(variant_batch(args.batch_size, inputs), *inputs.shape[1:],
                             device=device)
@@ -135,6 +144,30 @@ def main(argv=None):
                         f"{predicted(network, inputs, patch, exact, tau):.1f}x) | "
                         f"{float(error.mean()):.3f} / {float(error.max()):.3f} |")
             print(row, flush=True)
+    return 0
+
+
+def float64_check(args, info, inputs, fill, size, device):
+    """Per net and geometry: the float32 maps (plain at two batch sizes, incremental) against
+    the float64 plain map, as a share of its largest |drop|: float32 rounding moves even the
+    plain map by this much, so an equality bound in float32 can be no tighter."""
+    print("| arch | patch/stride | plain batch 256 | plain batch 7 | incremental |")
+    print("|---|---|---|---|---|")
+    for arch in args.arch:
+        network = bench_net(args.dataset, arch, info, size, device)
+        targets = randomized(network, inputs)
+        for patch, stride in args.geometry:
+            def drop(net, images, **options):
+                return occ.compute_occlusion(net, images, targets, fill.to(images.dtype),
+                                             patch, stride, **options).pixel_drop.double()
+            maps = [drop(network, inputs, batch_size=256), drop(network, inputs, batch_size=7),
+                    drop(network, inputs, incremental=True)]
+            reference = drop(network.double(), inputs.double())
+            network.float()
+            scale = float(reference.abs().max())
+            print(f"| {arch} | {patch}/{stride} | "
+                  + " | ".join(f"{float((m - reference).abs().max()) / scale:.1e}"
+                               for m in maps) + " |", flush=True)
     return 0
 
 
