@@ -5,6 +5,7 @@ Modules:
     registry          the attribution-method registry: ``register``, ``METHODS``, ``get_method``
     attribution       imports every method (fills the registry) and adds the ``random`` baseline
     occlusion         occlusion sensitivity, batched over images and patch positions
+    incremental       incremental occlusion (Krypton): only the box a patch changes, per layer
     cam               the CAM family on one core (CAM, Grad-CAM, ..., Score-CAM, Eigen-CAM)
     gradients         input gradients by ReLU rule (backward hooks), Integrated Gradients, IxG
     mirror            the explicit DeconvNet mirror with max-pool switches
