@@ -377,9 +377,10 @@ class IncrementalOcclusion:
 
     def _run_node_box(self, node, box, values, positions, device):
         tops, lefts = box.tops[positions].to(device), box.lefts[positions].to(device)
-        if node.op == "call_module" and window_of(self.modules[node.target]) is not None:
-            module = self.modules[node.target]
-            kernel, stride, padding, dilation, pad_value = window_of(module)
+        module = self.modules.get(node.target) if node.op == "call_module" else None
+        window = None if module is None else window_of(module)
+        if window is not None:
+            kernel, stride, padding, dilation, pad_value = window
             (used,) = node.all_input_nodes
             height = (box.height - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
             width = (box.width - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
@@ -389,14 +390,14 @@ class IncrementalOcclusion:
             if self.tau is not None:  # outside the cut box: the unoccluded activations
                 output = self._outside_kept(node, box, positions, output, tops, lefts)
         else:
-            inplace = getattr(self.modules.get(node.target), "inplace", False)
+            inplace = getattr(module, "inplace", False)
 
             def read(used):
                 if used not in self.changed:
                     kept = self.kept[used]
                     if (isinstance(kept, torch.Tensor) and kept.dim() == 4
                             and kept.shape[-2:] == self.shapes[node][2:]):
-                        return crop(kept[0].permute(1, 2, 0).contiguous(), tops, lefts,
+                        return crop(self._kept_padded(used, (0, 0), 0.0), tops, lefts,
                                     box.height, box.width)
                     return kept  # a number, or broadcast over the map (a (1, C, 1, 1) scale)
                 value = values[used]
