@@ -7,7 +7,7 @@
     python class_activation_maps.py --dataset shapes --method integrated-gradients saliency
     python class_activation_maps.py --dataset shapes --method gradcam --save-maps gradcam.npz
 
-Every method of the CAM family (``model.cam``: CAM, Grad-CAM, Grad-CAM++, XGrad-CAM,
+Every method of the CAM family (``model.attribution.cam``: CAM, Grad-CAM, Grad-CAM++, XGrad-CAM,
 HiResCAM, LayerCAM, guided Grad-CAM, Score-CAM, faster Score-CAM, Ablation-CAM, Eigen-CAM)
 turns the feature maps A_k of one layer (``--layer``, default the last conv layer) into a map,
 by default all of them side by side. ``--method`` takes any registered attribution method
@@ -24,15 +24,23 @@ from pathlib import Path
 
 import torch
 
-from model.architectures import conv_layer_names
 from model.attribution import METHODS
-from model.cam import cam_layer_applies
-from model.cli import ArgumentParser, non_negative_int, positive_int, run
-from model.heatmaps import normalize_maps, plot_overlay_grid, show_image, show_overlay
-from model.images import (has_test_split, load_split, method_parser, prepare_method,
-                          resolve_targets, save_maps, test_predictions)
-from model.plotting import Figure
-from model.runtime import write_figure
+from model.attribution.cam import cam_layer_applies
+from model.attribution.maps import normalize_maps
+from model.cli.arguments import ArgumentParser, non_negative_int, positive_int
+from model.cli.method_inputs import (
+    has_test_split,
+    load_split,
+    method_parser,
+    prepare_method,
+    save_maps,
+)
+from model.cli.running import run
+from model.cli.targets import resolve_targets
+from model.data.sampling import test_predictions
+from model.figures.heatmaps import plot_overlay_grid, show_image, show_overlay
+from model.figures.plotting import Figure, write_figure
+from model.nets.layers import conv_layer_names
 
 CAM_METHODS = [name for name, method in METHODS.items() if method.family == "cam"]
 DEFAULTS = METHODS["faster-scorecam"].defaults  # the CAM family's options

@@ -8,7 +8,7 @@
 
 One activation of a layer (the strongest unit of a channel, or its whole map) is kept, every
 other activation is set to zero, and the signal goes down the explicit mirror of the network
-(``model.mirror``): unpooling with the max pools' switches, transposed convolutions, BatchNorm's
+(``model.units.mirror``): unpooling with the max pools' switches, transposed convolutions, BatchNorm's
 scale, and at each ReLU the chosen ``--rule`` (Springenberg et al. 2015, Fig. 1): deconvnet
 relu(R) (Zeiler & Fergus 2014), guided relu(R) [f > 0], saliency R [f > 0] (the gradient).
 
@@ -21,19 +21,24 @@ from pathlib import Path
 
 import torch
 
-from model.architectures import conv_layer_names
 from model.attribution import METHODS
-from model.cli import ArgumentParser, non_negative_int, positive_int, run
-from model.errors import UserError
-from model.heatmaps import HEATMAP_CMAP, frame, show_image, signed_display
-from model.images import method_parser, prepare_method, resolve_targets, save_maps
-from model.mirror import (RULES, compute_projections, layer_activation, projection_path,
-                          strongest_channels)
-from model.plotting import Figure, Rectangle
-from model.receptive_field import layer_receptive_field
-from model.runtime import write_figure
+from model.cli.arguments import ArgumentParser, non_negative_int, positive_int
+from model.cli.method_inputs import method_parser, prepare_method, save_maps
+from model.cli.running import run
+from model.cli.targets import resolve_targets
+from model.figures.heatmaps import HEATMAP_CMAP, frame, show_image, signed_display
+from model.figures.plotting import Figure, Rectangle, write_figure
+from model.nets.layers import conv_layer_names
+from model.nets.receptive_field import layer_receptive_field
+from model.units.mirror import (
+    RULES,
+    compute_projections,
+    layer_activation,
+    projection_path,
+    strongest_channels,
+)
 
-# The registered method that sends the class score down by each --rule (model.gradients).
+# The registered method that sends the class score down by each --rule (model.attribution.gradients).
 RULE_METHODS = {"deconvnet": "deconvnet", "guided": "guided-backprop", "saliency": "saliency"}
 SAVED = ("the class score of --target sent down to the pixels by --rule, one map per image "
          "as the registry's deconvnet, guided-backprop or saliency method gives it (max over "

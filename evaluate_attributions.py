@@ -31,32 +31,41 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model import distributed
-from model.architectures import conv_layer_names
 from model.attribution import BASELINE, METHODS
-from model.cam import cam_layer_applies
-from model.cli import ArgumentParser, positive_int, run
+from model.attribution.cam import cam_layer_applies
+from model.attribution.maps import normalize_maps
+from model.attribution.occlusion import SURVEY_STRIDE, occlusion_geometry
+from model.cli.arguments import ArgumentParser, positive_int
+from model.cli.method_inputs import checkpoint_parser, load_method_model, load_split
+from model.cli.running import run
+from model.data.sampling import sample_test_images
 from model.errors import UserError
-from model.faithfulness import (Cost, area_under_curve, cascading_randomization,
-                                deletion_insertion_curves, measure_cost, spearman)
-from model.heatmaps import DIVERGING_CMAP, normalize_maps, plot_map_table, plot_overlay_grid
-from model.images import checkpoint_parser, load_method_model, load_split, sample_test_images
-from model.layers import resolve_layer
-from model.metrics import mass_inside, pointing_hits
-from model.occlusion import SURVEY_STRIDE, occlusion_geometry
-from model.plotting import Figure, matplotlib
-from model.runtime import save_json, seed_everything, write_figure
+from model.evaluation.cost import Cost, measure_cost
+from model.evaluation.faithfulness import (
+    area_under_curve,
+    cascading_randomization,
+    deletion_insertion_curves,
+    spearman,
+)
+from model.evaluation.ground_truth import mass_inside, pointing_hits
+from model.figures.heatmaps import DIVERGING_CMAP, plot_map_table, plot_overlay_grid
+from model.figures.plotting import Figure, matplotlib, write_figure
+from model.nets.layers import block_end, conv_layer_names
+from model.report.tables import markdown_table
+from model.runtime import distributed
+from model.runtime.device import seed_everything
+from model.runtime.files import save_json
 
 
 @dataclass
 class Settings:
     """What the methods are run with beyond model and images; every other option is the
-    registry's default (``model.registry``), the same as in the method scripts."""
+    registry's default (``model.attribution.registry``), the same as in the method scripts."""
 
     info: object  # DatasetInfo: for occlusion's fill and the IG baseline
     layer: str  # the CAM layer: the last conv layer
     batch_size: int = 256
-    occlusion_stride: int = SURVEY_STRIDE  # up to 64 px (model.occlusion.survey_options)
+    occlusion_stride: int = SURVEY_STRIDE  # up to 64 px (model.attribution.occlusion.survey_options)
     seed: int = 0
 
     def options(self, method):
@@ -182,7 +191,7 @@ def explain_chunks(model, inputs, targets, method, settings, masks, steps):
         dict: ``starts`` (the chunks' first image), per chunk ``maps`` (n, H, W),
         ``deletion`` and ``insertion`` (n, steps + 1) curves, ``pointing`` (n,) hits and
         ``mass_inside`` (n,) (None without masks), all on the CPU; and ``cost``, a
-        :class:`~model.faithfulness.Cost` over the chunks.
+        :class:`~model.evaluation.cost.Cost` over the chunks.
     """
     chunks = distributed.current().my_batches(len(inputs), settings.batch_size)
     result = {"starts": [start for start, _ in chunks], "maps": [], "deletion": [],
@@ -207,62 +216,6 @@ def explain_chunks(model, inputs, targets, method, settings, masks, steps):
             result["pointing"].append(pointing_hits(maps, masks[start:stop]).cpu())
             result["mass_inside"].append(mass_inside(maps, masks[start:stop]).cpu())
     return result
-
-
-# Table columns: (metric key, heading, how to read it)
-COLUMNS = (
-    ("deletion_auc", "deletion AUC", "lower is better"),
-    ("insertion_auc", "insertion AUC", "higher is better"),
-    ("pointing", "pointing game", "higher is better"),
-    ("mass_inside", "mass in object", "higher is better"),
-    ("randomized_top_layer", "rank corr., top layer random", "lower is better"),
-    ("randomized_all_layers", "rank corr., all layers random", "lower is better"),
-    ("forward_passes_per_image", "forward / image", "cost"),
-    ("backward_passes_per_image", "backward / image", "cost"),
-    ("ms_per_image", "ms / image", "cost"),
-    ("peak_memory_mib", "peak MiB", "cost"),
-)
-
-
-def _present_columns(scores):
-    return [c for c in COLUMNS if any(c[0] in values for values in scores.values())]
-
-
-def table_rows(methods, scores):
-    """The table as (headings, rows of strings); columns no method has are left out.
-
-    Args:
-        scores: method -> {metric: value}, as in :class:`Evaluation` or evaluation.json.
-    """
-    columns = _present_columns(scores)
-    headings = ["method"] + [heading for _, heading, _ in columns]
-    rows = [[method] + [format_value(key, scores[method].get(key)) for key, _, _ in columns]
-            for method in methods]
-    return headings, rows
-
-
-def column_readings(scores):
-    """How to read each column of :func:`table_rows` (lower / higher is better, cost)."""
-    return [reading for _, _, reading in _present_columns(scores)]
-
-
-def format_value(key, value):
-    """A table cell: pass counts as integers where whole, scores with three decimals."""
-    if value is None:
-        return "-"
-    if key in ("forward_passes_per_image", "backward_passes_per_image"):
-        return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
-    if key in ("ms_per_image", "peak_memory_mib"):
-        return f"{value:.1f}"
-    return f"{value:.3f}"
-
-
-def markdown_table(methods, scores):
-    """The table as Markdown, for the terminal and the README."""
-    headings, rows = table_rows(methods, scores)
-    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def line_style(methods, method):
@@ -397,7 +350,7 @@ def get_args_parser():
 def prepare_evaluation(args, model, info, device):
     """Choose the images and settings of an evaluation run from ``args``."""
     layer = args.layer or conv_layer_names(model)[-1]
-    resolve_layer(model, layer)
+    block_end(model, layer)
     test_set = load_split(info, "test", args)
     probe = info.normalize(test_set.images[:2].to(device))
     methods = args.methods or available_methods(model, layer, probe)

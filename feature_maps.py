@@ -19,33 +19,38 @@ from pathlib import Path
 
 import torch
 
-from model.architectures import conv_layer_names, first_conv
-from model.checkpoint import load_checkpoint, load_model, snapshot_path
-from model.cli import ArgumentParser, positive_int, run
-from model.engine import iterate_batches
-from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, cell_centers, frame, grid_mosaic,
-                            normalize_maps, plot_map_table, show_image, show_mosaic,
-                            signed_display)
-from model.images import (checkpoint_path, has_test_split, load_split, method_parser,
-                          prepare_method)
-from model.layers import as_feature_maps, layer_outputs
-from model.plotting import Figure
-from model.runtime import save_json, write_figure
+from model.attribution.maps import normalize_maps
+from model.cli.arguments import ArgumentParser, positive_int
+from model.cli.method_inputs import (
+    checkpoint_path,
+    has_test_split,
+    load_split,
+    method_parser,
+    prepare_method,
+)
+from model.cli.running import run
+from model.data.batches import iterate_batches
+from model.figures.heatmaps import (
+    DIVERGING_CMAP,
+    HEATMAP_CMAP,
+    cell_centers,
+    frame,
+    grid_mosaic,
+    plot_map_table,
+    show_image,
+    show_mosaic,
+    signed_display,
+)
+from model.figures.plotting import Figure, write_figure
+from model.nets.checkpoint import load_checkpoint, load_model, snapshot_path
+from model.nets.layers import (
+    conv_layer_names,
+    first_conv,
+    layer_activations,
+)
+from model.runtime.files import save_json
 
 VIEWS = ("filters", "maps", "dead", "evolution")
-
-
-@torch.no_grad()
-def layer_activations(model, inputs, layers):
-    """One forward pass, as far as the last of ``layers``: name -> (N, K, h, w) activations.
-
-    A conv name stands for its block's output (``model.layers``).
-
-    Raises:
-        UserError: a layer whose output is no stack of feature maps (Flatten, Linear).
-    """
-    outputs = layer_outputs(model, layers, inputs)
-    return {name: as_feature_maps(outputs[name], model, name) for name in layers}
 
 
 @torch.no_grad()
@@ -210,6 +215,7 @@ def get_args_parser():
     return parser
 
 
+@torch.no_grad()  # feature maps and weights are only drawn
 def visualize(args):
     """Draw the ``--show`` views for the chosen image.
 

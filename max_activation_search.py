@@ -10,13 +10,13 @@ the ``--k`` images with the highest score, the channel's maximum over positions 
 mean`` for its mean), and the position of that maximum. Each batch's top-k is merged into the
 running top-k on tensors, so memory is channels x k whatever the number of images. Ties are
 broken by the lower image index (a stable merge), exactly as a full sort would. The scan is
-``model.activation_search``; this script draws and saves its result. Under torchrun
+``model.units.activation_search``; this script draws and saves its result. Under torchrun
 (``torchrun --nproc_per_node N max_activation_search.py ...``) each process scans whole batches
 and the top-k are merged exactly: the same JSON and figures as one process.
 
-The receptive field of the maximum is computed from the layer stack (``model.receptive_field``)
+The receptive field of the maximum is computed from the layer stack (``model.nets.receptive_field``)
 and drawn as a box; ``--project`` adds the DeconvNet projection of each top activation
-(``model.mirror``). A JSON file lists image indices, values, positions and the dead channels
+(``model.units.mirror``). A JSON file lists image indices, values, positions and the dead channels
 (never positive on the scan).
 """
 import sys
@@ -25,18 +25,25 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from model import distributed
-from model.activation_search import layer_function, parse_channels, search_top_activations
-from model.architectures import conv_layer_names, get_layer
-from model.cli import ArgumentParser, positive_int, run
+from model.cli.arguments import ArgumentParser, positive_int
+from model.cli.method_inputs import (
+    checkpoint_parser,
+    checkpoint_path,
+    has_test_split,
+    load_method_model,
+    load_split,
+)
+from model.cli.running import run
 from model.errors import UserError
-from model.heatmaps import frame, show_image, signed_display
-from model.receptive_field import layer_receptive_field
-from model.images import (checkpoint_parser, checkpoint_path, has_test_split, load_method_model,
-                          load_split)
-from model.mirror import compute_projections, projection_path
-from model.plotting import Figure, Rectangle
-from model.runtime import save_json, seed_everything, write_figure
+from model.figures.heatmaps import frame, show_image, signed_display
+from model.figures.plotting import Figure, Rectangle, write_figure
+from model.nets.layers import conv_layer_names, get_layer
+from model.nets.receptive_field import layer_receptive_field
+from model.runtime import distributed
+from model.runtime.device import seed_everything
+from model.runtime.files import save_json
+from model.units.activation_search import layer_function, parse_channels, search_top_activations
+from model.units.mirror import compute_projections, projection_path
 
 MAX_SHOWN = 16  # images per channel in the figures: a figure of k subplots grows with k
 MAX_OVERVIEW = 32  # channels in the default overview: 512 rows would be 55,000 px tall

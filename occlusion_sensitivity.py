@@ -22,15 +22,26 @@ from pathlib import Path
 
 import torch
 
-from model.cli import ArgumentParser, fraction, positive_int, run
-from model.heatmaps import (DIVERGING_CMAP, HEATMAP_CMAP, class_colormap, frame, show_image,
-                            show_overlay)
-from model.images import method_parser, prepare_method, resolve_targets, save_maps
 from model.attribution import METHODS
-from model.occlusion import (SMALL_IMAGE_GEOMETRY, baseline_images, compute_occlusion,
-                             occlusion_geometry)
-from model.plotting import Figure, Patch, Rectangle
-from model.runtime import write_figure
+from model.attribution.occlusion import (
+    SMALL_IMAGE_GEOMETRY,
+    baseline_images,
+    compute_occlusion,
+    occlusion_geometry,
+)
+from model.cli.arguments import ArgumentParser, positive_fraction, positive_int
+from model.cli.method_inputs import method_parser, prepare_method, save_maps
+from model.cli.running import run
+from model.cli.targets import resolve_targets
+from model.figures.heatmaps import (
+    DIVERGING_CMAP,
+    HEATMAP_CMAP,
+    class_colormap,
+    frame,
+    show_image,
+    show_overlay,
+)
+from model.figures.plotting import Figure, Patch, Rectangle, write_figure
 
 DEFAULTS = METHODS["occlusion"].defaults
 SAVED = ("the drop of p(target) per pixel (the registry's occlusion map); probability "
@@ -122,7 +133,7 @@ def get_args_parser():
                         help="recompute only the box of each layer that a patch changes "
                              "(Krypton): the same maps, faster where the patch is small "
                              "against the image (224 px); batches fill --max-memory")
-    parser.add_argument("--approximate", type=fraction, default=None, metavar="TAU",
+    parser.add_argument("--approximate", type=positive_fraction, default=None, metavar="TAU",
                         help="incremental with Krypton's projective-field threshold: each "
                              "conv or pool box cut to TAU of its map's side, centred "
                              "(faster, no longer exact; README lists the error per TAU; "

@@ -12,10 +12,10 @@ Every epoch ends with the checkpoint rewritten atomically
 (``outputs/checkpoints/<dataset>_<arch>.pt`` by default) and a training-curve PNG beside it,
 so an interrupted run keeps its last good epoch and ``--resume`` continues from there.
 Under torchrun every process trains on its part of each batch (DistributedDataParallel,
-``model.engine.for_training``) with the one-process batch size and schedule; rank 0 alone
+``model.training.loop.for_training``) with the one-process batch size and schedule; rank 0 alone
 writes the checkpoint, the curve and the log.
 Defaults (epochs, batch size, learning rate, augmentation) come from the per-dataset recipe
-in ``model.engine.RECIPES``, or from a named one (``--recipe``, ``model.engine.NAMED_RECIPES``).
+in ``model.training.recipes.RECIPES``, or from a named one (``--recipe``, ``model.training.recipes.NAMED_RECIPES``).
 """
 import argparse
 import sys
@@ -23,20 +23,34 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model import distributed
-from model.architectures import build_model
-from model.checkpoint import (check_destination, curve_path, default_checkpoint_path,
-                              load_model, save_checkpoint, snapshot_path)
-from model.cli import (ArgumentParser, common_parser, non_negative_float, positive_float,
-                       positive_int, run)
-from model.datasets import load_dataset
-from model.engine import DEFAULT_RECIPE, TrainingDivergedError, fit, prepare_model, recipe_for
+from model.cli.arguments import (
+    ArgumentParser,
+    common_parser,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
+from model.cli.running import run
+from model.data.datasets import load_dataset
 from model.errors import UserError
-from model.optim import make_optimizer
-from model.plotting import Figure
-from model.zoo import stem_args
-from model.runtime import (check_name_length, check_writable_file, resolve_device, save_figure,
-                           seed_everything)
+from model.figures.curves import plot_training_curve
+from model.figures.plotting import save_figure
+from model.nets.architectures import build_model
+from model.nets.checkpoint import (
+    check_destination,
+    curve_path,
+    default_checkpoint_path,
+    load_model,
+    save_checkpoint,
+    snapshot_path,
+)
+from model.nets.zoo import stem_args
+from model.runtime import distributed
+from model.runtime.device import resolve_device, seed_everything
+from model.runtime.files import check_name_length, check_writable_file
+from model.training.loop import TrainingDivergedError, fit, prepare_model
+from model.training.optim import make_optimizer
+from model.training.recipes import DEFAULT_RECIPE, recipe_for
 
 
 def get_args_parser():
@@ -82,7 +96,7 @@ def apply_recipe(args, stored=None):
     the dataset's recipe, default or ``--recipe`` (seed 0, every training image).
 
     Returns:
-        the :class:`~model.engine.Recipe`.
+        the :class:`~model.training.recipes.Recipe`.
     """
     if args.recipe is None:
         args.recipe = (stored or {}).get("recipe", DEFAULT_RECIPE)
@@ -94,35 +108,6 @@ def apply_recipe(args, stored=None):
             setattr(args, field, (stored or {}).get(field, default))
     args.vgg_plan = recipe.vgg_plan
     return recipe
-
-
-def plot_training_curve(history, title):
-    """Loss and accuracy per epoch, train and test, as a two-panel figure."""
-    epochs = [row["epoch"] for row in history]
-    last = history[-1]
-    sampled = {row.get("test_images") for row in history[:-1]} - {last.get("test_images")}
-    test_label = (f"test ({min(sampled):,} images before the last epoch)" if sampled
-                  else "test")
-    accuracy_title = f"accuracy (test: {100 * last['test_accuracy']:.2f}%"
-    if "tta_accuracy" in last:
-        accuracy_title += f"; {100 * last['tta_accuracy']:.2f}% with test-time views"
-    figure = Figure(figsize=(9, 3.4))
-    loss_axis, accuracy_axis = figure.subplots(1, 2)
-    loss_axis.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
-    loss_axis.plot(epochs, [row["test_loss"] for row in history], "s-", label=test_label)
-    loss_axis.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    accuracy_axis.plot(epochs, [100 * row["train_accuracy"] for row in history], "o-",
-                       label="train")
-    accuracy_axis.plot(epochs, [100 * row["test_accuracy"] for row in history], "s-",
-                       label=test_label)
-    accuracy_axis.set(xlabel="epoch", ylabel="accuracy (%)", title=accuracy_title + ")")
-    for axis in (loss_axis, accuracy_axis):
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        axis.xaxis.get_major_locator().set_params(integer=True)
-    figure.suptitle(title)
-    figure.tight_layout()
-    return figure
 
 
 def accuracy_note(metrics, recipe, test_count):

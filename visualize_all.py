@@ -19,7 +19,6 @@ which then runs first; rank 0 alone runs the per-image sections and writes the r
 """
 import contextlib
 import datetime
-import html
 import io
 import json
 import shlex
@@ -40,18 +39,34 @@ import gradient_ascent
 import max_activation_search
 import occlusion_sensitivity
 import train_cnn
-from model import distributed, report_page
-from model.attribution import METHODS
-from model.architectures import conv_layer_names
-from model.checkpoint import (CheckpointError, default_checkpoint_path, library_versions,
-                              load_checkpoint, load_model)
-from model.cli import ArgumentParser, Terminated, common_parser, positive_int, run
+from model.attribution.survey import survey_gallery
+from model.cli.arguments import ArgumentParser, common_parser, positive_int
+from model.cli.method_inputs import (
+    DEFAULT_ARCH,
+    DEFAULT_DATASET,
+    add_weights_flags,
+    check_weights_flags,
+    load_split,
+    weights_model,
+)
+from model.cli.running import Terminated, run
+from model.data.sampling import sample_test_images, test_predictions
 from model.errors import UserError
-from model.explorer import build_explorer
-from model.images import (DEFAULT_ARCH, DEFAULT_DATASET, add_weights_flags,
-                          check_weights_flags, load_split, sample_test_images,
-                          test_predictions, weights_model)
-from model.runtime import atomic_open, resolve_device, save_figure, save_json, seed_everything
+from model.figures.curves import plot_training_curve
+from model.figures.plotting import save_figure
+from model.nets.checkpoint import (
+    CheckpointError,
+    default_checkpoint_path,
+    library_versions,
+    load_checkpoint,
+    load_model,
+)
+from model.nets.layers import conv_layer_names
+from model.report.explorer import explorer_data, write_explorer
+from model.report.page import render_html
+from model.runtime import distributed
+from model.runtime.device import resolve_device, seed_everything
+from model.runtime.files import atomic_open, save_json
 
 ROOT = Path(__file__).resolve().parent
 GALLERY_SIZE = 6
@@ -350,7 +365,7 @@ def build_report(args):
         context = ReportContext(gallery.tolist(), conv_layer_names(model), args.num_images)
         if checkpoint is not None:
             title = f"{checkpoint['arch']} on {info.name}"
-            save_figure(train_cnn.plot_training_curve(checkpoint["history"], title),
+            save_figure(plot_training_curve(checkpoint["history"], title),
                         out / "training_curve.png")
         progress.update()
         for section in running:
@@ -369,11 +384,12 @@ def build_report(args):
             started = time.perf_counter()
             with distributed.alone():
                 arch = checkpoint["arch"] if checkpoint else args.arch
-                build_explorer(model, info, test_set, predictions, device, out,
-                               title=f"{arch} on {info.name}", count=args.explorer_images,
-                               seed=args.seed, progress=lambda method, layer:
-                               progress.set_postfix_str(f"explorer: {method}"
-                                                        + (f" at {layer}" if layer else "")))
+                survey = survey_gallery(model, info, test_set, predictions, device,
+                                        count=args.explorer_images, seed=args.seed,
+                                        progress=lambda method, layer: progress.set_postfix_str(
+                                            f"explorer: {method}"
+                                            + (f" at {layer}" if layer else "")))
+                write_explorer(out, explorer_data(f"{arch} on {info.name}", info, survey))
             times["explorer"] = time.perf_counter() - started
             progress.update()
         log.flush()
@@ -446,135 +462,6 @@ def report_summary(args, device, info, checkpoint, accuracy, test_count, context
         "seed": args.seed, "gallery_test_indices": context.gallery,
         "seconds": times, "sections": results, "evaluation": evaluation,
     }
-
-
-def render_html(summary, sections, results, evaluation):
-    """The report page: a sticky contents bar, a summary, then one folding section per
-    method (the first open); relative links only, readable offline."""
-    escape = html.escape
-    title = f"cnn-viz report: {escape(summary['arch'])} on {escape(summary['dataset'])}"
-    links = [("#summary", "Summary")] + [(f"#{s.name}", s.title) for s in sections]
-    links.append(("#reproduce", "Reproduce"))
-    if summary.get("explorer"):
-        links.append(("explorer.html", "Explorer (any image, method, class, layer)"))
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-             f"<title>{title}</title><style>{report_page.STYLE}</style>"
-             f"<script>{report_page.HEAD_SCRIPT}</script></head><body>",
-             report_page.contents_bar(links), "<main>",
-             f"<section id='summary'><h1>{title}</h1>", model_paragraph(summary),
-             summary_table(evaluation, summary.get("explorer"), [s.name for s in sections]),
-             "</section>"]
-    if summary.get("interrupted_during"):
-        parts.append(f"<p class='failed'><b>This run was interrupted</b> (Ctrl-C or a signal) "
-                     f"during the section {escape(summary['interrupted_during'])}: it and the "
-                     "sections after it are missing from this page. Run the same command "
-                     "again for the whole report.</p>")
-    for number, (section, result) in enumerate(zip(sections, results)):
-        parts.append(f"<details id='{section.name}'{' open' if number == 0 else ''}>"
-                     f"<summary><h2>{escape(section.title)}</h2></summary>"
-                     f"<p class='paper'>{escape(section.paper)} &middot; "
-                     f"{result['seconds']:.1f} s</p>"
-                     f"<p class='what'><b>What it shows:</b> {escape(section.shows)}<br>"
-                     f"<b>What to look for:</b> {escape(section.look_for)}</p>")
-        for failure in result["failed"]:
-            parts.append(f"<p class='failed'>This part failed: {escape(failure)}</p>")
-        for note in result.get("notes", []):
-            parts.append(f"<p class='note'>Note: {escape(note)}</p>")
-        if section.name == "evaluation" and evaluation is not None:
-            parts.append(evaluation_table(evaluation))
-        for figure in result["figures"]:
-            parts.append(report_page.figure_html(figure, f"{section.title}: {figure}"))
-        parts.append("<details><summary>commands</summary><pre>"
-                     + escape("\n".join(result["commands"])) + "</pre></details></details>")
-    reproduce = {key: summary.get(key) for key in ("command", "git_commit", "versions", "seed",
-                                                   "training_args", "report_args")}
-    parts.append("<section id='reproduce'><h2>Reproduce</h2><pre>"
-                 + escape(json.dumps(reproduce, indent=1)) + "</pre></section></main>"
-                 f"<script>{report_page.SCRIPT}</script></body></html>")
-    return "\n".join(parts)
-
-
-# The report section that shows a method's own figures, by the method's registry family.
-FAMILY_SECTIONS = {"perturbation": "occlusion", "cam": "cam"}
-GRADIENT_SECTION_METHODS = ("saliency", "guided-backprop", "deconvnet")  # deconvnet.py's paths
-RANDOMIZED_CHANGES = 0.5  # rank correlation below which a map "changes" with the top layer
-
-
-def summary_table(evaluation, explorer, shown):
-    """Per method the evaluation's headline figures, each row linking to the method's
-    figures (its section among the ``shown`` ones, else the evaluation's maps; and the
-    explorer with the method chosen). Keys an older evaluation.json lacks show as "-"."""
-    if evaluation is None:
-        return ("<p>No evaluation in this report (run it with the evaluation section for the "
-                "per-method summary).</p>")
-    escape = html.escape
-    head = ("<tr><th>method</th><th>deletion AUC (lower better)</th><th>insertion AUC "
-            "(higher better)</th><th>pointing game</th><th>top layer randomized</th>"
-            "<th>ms / image</th><th>figures</th></tr>")
-    rows = []
-    for method in evaluation["methods"]:
-        scores = evaluation["scores"].get(method, {})
-        family = METHODS[method].family if method in METHODS else None
-        section = ("deconvnet" if method in GRADIENT_SECTION_METHODS
-                   else FAMILY_SECTIONS.get(family, "evaluation"))
-        section = section if section in shown else "evaluation"
-        links = [f"<a href='#{section}'>{section}</a>"]
-        if explorer:
-            links.append(f"<a href='explorer.html#method={escape(method)}'>explore</a>")
-        correlation = scores.get("randomized_top_layer")
-        verdict = "-" if correlation is None else (
-            f"r = {correlation:.2f}: "
-            + ("changes" if correlation < RANDOMIZED_CHANGES else "barely changes"))
-        cells = [escape(method)] + [evaluate_attributions.format_value(key, scores.get(key))
-                                    for key in ("deletion_auc", "insertion_auc", "pointing")]
-        cells += [verdict, evaluate_attributions.format_value("ms_per_image",
-                                                              scores.get("ms_per_image"))]
-        baseline = " class='baseline'" if method == evaluate_attributions.BASELINE else ""
-        rows.append(f"<tr{baseline}>" + "".join(f"<td>{cell}</td>" for cell in cells)
-                    + f"<td>{' &middot; '.join(links)}</td></tr>")
-    return ("<h2>Summary: how far each map can be trusted</h2><div class='scroll'><table>"
-            + head + "".join(rows) + "</table></div><p class='note'>From the evaluation "
-            f"section. A faithful map changes when the top layer's weights are randomized "
-            f"(rank correlation with the original map below {RANDOMIZED_CHANGES}); the "
-            "random row is the chance level.</p>")
-
-
-def model_paragraph(summary):
-    """The report's first lines: the model, its test accuracy and the training curve (none
-    for ``--weights``: they were not trained here)."""
-    escape = html.escape
-    accuracy = (f"Test accuracy <b>{100 * summary['test_accuracy']:.2f}%</b> on "
-                f"{summary['test_images']:,} test images")
-    where = f"device {escape(summary['device'])}, seed {summary['seed']}"
-    if summary["weights"]:
-        return (f"<p>{accuracy}. Weights <code>{escape(summary['weights'])}</code> (not "
-                f"trained here, so there is no training curve), {where}.</p>")
-    return (f"<p>{accuracy} after {summary['epochs']} epochs. Checkpoint "
-            f"<code>{escape(summary['checkpoint'])}</code>, {where}.</p>"
-            + report_page.figure_html("training_curve.png",
-                                      "training curve: loss and accuracy per epoch"))
-
-
-def evaluation_table(evaluation):
-    """The method x metric table of evaluation.json as HTML, with a how-to-read row."""
-    headings, rows = evaluate_attributions.table_rows(evaluation["methods"],
-                                                      evaluation["scores"])
-    readings = evaluate_attributions.column_readings(evaluation["scores"])
-    lines = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headings) + "</tr>",
-             "<tr><td><i>read</i></td>" + "".join(f"<td><i>{html.escape(r)}</i></td>"
-                                                  for r in readings) + "</tr>"]
-    for row in rows:
-        baseline = " class='baseline'" if row[0] == evaluate_attributions.BASELINE else ""
-        lines.append(f"<tr{baseline}>" + "".join(f"<td>{html.escape(cell)}</td>"
-                                                 for cell in row) + "</tr>")
-    settings = evaluation["settings"]
-    note = (f"<p>{len(evaluation['test_indices'])} test images, target = {settings['target']};"
-            f" deletion and insertion in {settings['deletion_insertion_steps']} steps; "
-            f"randomization on {settings['sanity_images']} images; occlusion "
-            f"{settings['occlusion_patch']} px {settings['occlusion_baseline']} patch, stride "
-            f"{settings['occlusion_stride']}; CAM layer {settings['layer']}.</p>")
-    return "<div class='scroll'><table>" + "".join(lines) + "</table></div>" + note
 
 
 def get_args_parser():

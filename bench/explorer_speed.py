@@ -6,7 +6,7 @@
     python bench/explorer_speed.py --weights FILE --arch resnet18 --dataset imagefolder \\
         --data-dir photos                                             # 224 px, 4 images
 
-Runs the step ``visualize_all.py`` adds for ``explorer.html`` (``model.explorer.build_explorer``:
+Runs the step ``visualize_all.py`` adds for ``explorer.html`` (``model.attribution.survey.survey_gallery``:
 every registered method, each image's true and top-3 classes, three layers) on the model a
 method script would load, and prints one table row: images, maps, seconds and the size of
 ``explorer_data.js``. The issue's bound is 30 s for the ``shapes`` report on a laptop CPU and
@@ -18,11 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.cli import ArgumentParser, positive_int  # noqa: E402
-from model.explorer import build_explorer, read_explorer_data  # noqa: E402
-from model.images import (checkpoint_parser, checkpoint_path, load_method_model,  # noqa: E402
-                          load_split, test_predictions)
-from model.runtime import seed_everything  # noqa: E402
+from model.attribution.survey import survey_gallery
+from model.cli.arguments import ArgumentParser, positive_int  # noqa: E402
+from model.cli.method_inputs import (
+    checkpoint_parser,
+    checkpoint_path,
+    load_method_model,
+    load_split,
+)
+from model.data.sampling import test_predictions
+from model.report.explorer import explorer_data, read_explorer_data, write_explorer
+from model.runtime.device import seed_everything  # noqa: E402
 
 
 def main(argv=None):
@@ -36,8 +42,9 @@ def main(argv=None):
     test_set = load_split(info, "test", args)
     predictions = test_predictions(model, test_set, device)
     started = time.perf_counter()
-    _, data = build_explorer(model, info, test_set, predictions, device, args.out,
-                             title=info.name, count=args.explorer_images, seed=args.seed)
+    survey = survey_gallery(model, info, test_set, predictions, device,
+                            count=args.explorer_images, seed=args.seed)
+    _, data = write_explorer(args.out, explorer_data(info.name, info, survey))
     seconds = time.perf_counter() - started
     content = read_explorer_data(data)
     images = len(content["images"])

@@ -20,12 +20,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.activation_search import search_top_activations  # noqa: E402
-from model.architectures import build_model, conv_layer_names  # noqa: E402
-from model.datasets import load_dataset  # noqa: E402
-from model.engine import RECIPES, iterate_batches  # noqa: E402
-from model.layers import layer_output  # noqa: E402
-from model.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from model.data.batches import iterate_batches
+from model.data.datasets import load_dataset  # noqa: E402
+from model.nets.architectures import build_model  # noqa: E402
+from model.nets.layers import (
+    conv_layer_names,
+    layer_output,  # noqa: E402
+)
+from model.runtime.device import keep_freed_memory, resolve_device  # noqa: E402
+from model.training.recipes import RECIPES  # noqa: E402
+from model.units.activation_search import search_top_activations  # noqa: E402
 
 
 def peak_rss_mib():

@@ -26,14 +26,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import model.occlusion as occ  # noqa: E402
-from model.architectures import ARCHITECTURES, build_model  # noqa: E402
-from model.checkpoint import default_checkpoint_path, load_model  # noqa: E402
-from model.datasets import DATASET_INFO, load_dataset  # noqa: E402
-from model.faithfulness import area_under_curve, deletion_insertion_curves  # noqa: E402
-from model.metrics import pointing_hits  # noqa: E402
-from model.runtime import keep_freed_memory, resolve_device  # noqa: E402
 from occlusion_speed import randomized  # noqa: E402
+
+from model.attribution import occlusion as occ  # noqa: E402
+from model.data.datasets import DATASET_INFO, load_dataset  # noqa: E402
+from model.evaluation.faithfulness import area_under_curve, deletion_insertion_curves  # noqa: E402
+from model.evaluation.ground_truth import pointing_hits  # noqa: E402
+from model.nets.architectures import ARCHITECTURES, build_model  # noqa: E402
+from model.nets.checkpoint import default_checkpoint_path, load_model  # noqa: E402
+from model.runtime.device import keep_freed_memory, resolve_device  # noqa: E402
 
 
 def main(argv=None):

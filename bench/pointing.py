@@ -18,14 +18,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import model.occlusion as occ  # noqa: E402
-from model.cam import compute_cam  # noqa: E402
-from model.architectures import conv_layer_names  # noqa: E402
-from model.checkpoint import default_checkpoint_path, load_model  # noqa: E402
-from model.datasets import load_dataset  # noqa: E402
-from model.engine import iterate_batches  # noqa: E402
-from model.metrics import pointing_hits  # noqa: E402
-from model.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from model.attribution import (
+    METHODS,  # noqa: E402
+    occlusion as occ,  # noqa: E402
+)
+from model.data.batches import iterate_batches  # noqa: E402
+from model.data.datasets import load_dataset  # noqa: E402
+from model.evaluation.ground_truth import pointing_hits  # noqa: E402
+from model.nets.checkpoint import default_checkpoint_path, load_model  # noqa: E402
+from model.nets.layers import conv_layer_names  # noqa: E402
+from model.runtime.device import keep_freed_memory, resolve_device  # noqa: E402
 
 
 def main(argv=None):
@@ -53,7 +55,7 @@ def main(argv=None):
     print("| method | pointing hits | time |")
     print("|---|---|---|")
     started = time.perf_counter()
-    maps = compute_cam(model, inputs, targets, "gradcam", layer)
+    maps = METHODS["gradcam"](model, inputs, targets, layer=layer)
     report(f"gradcam ({layer})", pointing_hits(maps, masks), started)
     for baseline in ("blur", "gray"):
         started = time.perf_counter()

@@ -25,16 +25,20 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.activation_search import search_top_activations  # noqa: E402
-from model.architectures import build_model, conv_layer_names  # noqa: E402
-from model.attribution import METHODS  # noqa: E402
-from model.datasets import folder_info, load_dataset  # noqa: E402
-from model.engine import iterate_batches  # noqa: E402
-from model.faithfulness import measure_cost  # noqa: E402
-from model.layers import layer_output  # noqa: E402
-from model.runtime import keep_freed_memory, resolve_device  # noqa: E402
-from model.zoo import TORCHVISION_ARCHS  # noqa: E402
 from train_speed import throughput  # noqa: E402
+
+from model.attribution import METHODS  # noqa: E402
+from model.data.batches import iterate_batches  # noqa: E402
+from model.data.datasets import folder_info, load_dataset  # noqa: E402
+from model.evaluation.cost import measure_cost  # noqa: E402
+from model.nets.architectures import build_model  # noqa: E402
+from model.nets.layers import (
+    conv_layer_names,
+    layer_output,  # noqa: E402
+)
+from model.nets.zoo import TORCHVISION_ARCHS  # noqa: E402
+from model.runtime.device import keep_freed_memory, resolve_device  # noqa: E402
+from model.units.activation_search import search_top_activations  # noqa: E402
 
 SIZE = 224
 BATCH_SIZES = (8, 16, 32, 64)

@@ -8,7 +8,7 @@
 For each architecture it prints one table row: training images/s (forward + backward + SGD
 step, recipe batch size, the recipe's bfloat16 and memory order) and inference images/s
 (no-grad forward, batch 512) on the chosen device, then trains with the dataset's recipe
-(``model.engine.RECIPES``, or ``--recipe``) from scratch and reports the final test accuracy,
+(``model.training.recipes.RECIPES``, or ``--recipe``) from scratch and reports the final test accuracy,
 the wall time, data loading included, at which the test accuracy first reached each target of
 ``ACCURACY_TARGETS``, and the process's peak resident memory.
 """
@@ -23,13 +23,19 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.architectures import ARCHITECTURES, build_model  # noqa: E402
-from model.datasets import DATASETS, load_dataset  # noqa: E402
-from model.engine import (DEFAULT_RECIPE, autocast, fast_layout, fit, prepare_model,  # noqa: E402
-                          recipe_for)
-from model.optim import make_optimizer  # noqa: E402
-from model.runtime import keep_freed_memory, resolve_device, seed_everything  # noqa: E402
-from model.zoo import stem_args  # noqa: E402
+from model.data.datasets import DATASETS, load_dataset  # noqa: E402
+from model.nets.architectures import ARCHITECTURES, build_model  # noqa: E402
+from model.nets.zoo import stem_args  # noqa: E402
+from model.runtime.device import (  # noqa: E402
+    autocast,
+    fast_layout,
+    keep_freed_memory,
+    resolve_device,
+    seed_everything,
+)
+from model.training.loop import fit, prepare_model
+from model.training.optim import make_optimizer  # noqa: E402
+from model.training.recipes import DEFAULT_RECIPE, recipe_for
 
 # The accuracies each default recipe is meant to reach (issues "Foundation" and 13).
 ACCURACY_TARGETS = {("shapes", "vgg"): (0.97,), ("mnist", "simple"): (0.98,),

@@ -6,8 +6,8 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.datasets import load_dataset  # noqa: E402
-from model.runtime import save_figure  # noqa: E402
+from model.data.datasets import load_dataset  # noqa: E402
+from model.figures.plotting import save_figure  # noqa: E402
 
 
 def plot_shapes_preview(dataset, count=8):

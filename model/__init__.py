@@ -1,38 +1,53 @@
-"""cnn-viz's shared package: architectures, datasets, checkpoints, layer access, the attribution
-methods and the CLI plumbing. Method scripts import only from here.
+"""cnn-viz's shared package: what the scripts at the top level are made of. Scripts import
+only from here; one folder per concern, so that a concept is found by its folder's name.
 
-Modules:
-    registry          the attribution-method registry: ``register``, ``METHODS``, ``get_method``
-    attribution       imports every method (fills the registry) and adds the ``random`` baseline
-    occlusion         occlusion sensitivity, batched over images and patch positions
-    incremental       incremental occlusion (Krypton): only the box a patch changes, per layer
-    cam               the CAM family on one core (CAM, Grad-CAM, ..., Score-CAM, Eigen-CAM)
-    gradients         input gradients by ReLU rule (backward hooks), Integrated Gradients, IxG
-    mirror            the explicit DeconvNet mirror with max-pool switches
-    activation_search streamed top-k activations per channel, channel-list parsing
-    layers            layers by name on any ``nn.Module``: hooks that record or replace outputs
-    faithfulness      deletion/insertion, model randomization, agreement, cost meter
-    architectures     ``simple`` and ``vgg`` nets with named layers, the whitening stem;
-                      ``get_layer``, ``conv_layer_names``, ``block_end``, ``split_at``
-    zoo               torchvision's resnet18, alexnet, vgg16, mobilenet_v2: small-image
-                      stems, ``--weights`` files and ImageNet class names
-    datasets          torchvision datasets and ``shapes`` as in-memory tensors; ``DatasetInfo``;
-                      ``load_dataset`` for every ``--dataset``, ``imagefolder`` included
-    folders           your own class folders, streamed by a DataLoader (``FolderDataset``)
-    dataset_files     checks of torchvision's files: damaged or mismatched files named
-    shapes            the offline shapes dataset with ground-truth object masks
-    checkpoint        atomic, validated, ``weights_only`` checkpoints
-    engine            recipes, batch streaming, augmentation, training loop, test-time views
-    optim             the one-cycle schedule; SGD with per-group learning-rate scales
-    runtime           device choice, seeding, atomic file and figure output, name-length
-                      checks, freed memory kept for reuse
-    cli               one-line errors, Ctrl-C and SIGTERM, argument types, the shared flags
-    errors            ``UserError``, the one exception the CLI turns into a one-line message
-    images            what a method script explains: model, ``--index``/``--image``, targets
-    image_files       one image file as a model input: upright, converted, resized / cropped
-    heatmaps          map normalization, resizing, signed display, overlays and mosaics
-    plotting          matplotlib set up quietly (config folder, glyph warnings); ``Figure``
-    receptive_field   receptive fields from kernel, stride and padding
-    metrics           pointing game and mass inside the object mask
-    blur              Gaussian blur (equal to torchvision's)
+Folders:
+    nets/         the networks: ``simple`` and ``vgg`` (architectures), torchvision's (zoo),
+                  layers by name and hooks on them (layers), receptive fields, checkpoints
+    data/         images in: the datasets, your own class folders, image files, the ``shapes``
+                  set, batch streaming and augmentation, seeded samples of test images
+    training/     recipes, the training loop, test-time views and accuracy, the optimizer
+    attribution/  every attribution method in one registry (occlusion and its incremental
+                  form, the CAM family, gradient methods), map maths, the batching of
+                  perturbed copies, the explorer's survey of every method
+    units/        what one unit of a layer responds to: the DeconvNet mirror, the top dataset
+                  images per channel, gradient ascent (class models and channel images)
+    evaluation/   how far to trust a map: deletion/insertion, randomization, agreement, the
+                  ground-truth metrics (pointing game), the cost of each method
+    figures/      drawing: matplotlib set up quietly, heatmaps, overlays, mosaics, curves
+    report/       the report page and the explorer page: they read results, never compute them
+    runtime/      device, precision and memory, seeding, atomic files, several processes
+    cli/          the command line: argument types and shared flags, one-line errors and
+                  Ctrl-C, what a method script explains (model, images, targets, saved maps)
+    errors.py     ``UserError``, the one exception the command line turns into a message
+
+Import rules (``IMPORT_RULES``; ``tests/test_structure.py`` holds them): for each folder, the
+folders of ``model`` and the outside packages its modules must not import. Methods never
+import training code, drawing or argparse; data, nets and runtime import no method; drawing
+and the report read results and never recompute them (of ``attribution`` they may read the
+registry's descriptions and the map maths alone).
 """
+
+METHODS_AND_ABOVE = ("attribution", "units", "evaluation", "training", "figures", "report", "cli")
+DRAWING_AND_ABOVE = ("figures", "report", "cli")
+
+IMPORT_RULES = {
+    "runtime": {"model": ("nets", "data", *METHODS_AND_ABOVE), "outside": ("matplotlib",)},
+    "nets": {"model": METHODS_AND_ABOVE, "outside": ("matplotlib", "argparse")},
+    "data": {"model": METHODS_AND_ABOVE, "outside": ("matplotlib", "argparse")},
+    "training": {"model": ("attribution", "units", "evaluation", *DRAWING_AND_ABOVE),
+                 "outside": ("matplotlib", "argparse")},
+    "attribution": {"model": ("training", "units", "evaluation", *DRAWING_AND_ABOVE),
+                    "outside": ("matplotlib", "argparse")},
+    "units": {"model": ("training", "evaluation", *DRAWING_AND_ABOVE),
+              "outside": ("matplotlib", "argparse")},
+    "evaluation": {"model": ("training", *DRAWING_AND_ABOVE), "outside": ("matplotlib", "argparse")},
+    "figures": {"model": ("attribution", "units", "evaluation", "training", "report", "cli"),
+                "outside": ("argparse",)},
+    "report": {"model": ("attribution", "units", "evaluation", "training", "cli"),
+               "outside": ("argparse",)},
+    "cli": {"model": ("figures", "report"), "outside": ("matplotlib",)},
+}
+
+# What figures/ and report/ may read of attribution/: descriptions and map maths, no method.
+READ_ONLY_MODULES = ("model.attribution.registry", "model.attribution.maps")

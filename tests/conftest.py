@@ -10,7 +10,7 @@ sys.path.insert(0, str(ROOT))
 
 @pytest.fixture(scope="session")
 def shapes_test_split():
-    from model.datasets import load_dataset
+    from model.data.datasets import load_dataset
 
     return load_dataset("shapes", "test")
 

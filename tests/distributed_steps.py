@@ -1,4 +1,4 @@
-"""Train tiny nets with ``model.engine.fit`` and save the weights after every optimizer step.
+"""Train tiny nets with ``model.training.loop.fit`` and save the weights after every optimizer step.
 
 Run by tests/test_distributed.py under ``torchrun --nproc_per_node 2`` (each process saves
 ``rank<R>_<arch>.pt``) and called there in one process, to compare the two step by step.
@@ -12,12 +12,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model import distributed  # noqa: E402 -- after the path
-from model.architectures import build_model  # noqa: E402
-from model.datasets import load_dataset  # noqa: E402
-from model.engine import fit, prepare_model, recipe_for  # noqa: E402
-from model.optim import make_optimizer  # noqa: E402
-from model.runtime import seed_everything  # noqa: E402
+from model.data.datasets import load_dataset  # noqa: E402
+from model.nets.architectures import build_model  # noqa: E402
+from model.runtime import distributed  # noqa: E402 -- after the path
+from model.runtime.device import seed_everything  # noqa: E402
+from model.training.loop import fit, prepare_model  # noqa: E402
+from model.training.optim import make_optimizer  # noqa: E402
+from model.training.recipes import recipe_for
 
 BATCH = 64
 # (arch, training images, epochs). 195 = 3 x 64 + 3: the last global batch is split 2 / 1,

@@ -2,11 +2,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model.architectures import (ARCHITECTURES, build_model, conv_layer_names, get_layer,
-                                 layer_names)
-from model.datasets import DATASET_INFO
-from model.engine import RECIPES
+from model.data.datasets import DATASET_INFO
 from model.errors import UserError
+from model.nets.architectures import ARCHITECTURES, build_model
+from model.nets.layers import conv_layer_names, get_layer, layer_names
+from model.training.recipes import RECIPES
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

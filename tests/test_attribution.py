@@ -1,5 +1,5 @@
-"""The method registry (model.registry, model.attribution) and the gradient methods of
-model.gradients: Integrated Gradients' completeness, Input x Gradient, and properties every
+"""The method registry (model.attribution.registry, model.attribution) and the gradient methods of
+model.attribution.gradients: Integrated Gradients' completeness, Input x Gradient, and properties every
 registered method must have."""
 import dataclasses
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model.architectures import build_model
 from model.attribution import BASELINE, FAMILIES, METHODS
-from model.datasets import DATASET_INFO
+from model.attribution.gradients import input_gradient, integrated_gradients
+from model.attribution.registry import NEEDS, get_method
+from model.data.datasets import DATASET_INFO
 from model.errors import UserError
-from model.gradients import input_gradient, integrated_gradients
-from model.registry import NEEDS, get_method
+from model.nets.architectures import build_model
 
 INFO = dataclasses.replace(DATASET_INFO["shapes"], image_size=16)
 
@@ -103,31 +103,3 @@ def test_every_method_maps_each_image_alone_at_input_resolution(name):
             assert torch.allclose(batched[n], single[0].detach(), atol=1e-9), n
     assert not any(module._forward_hooks or module._backward_hooks
                    for module in model.modules())
-
-
-SCRIPTS = ["train_cnn", "occlusion_sensitivity", "class_activation_maps", "deconvnet",
-           "max_activation_search", "feature_maps", "gradient_ascent", "evaluate_attributions"]
-
-
-def imported_modules(path):
-    """Top-level module names a Python file imports."""
-    import ast
-
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
-
-
-def test_imports_point_down_in_three_levels():
-    """visualize_all over the method scripts and bench/ over model/: no script imports
-    another script, and model/ imports no script."""
-    from conftest import ROOT
-
-    for script in SCRIPTS:
-        assert not imported_modules(ROOT / f"{script}.py") & set(SCRIPTS), script
-    for path in [*(ROOT / "model").glob("*.py"), *(ROOT / "bench").glob("*.py")]:
-        assert not imported_modules(path) & {*SCRIPTS, "visualize_all"}, path

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from model.blur import gaussian_blur
+from model.attribution.blur import gaussian_blur
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 1.25, 3.5, 4.0])

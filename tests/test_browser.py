@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import visualize_all
-from model.explorer import read_explorer_data
+from model.report.explorer import read_explorer_data
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # As the machine notes say: without the background-networking flags Chromium keeps trying to

@@ -1,14 +1,16 @@
-"""The CAM family (model.cam) and class_activation_maps.py: identities of the papers,
+"""The CAM family (model.attribution.cam) and class_activation_maps.py: identities of the papers,
 brute-force loops, the hook path against the Sequential split, edge cases, CLI."""
 import pytest
 import torch
 import torch.nn as nn
 
 import class_activation_maps
-import model.cam as cams
 from conftest import stderr_lines
-from model.architectures import build_model, split_at
+from model.attribution import cam as cams
 from model.errors import UserError
+from model.nets.architectures import build_model
+from model.nets.layers import split_at
+from references import compute_cam
 
 
 def vgg_with_statistics(seed=0, size=16):
@@ -32,12 +34,12 @@ def test_gradcam_equals_cam_on_gap_linear_at_the_last_conv():
     model = vgg_with_statistics().double()
     inputs = torch.randn(3, 3, 16, 16).double()
     targets = torch.tensor([0, 3, 5])
-    cam = cams.compute_cam(model, inputs, targets, "cam", "conv4")
-    gradcam = cams.compute_cam(model, inputs, targets, "gradcam", "conv4")
+    cam = compute_cam(model, inputs, targets, "cam", "conv4")
+    gradcam = compute_cam(model, inputs, targets, "gradcam", "conv4")
     assert cam.max() > 0
     assert torch.allclose(cam, gradcam, atol=1e-5)  # 4e-6: the normalization's epsilon
-    raw_cam = cams.raw_map("cam", model, inputs, targets, "conv4")
-    raw_gradcam = cams.raw_map("gradcam", model, inputs, targets, "conv4")
+    raw_cam = cams.layer_map("cam", model, inputs, targets, "conv4")
+    raw_gradcam = cams.layer_map("gradcam", model, inputs, targets, "conv4")
     area = raw_cam.shape[-1] * raw_cam.shape[-2]
     assert torch.allclose(raw_cam / area, raw_gradcam, atol=1e-12)
 
@@ -111,10 +113,10 @@ def test_the_hook_path_equals_the_sequential_split(layer):
 def test_hooks_are_removed_when_a_method_raises():
     model = vgg_with_statistics(7)
     with pytest.raises(UserError, match="not in the convolutional part"):
-        cams.compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "gradcam",
+        compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "gradcam",
                          "flatten")
     with pytest.raises(UserError, match="global average pooling"):
-        cams.compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "cam", "conv2")
+        compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "cam", "conv2")
     assert not any(module._forward_hooks or module._backward_hooks
                    for module in model.modules())
 
@@ -137,24 +139,24 @@ def test_eigencam_recovers_a_rank_one_pattern_with_positive_sign():
     assert torch.equal(result > 0.5 * result.max(), pattern.bool())
 
 
-@pytest.mark.parametrize("method", cams.METHODS)
+@pytest.mark.parametrize("method", cams.CAM_METHODS)
 def test_batched_maps_equal_one_image_at_a_time(method):
     model = vgg_with_statistics(4).double()
     inputs, targets = torch.randn(3, 3, 16, 16).double(), torch.tensor([0, 2, 4])
-    batched = cams.compute_cam(model, inputs, targets, method, "conv4", batch_size=5)
+    batched = compute_cam(model, inputs, targets, method, "conv4", batch_size=5)
     assert batched.dtype == torch.float64
     for n in range(3):
-        single = cams.compute_cam(model, inputs[n:n + 1], targets[n:n + 1], method, "conv4")
+        single = compute_cam(model, inputs[n:n + 1], targets[n:n + 1], method, "conv4")
         assert torch.allclose(batched[n], single[0], atol=1e-10, rtol=0), n
 
 
-@pytest.mark.parametrize("method", cams.METHODS)
+@pytest.mark.parametrize("method", cams.CAM_METHODS)
 def test_maps_are_finite_and_in_unit_range_even_when_constant(method):
     model = vgg_with_statistics(5)
     for parameter in model.parameters():
         parameter.data.zero_()  # every activation and gradient is constant: raw maps too
     inputs = torch.zeros(2, 3, 16, 16)
-    maps = cams.compute_cam(model, inputs, torch.tensor([0, 1]), method, "conv4")
+    maps = compute_cam(model, inputs, torch.tensor([0, 1]), method, "conv4")
     assert maps.shape == (2, 16, 16) and torch.isfinite(maps).all()
     assert maps.min() >= 0 and maps.max() <= 1
 
@@ -164,22 +166,22 @@ def test_smoothgrad_is_seeded_and_averages_noisy_copies():
     inputs, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
 
     def smoothed(seed):
-        return cams.compute_cam(model, inputs, targets, "gradcam", "conv3", smooth=4,
+        return compute_cam(model, inputs, targets, "gradcam", "conv3", smooth=4,
                                 generator=torch.Generator().manual_seed(seed))
     assert torch.equal(smoothed(0), smoothed(0))
-    assert not torch.allclose(smoothed(0), cams.compute_cam(model, inputs, targets, "gradcam",
+    assert not torch.allclose(smoothed(0), compute_cam(model, inputs, targets, "gradcam",
                                                              "conv3"))
 
 
 def test_cam_on_a_net_without_gap_suggests_gradcam():
     model = build_model("simple", 3, 6, 16).eval()
     with pytest.raises(UserError, match="use gradcam"):
-        cams.compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "cam", "conv2")
+        compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "cam", "conv2")
 
 
 def test_nearest_upsampling_shows_the_raw_cells():
     model = vgg_with_statistics(7)
-    maps = cams.compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "gradcam",
+    maps = compute_cam(model, torch.randn(1, 3, 16, 16), torch.tensor([0]), "gradcam",
                             "conv4", upsample="nearest")
     assert torch.equal(maps[0, 0, 0], maps[0, 3, 3])  # one 4x4 cell of the 4x4 map
 

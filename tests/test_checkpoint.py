@@ -1,10 +1,15 @@
 import pytest
 import torch
 
-from model.architectures import build_model
-from model.checkpoint import (CheckpointError, default_checkpoint_path, load_checkpoint,
-                              load_model, save_checkpoint)
-from model.datasets import DATASET_INFO
+from model.data.datasets import DATASET_INFO
+from model.nets.architectures import build_model
+from model.nets.checkpoint import (
+    CheckpointError,
+    default_checkpoint_path,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 
 MODEL_ARGS = {"arch": "vgg", "in_channels": 3, "num_classes": 6, "image_size": 32,
               "vgg_plan": "small"}

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torchvision.datasets
 
-import model.datasets
-from model.datasets import DATASET_INFO, DatasetUnavailableError, ImageDataset, load_dataset
-from model.engine import iterate_batches, random_crop_flip
+import model.data.datasets
+from model.data.augmentation import random_crop_flip
+from model.data.batches import iterate_batches
+from model.data.datasets import DATASET_INFO, DatasetUnavailableError, ImageDataset, load_dataset
 
 
 def write_idx(path, array):
@@ -172,7 +173,7 @@ def write_cifar_folders(root, per_class, rng, suffix=".png"):
 @pytest.fixture
 def small_cifar_counts(monkeypatch):
     counts = {"train": 2, "test": 1}
-    monkeypatch.setitem(model.datasets.IMAGE_FOLDER_COUNTS, "cifar10", counts)
+    monkeypatch.setitem(model.data.datasets.IMAGE_FOLDER_COUNTS, "cifar10", counts)
     return counts
 
 
@@ -209,6 +210,6 @@ def test_cifar10_class_folders_that_do_not_fit_are_named(damage, words, tmp_path
         Image.new("RGB", (20, 20)).save(truck / "0001.png")
     else:
         (truck / "0001.png").write_bytes(b"not a PNG")
-    with pytest.raises(model.datasets.DamagedDatasetError, match="^") as error:
+    with pytest.raises(model.data.datasets.DamagedDatasetError, match="^") as error:
         load_dataset("cifar10", "train", tmp_path, download=False)
     assert words in str(error.value)

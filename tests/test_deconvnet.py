@@ -1,5 +1,5 @@
-"""The explicit DeconvNet mirror (model.mirror, deconvnet.py) against autograd with
-rule-modified ReLU backward, and the hook rules of model.gradients against the mirror."""
+"""The explicit DeconvNet mirror (model.units.mirror, deconvnet.py) against autograd with
+rule-modified ReLU backward, and the hook rules of model.attribution.gradients against the mirror."""
 import copy
 
 import pytest
@@ -7,10 +7,11 @@ import torch
 import torch.nn as nn
 
 import deconvnet
-import model.gradients as gradients
-import model.mirror as mirror
-from model.architectures import build_model
+from model.attribution import gradients
 from model.errors import UserError
+from model.nets.architectures import build_model
+from model.units import mirror
+from references import compute_input_gradient
 
 
 class RuleReLU(torch.autograd.Function):
@@ -159,9 +160,9 @@ def test_saliency_rule_from_the_class_score_is_the_plain_gradient(arch):
     inputs = torch.randn(3, 3, 16, 16).double().requires_grad_(True)
     targets = torch.tensor([0, 5, 2])
     model(inputs).gather(1, targets[:, None]).sum().backward()
-    projected = mirror.compute_input_gradient(model, inputs.detach(), targets, "saliency")
+    projected = compute_input_gradient(model, inputs.detach(), targets, "saliency")
     assert torch.allclose(projected, inputs.grad, atol=1e-12, rtol=0)
-    guided = mirror.compute_input_gradient(model, inputs.detach(), targets, "guided")
+    guided = compute_input_gradient(model, inputs.detach(), targets, "guided")
     expected = autograd_projection_of_score(model, inputs.detach(), targets, "guided")
     assert torch.allclose(guided, expected, atol=1e-12, rtol=0)
 
@@ -190,7 +191,7 @@ def test_relu_hook_rules_equal_the_explicit_mirror(arch, rule):
             module.running_var.uniform_(0.5, 2.0)
     inputs, targets = torch.randn(4, 3, 16, 16).double(), torch.tensor([0, 5, 2, 2])
     hooked = gradients.input_gradient(model, inputs, targets, rule)
-    mirrored = mirror.compute_input_gradient(model, inputs, targets, rule)
+    mirrored = compute_input_gradient(model, inputs, targets, rule)
     assert hooked.abs().max() > 0
     assert torch.allclose(hooked, mirrored, atol=1e-10, rtol=0)
 
@@ -211,7 +212,7 @@ def test_relu_rule_restores_the_model_also_after_an_error():
 def test_the_mirror_undoes_a_whitening_stem_by_colouring_each_patch():
     """Each 2x2 patch's responses [W x; -W x] go back to x through colouring_filters, so the
     transposed convolution returns every pixel times the number of patches covering it."""
-    from model.architectures import PatchWhitening
+    from model.nets.architectures import PatchWhitening
 
     torch.manual_seed(0)
     images = torch.randn(3, 3, 6, 6, dtype=torch.float64)

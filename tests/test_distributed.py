@@ -1,4 +1,4 @@
-"""The scripts under torchrun (``model.distributed``): 2 gloo processes on localhost give the
+"""The scripts under torchrun (``model.runtime.distributed``): 2 gloo processes on localhost give the
 one-process result; a failing or killed process ends the other with one clear line.
 
 The torchrun runs set ``OMP_NUM_THREADS=1`` (torchrun's own default) and the one-process
@@ -15,19 +15,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_folders import train as train_folders, write_folders
 
 import evaluate_attributions
 import max_activation_search
 import occlusion_sensitivity
 from conftest import ROOT, stderr_lines
-from model import distributed
-from model.activation_search import TopActivations
-from model.checkpoint import load_checkpoint
-from model.cli import run
-from model.datasets import load_dataset
-from model.engine import epoch_generator, iterate_batches
+from model.cli.running import run
+from model.data.augmentation import epoch_generator
+from model.data.batches import iterate_batches
+from model.data.datasets import load_dataset
 from model.errors import UserError
-from test_folders import train as train_folders, write_folders
+from model.nets.checkpoint import load_checkpoint
+from model.runtime import distributed
+from model.units.activation_search import TopActivations
 
 sys.path.insert(0, str(Path(__file__).parent))
 import distributed_steps  # noqa: E402 -- tests/ on the path

@@ -1,17 +1,23 @@
-"""The explorer's precomputed data (``model.explorer``), without a browser
+"""The explorer's precomputed data (``model.attribution.survey``), without a browser
 (tests/test_browser.py opens the page)."""
 import base64
 
 import numpy as np
 import torch
 
-from model.architectures import build_model, conv_layer_names
 from model.attribution import METHODS
-from model.datasets import load_dataset
-from model.explorer import (MAX_SIDE, explorer_data, explorer_layers, explorer_maps,
-                            explorer_targets, read_explorer_data, shrink, signed_bytes,
-                            write_explorer)
-from model.heatmaps import normalize_maps
+from model.attribution.maps import MAX_SIDE, normalize_maps, shrink
+from model.attribution.survey import (
+    GallerySurvey,
+    explorer_layers,
+    explorer_maps,
+    explorer_targets,
+    signed_bytes,
+)
+from model.data.datasets import load_dataset
+from model.nets.architectures import build_model
+from model.nets.layers import conv_layer_names
+from model.report.explorer import explorer_data, read_explorer_data, write_explorer
 
 
 def test_targets_are_the_true_class_then_the_predicted_ones_without_repeats():
@@ -71,8 +77,9 @@ def test_each_stored_map_is_the_methods_own_map_for_that_image_and_target(tmp_pa
         # batch size changes the float sums in the last bits: at most one level of 255
         assert (stored[image, slot].int() - reference.int()).abs().max() <= 1, name
 
-    data = explorer_data("simple on shapes", info, test_set.images[:3], test_set.labels[:3],
-                         probabilities, targets, maps, ["a", "b", "c"])
+    survey = GallerySurvey(test_set.images[:3], test_set.labels[:3], probabilities, targets,
+                           maps, ["a", "b", "c"])
+    data = explorer_data("simple on shapes", info, survey)
     page, script = write_explorer(tmp_path, data)
     assert page.read_text().startswith("<!DOCTYPE html>")
     written = read_explorer_data(script)

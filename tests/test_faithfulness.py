@@ -4,11 +4,18 @@ import time
 import torch
 import torch.nn as nn
 
-from model.architectures import build_model
-from model.faithfulness import (area_under_curve, average_ranks, cascading_randomization,
-                              deletion_insertion_curves, measure_cost, pixel_order,
-                              randomization_stages, spearman)
-from model.metrics import mass_inside, pointing_hits
+from model.evaluation.cost import measure_cost
+from model.evaluation.faithfulness import (
+    area_under_curve,
+    average_ranks,
+    cascading_randomization,
+    deletion_insertion_curves,
+    pixel_order,
+    randomization_stages,
+    spearman,
+)
+from model.evaluation.ground_truth import mass_inside, pointing_hits
+from model.nets.architectures import build_model
 
 
 class RegionSum(nn.Module):

@@ -32,24 +32,26 @@ import evaluate_attributions
 import feature_maps
 import gradient_ascent
 import max_activation_search
-import model.checkpoint
-import model.cli
-import model.datasets
-import model.image_files
-import model.images
-import model.mirror as mirror
-import model.runtime
+import model.cli.method_inputs
+import model.cli.running
+import model.data.datasets
+import model.data.image_files
+import model.nets.checkpoint
+import model.runtime.files
 import occlusion_sensitivity
 import train_cnn
 from conftest import ROOT, stderr_lines
-from model.activation_search import search_top_activations
-from model.architectures import build_model
 from model.attribution import METHODS
-from model.checkpoint import load_checkpoint, load_model, save_checkpoint, snapshot_path
-from model.datasets import DATASET_INFO, ImageDataset
+from model.attribution.maps import normalize_maps
+from model.attribution.occlusion import baseline_images, compute_occlusion
+from model.data.datasets import DATASET_INFO, ImageDataset
 from model.errors import UserError
-from model.heatmaps import normalize_maps, signed_display
-from model.occlusion import baseline_images, compute_occlusion
+from model.figures.heatmaps import signed_display
+from model.nets.architectures import build_model
+from model.nets.checkpoint import load_checkpoint, load_model, save_checkpoint, snapshot_path
+from model.units import ascent, mirror
+from model.units.activation_search import search_top_activations
+from references import compute_input_gradient
 
 METHOD_SCRIPTS = {
     "occlusion_sensitivity": occlusion_sensitivity,
@@ -311,10 +313,10 @@ def test_grayscale_for_an_rgb_model_and_rgb_for_a_grayscale_model_are_converted(
     gray, rgb = tmp_path / "gray.png", tmp_path / "rgb.png"
     Image.new("L", (32, 32), 90).save(gray)
     Image.new("RGB", (28, 28), (255, 0, 0)).save(rgb)
-    pixels = model.images.load_image_file(gray, DATASET_INFO["shapes"])
+    pixels = model.cli.method_inputs.load_image_file(gray, DATASET_INFO["shapes"])
     assert pixels.shape == (3, 32, 32) and (pixels == 90).all()
     assert "converted" in capsys.readouterr().err
-    pixels = model.images.load_image_file(rgb, DATASET_INFO["mnist"])
+    pixels = model.cli.method_inputs.load_image_file(rgb, DATASET_INFO["mnist"])
     assert pixels.shape == (1, 28, 28) and (pixels == 76).all()  # ITU-R 601 luma of red
     assert "from RGB to L" in capsys.readouterr().err
 
@@ -337,7 +339,7 @@ def test_huge_image_is_refused_before_decoding(script, trained_shapes_checkpoint
                                                monkeypatch, capsys):
     path = tmp_path / "poster.png"
     Image.new("RGB", (120, 100)).save(path)
-    monkeypatch.setattr(model.image_files, "MAX_IMAGE_PIXELS", 120 * 100 - 1)
+    monkeypatch.setattr(model.data.image_files, "MAX_IMAGE_PIXELS", 120 * 100 - 1)
     monkeypatch.setattr(Image.Image, "convert", lambda *a, **k: pytest.fail("decoded"))
     code, lines = cli(script, method_argv(script, trained_shapes_checkpoint, tmp_path,
                                           "--image", path), capsys)
@@ -386,7 +388,7 @@ def test_data_dir_not_writable(script, mnist_checkpoint, tmp_path, monkeypatch, 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(model.datasets, "_download", read_only)
+    monkeypatch.setattr(model.data.datasets, "_download", read_only)
     data_dir = tmp_path / "read_only"
     code, lines = cli(script, mnist_argv(script, mnist_checkpoint, tmp_path, data_dir), capsys)
     assert_refused(code, lines, f"cannot write in --data-dir {data_dir} (Permission denied)",
@@ -427,7 +429,7 @@ def test_out_not_writable_or_a_file(script, trained_shapes_checkpoint, tmp_path,
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(model.runtime.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(model.runtime.files.tempfile, "TemporaryFile", read_only)
     code, lines = cli(script, argv(tmp_path / "locked" / "y.pt"), capsys)
     assert_refused(code, lines, "cannot write --out", "Permission denied")
     assert blocker.read_text() == "keep me"
@@ -437,7 +439,7 @@ def test_out_not_writable_or_a_file(script, trained_shapes_checkpoint, tmp_path,
 
 HANG_IN_EPOCH_TWO = """
 import pathlib, runpy, sys, time
-import model.engine as engine
+from model.training import loop as engine
 marker, steps_per_epoch = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 schedule = engine.learning_rate_at
 def hang_mid_epoch_two(step, *args, **kwargs):
@@ -509,7 +511,7 @@ def break_loading(monkeypatch, exception):
     def fail(*args, **kwargs):
         raise exception
 
-    monkeypatch.setattr(model.images, "load_model", fail)
+    monkeypatch.setattr(model.cli.method_inputs, "load_model", fail)
     monkeypatch.setattr(train_cnn, "resolve_device", fail)
 
 
@@ -601,14 +603,14 @@ def test_heatmaps_are_finite_for_zero_maps_and_constant_images(case):
             net, inputs, "conv3", torch.tensor([[0, 1], [2, 3]]), rule)
         finite(projections)
         finite(torch.stack([signed_display(p) for p in projections[:, 0]]), unit_range=True)
-        finite(mirror.compute_input_gradient(net, inputs, targets, rule))
+        finite(compute_input_gradient(net, inputs, targets, rule))
     dataset = ImageDataset(info, (pixels * 255).to(torch.uint8), torch.tensor([0, 1]))
     scan = search_top_activations(net, dataset, "conv2", k=2)
     finite(scan.values)
     report = feature_maps.dead_filter_report(net, dataset, ["conv1", "conv4"], "cpu")
     for entry in report.values():
         finite(entry["active_share"], unit_range=True)
-    images, reached = gradient_ascent.gradient_ascent(net, info, torch.tensor([0, 1]), steps=3)
+    images, reached = ascent.gradient_ascent(net, info, torch.tensor([0, 1]), steps=3)
     finite(images, unit_range=True)
     finite(reached)
 
@@ -633,7 +635,7 @@ def test_an_interrupted_png_write_leaves_the_old_file_and_no_half_file(
     assert code == 130 and lines == ["interrupted"]
     assert target.read_bytes() == b"the PNG of an earlier run"
     assert [path.name for path in out.iterdir()] == [target.name]  # no temporary file left
-    # Every script writes its figures and JSON through model.runtime's atomic writer.
+    # Every script writes its figures and JSON through model.runtime.files's atomic writer.
     for name in SCRIPTS:
         source = (ROOT / f"{name}.py").read_text()
         assert ".savefig(" not in source and "open(" not in source, name
@@ -666,10 +668,10 @@ def test_ctrl_c_in_the_report_stops_at_once_and_keeps_the_finished_sections(
 
 def test_ctrl_c_in_the_report_training_says_how_to_continue_and_the_rerun_resumes(
         straight_run, tmp_path, monkeypatch, capsys):
-    import model.engine
+    import model.training.loop
     import visualize_all
 
-    schedule = model.engine.learning_rate_at
+    schedule = model.training.loop.learning_rate_at
 
     def ctrl_c_in_epoch_two(step, *args, **kwargs):
         if step == 256 // 64 + 2:
@@ -680,7 +682,7 @@ def test_ctrl_c_in_the_report_training_says_how_to_continue_and_the_rerun_resume
     argv = ["--dataset", "shapes", "--arch", "simple", "--checkpoint", str(checkpoint),
             "--epochs", "2", "--max-train-images", "256", "--methods", "occlusion",
             "--no-explorer", "--out", str(tmp_path / "report")]
-    monkeypatch.setattr(model.engine, "learning_rate_at", ctrl_c_in_epoch_two)
+    monkeypatch.setattr(model.training.loop, "learning_rate_at", ctrl_c_in_epoch_two)
     assert visualize_all.main(argv) == 130
     last = stderr_lines(capsys.readouterr())[-1]
     assert last == (f"interrupted during training: {checkpoint} keeps the last finished epoch; "
@@ -697,7 +699,7 @@ def test_ctrl_c_in_the_report_training_says_how_to_continue_and_the_rerun_resume
 
 HANG_WHILE_SAVING_EPOCH_TWO = """
 import pathlib, runpy, sys, time
-import model.checkpoint as checkpoint
+from model.nets import checkpoint
 marker = pathlib.Path(sys.argv[1])
 real_save = checkpoint.torch.save
 def slow_save(data, file):
@@ -771,9 +773,9 @@ def test_image_names_are_distinct_short_and_readable(tmp_path):
     long_stem = "p" * 300
     paths = ["cats/1.jpg", "dogs/1.jpg", "a/x/2.png", "b/x/2.png", "x.png", "x.jpg",
              "same.png", "same.png", "photo.jpg", f"{long_stem}.png"]
-    names = model.images.image_names([tmp_path / path for path in paths])
+    names = model.cli.method_inputs.image_names([tmp_path / path for path in paths])
     assert names == ["cats_1", "dogs_1", "a_x_2", "b_x_2", "x_png", "x_jpg", "same", "same_2",
-                     "photo", "p" * model.images.MAX_NAME_PART]
+                     "photo", "p" * model.cli.method_inputs.MAX_NAME_PART]
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
@@ -783,10 +785,10 @@ def test_exif_orientation_is_applied_before_resizing(suffix, tmp_path, capsys):
     stored = Image.new("RGB", (64, 32), (0, 0, 255))
     stored.paste((255, 0, 0), (0, 0, 32, 32))
     exif = Image.Exif()
-    exif[model.image_files.EXIF_ORIENTATION] = 6
+    exif[model.data.image_files.EXIF_ORIENTATION] = 6
     path = tmp_path / f"sideways{suffix}"
     stored.save(path, exif=exif, quality=95)
-    pixels = model.images.load_image_file(path, DATASET_INFO["shapes"]).int()  # (3, 32, 32)
+    pixels = model.cli.method_inputs.load_image_file(path, DATASET_INFO["shapes"]).int()  # (3, 32, 32)
     red_top, blue_bottom = pixels[:, 4, 16], pixels[:, 27, 16]
     assert red_top[0] > 200 and red_top[2] < 50, red_top
     assert blue_bottom[2] > 200 and blue_bottom[0] < 50, blue_bottom
@@ -800,11 +802,11 @@ def test_exif_orientation_is_applied_before_resizing(suffix, tmp_path, capsys):
 def test_outputs_get_the_permissions_a_plain_open_would_give(umask, mode, tmp_path):
     previous = os.umask(umask)
     try:
-        model.runtime.save_json({"a": 1}, tmp_path / "new.json")
+        model.runtime.files.save_json({"a": 1}, tmp_path / "new.json")
         existing = tmp_path / "private.json"
         existing.write_text("{}")
         existing.chmod(0o600)
-        model.runtime.save_json({"a": 2}, existing)
+        model.runtime.files.save_json({"a": 2}, existing)
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == mode
@@ -831,14 +833,14 @@ def full_disk(monkeypatch):
     """Every atomic write goes to /dev/full, which fails each write with ENOSPC."""
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full on this system")
-    real_mkstemp = model.runtime.tempfile.mkstemp
+    real_mkstemp = model.runtime.files.tempfile.mkstemp
 
     def mkstemp(dir, prefix, suffix):
         handle, name = real_mkstemp(dir=dir, prefix=prefix, suffix=suffix)
         os.dup2(os.open("/dev/full", os.O_WRONLY), handle)
         return handle, name
 
-    monkeypatch.setattr(model.runtime.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(model.runtime.files.tempfile, "mkstemp", mkstemp)
 
 
 def test_disk_full_while_saving_a_checkpoint_says_so_and_keeps_the_old_one(
@@ -864,7 +866,7 @@ def test_disk_full_while_writing_a_figure(trained_shapes_checkpoint, tmp_path, f
 
 
 def test_names_too_long_for_the_file_system(trained_shapes_checkpoint, tmp_path, capsys):
-    limit = model.runtime.name_limit(tmp_path)
+    limit = model.runtime.files.name_limit(tmp_path)
     too_long = tmp_path / ("c" * (limit + 1) + ".pt")
     code, lines = cli("occlusion_sensitivity", ["--checkpoint", too_long, "--out", tmp_path],
                       capsys)
@@ -889,10 +891,10 @@ def test_names_too_long_for_the_file_system(trained_shapes_checkpoint, tmp_path,
 
 def test_an_os_error_names_its_file_instead_of_unexpected():
     error = OSError(errno.ENAMETOOLONG, "File name too long", "x" * 300)
-    assert "unexpected" not in model.cli.describe_error(error)
-    assert "too long" in model.cli.describe_error(error)
+    assert "unexpected" not in model.cli.running.describe_error(error)
+    assert "too long" in model.cli.running.describe_error(error)
     full = OSError(errno.ENOSPC, "No space left on device", "/data/out.png")
-    assert model.cli.describe_error(full) == "/data/out.png: the disk is full (No space left " \
+    assert model.cli.running.describe_error(full) == "/data/out.png: the disk is full (No space left " \
                                              "on device)"
 
 
@@ -901,7 +903,7 @@ def test_unreadable_checkpoint_says_permission_denied(trained_shapes_checkpoint,
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(model.checkpoint.torch, "load", denied)
+    monkeypatch.setattr(model.nets.checkpoint.torch, "load", denied)
     code, lines = cli("occlusion_sensitivity", ["--checkpoint", trained_shapes_checkpoint,
                                                 "--out", tmp_path], capsys)
     assert_refused(code, lines, f"cannot read checkpoint {trained_shapes_checkpoint}",
@@ -1023,7 +1025,7 @@ def damage(raw, case):
                                   "wrong image size", "fewer labels", "label out of range"])
 def test_damaged_mnist_files_are_named_and_never_redownloaded(case, tmp_path, monkeypatch,
                                                               capsys):
-    monkeypatch.setattr(model.datasets, "_download",
+    monkeypatch.setattr(model.data.datasets, "_download",
                         lambda *args: pytest.fail("a damaged file must not trigger a download"))
     if case == "fewer labels":
         raw = write_mnist(tmp_path, images=5, labels=4)
@@ -1056,7 +1058,7 @@ def write_cifar(folder, labels=None, truncate=None):
 
 
 def test_damaged_cifar_file_is_named_by_its_checksum(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(model.datasets, "_download",
+    monkeypatch.setattr(model.data.datasets, "_download",
                         lambda *args: pytest.fail("a damaged file must not trigger a download"))
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar(folder)  # every file there, none with the published MD5 sum
@@ -1107,8 +1109,8 @@ def test_unwritable_matplotlib_folders_and_missing_glyphs_print_nothing(
 
 
 def test_only_model_plotting_imports_matplotlib():
-    """matplotlib's set-up (model.plotting) must run before matplotlib is first imported."""
-    for path in [*ROOT.glob("*.py"), *(ROOT / "model").glob("*.py")]:
+    """matplotlib's set-up (model.figures.plotting) must run before matplotlib is first imported."""
+    for path in [*ROOT.glob("*.py"), *(ROOT / "model").rglob("*.py")]:
         if path.name != "plotting.py":
             source = path.read_text()
             assert "import matplotlib" not in source and "from matplotlib" not in source, path
@@ -1132,7 +1134,7 @@ def test_an_output_that_is_a_symbolic_link_is_written_through(tmp_path):
     target.write_text("{}")
     link = tmp_path / "run.json"
     link.symlink_to(target)
-    model.runtime.save_json({"epoch": 2}, link)
+    model.runtime.files.save_json({"epoch": 2}, link)
     assert link.is_symlink() and json.loads(target.read_text()) == {"epoch": 2}
 
 

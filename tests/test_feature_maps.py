@@ -5,15 +5,16 @@ import torch
 
 import feature_maps as fm
 import train_cnn
-from model.architectures import build_model, split_at
-from model.datasets import DATASET_INFO, ImageDataset
+from model.data.datasets import DATASET_INFO, ImageDataset
+from model.nets.architectures import build_model
+from model.nets.layers import layer_activations, split_at
 
 
 def test_one_pass_activations_equal_the_split_net():
     torch.manual_seed(0)
     model = build_model("vgg", 3, 6, 16).eval()
     inputs = torch.randn(2, 3, 16, 16)
-    activations = fm.layer_activations(model, inputs, ["conv1", "pool1", "conv4"])
+    activations = layer_activations(model, inputs, ["conv1", "pool1", "conv4"])
     for layer in ("conv1", "pool1", "conv4"):
         with torch.no_grad():
             assert torch.equal(activations[layer], split_at(model, layer)[0](inputs))
@@ -81,7 +82,7 @@ def test_unknown_layer_exits_2(trained_shapes_checkpoint, tmp_path):
 
 
 def test_grid_mosaic_places_every_cell_below_its_label_gap():
-    from model.heatmaps import grid_mosaic
+    from model.figures.heatmaps import grid_mosaic
 
     weights = torch.randn(3, 4, 3, 3)
     for label_gap in (0, 2):

@@ -1,5 +1,5 @@
-"""``--dataset imagefolder``: class folders read image by image (``model.folders``), their
-preprocessing (``model.image_files``), training and the method scripts on them, and
+"""``--dataset imagefolder``: class folders read image by image (``model.data.folders``), their
+preprocessing (``model.data.image_files``), training and the method scripts on them, and
 ``--weights`` with folder class names. Tiny generated folders at 32 px; never a download."""
 import gc
 import json
@@ -19,15 +19,21 @@ import occlusion_sensitivity
 import train_cnn
 import visualize_all
 from conftest import stderr_lines
-from model.activation_search import search_top_activations
-from model.architectures import build_model, conv_layer_names
-from model.checkpoint import load_checkpoint
-from model.datasets import ImageDataset, folder_info, load_dataset
-from model.engine import iterate_batches
+from model.data.batches import iterate_batches
+from model.data.datasets import ImageDataset, folder_info, load_dataset
+from model.data.folders import (
+    FolderDataset,
+    class_mapping,
+    find_images,
+    read_folder_split,
+    split_folder,
+)
+from model.data.image_files import load_image_file
 from model.errors import UserError
-from model.folders import (FolderDataset, class_mapping, find_images, read_folder_split,
-                           split_folder)
-from model.image_files import load_image_file
+from model.nets.architectures import build_model
+from model.nets.checkpoint import load_checkpoint
+from model.nets.layers import conv_layer_names
+from model.units.activation_search import search_top_activations
 
 CLASSES = ("dog", "Cat", "fox")  # sorted as ImageFolder sorts them: Cat, dog, fox
 SIZES = ((40, 30), (90, 70), (64, 48), (50, 80))  # (width, height)

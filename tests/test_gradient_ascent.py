@@ -4,8 +4,10 @@ import torch
 import torch.nn as nn
 
 import gradient_ascent as ga
-from model.architectures import build_model
-from model.datasets import DATASET_INFO
+from model.data.datasets import DATASET_INFO
+from model.errors import UserError
+from model.nets.architectures import build_model
+from model.units import ascent
 
 INFO = DATASET_INFO["shapes"]
 
@@ -33,12 +35,12 @@ def test_each_image_is_its_own_problem_in_the_batch(layer, zoom):
             setattr(model, name, nn.AvgPool2d(2))
     model.double()
     units = torch.tensor([0, 3, 5])
-    rules = ga.Regularizers(scale=zoom, rotate=100 * zoom)
-    together, values = ga.gradient_ascent(model, INFO, units, layer=layer, steps=12,
+    rules = ascent.Regularizers(scale=zoom, rotate=100 * zoom)
+    together, values = ascent.gradient_ascent(model, INFO, units, layer=layer, steps=12,
                                           regularizers=rules)
     assert together.dtype == torch.float64
     for row, unit in enumerate(units.tolist()):
-        alone, value = ga.gradient_ascent(model, INFO, torch.tensor([unit]), layer=layer,
+        alone, value = ascent.gradient_ascent(model, INFO, torch.tensor([unit]), layer=layer,
                                           steps=12, regularizers=rules)
         assert torch.allclose(together[row], alone[0], atol=1e-9, rtol=0)
         assert values[row] == pytest.approx(float(value[0]), abs=1e-9)
@@ -48,8 +50,8 @@ def test_ascent_raises_the_class_score_and_stays_in_the_pixel_range():
     model = small_model()
     units = torch.arange(6)
     start = model(INFO.normalize(torch.full((6, 3, 32, 32), 0.5))).diagonal()
-    images, scores = ga.gradient_ascent(model, INFO, units, steps=40,
-                                        regularizers=ga.NO_REGULARIZATION)
+    images, scores = ascent.gradient_ascent(model, INFO, units, steps=40,
+                                        regularizers=ascent.NO_REGULARIZATION)
     assert (scores > start).all()
     assert images.min() >= 0 and images.max() <= 1
 
@@ -60,8 +62,8 @@ def test_polish_drops_the_jitter_only():
     units = torch.tensor([1, 4])
 
     def ascend(jitter, blur_every, polish):
-        rules = ga.Regularizers(jitter=jitter, blur_every=blur_every, blur_sigma=1.0)
-        return ga.gradient_ascent(model, INFO, units, steps=10, polish=polish,
+        rules = ascent.Regularizers(jitter=jitter, blur_every=blur_every, blur_sigma=1.0)
+        return ascent.gradient_ascent(model, INFO, units, steps=10, polish=polish,
                                   regularizers=rules)[0]
     assert torch.equal(ascend(2, 2, polish=1.0), ascend(0, 2, polish=1.0))
     assert not torch.allclose(ascend(2, 2, polish=0.0), ascend(0, 2, polish=0.0), atol=1e-3)
@@ -70,11 +72,11 @@ def test_polish_drops_the_jitter_only():
 
 def test_zoom_rotate_is_the_identity_at_rest_and_a_quarter_turn_at_90_degrees():
     images = torch.randn(2, 3, 6, 6, dtype=torch.float64)
-    assert torch.allclose(ga.zoom_rotate(images, 1.0, 0.0), images, atol=1e-12)
-    assert torch.allclose(ga.zoom_rotate(images, 1.0, 90.0), torch.rot90(images, 1, (2, 3)),
+    assert torch.allclose(ascent.zoom_rotate(images, 1.0, 0.0), images, atol=1e-12)
+    assert torch.allclose(ascent.zoom_rotate(images, 1.0, 90.0), torch.rot90(images, 1, (2, 3)),
                           atol=1e-12)  # counter-clockwise as displayed
     # Magnified 2x, the centre 2x2 block is the centre pixel neighbourhood spread out.
-    zoomed = ga.zoom_rotate(images, 2.0, 0.0)
+    zoomed = ascent.zoom_rotate(images, 2.0, 0.0)
     assert torch.allclose(zoomed[..., 2:4, 2:4].mean((2, 3)), images[..., 2:4, 2:4].mean((2, 3)),
                           atol=1e-12)
 
@@ -84,8 +86,8 @@ def test_polish_drops_zoom_and_rotation_too():
     units = torch.tensor([1, 4])
 
     def ascend(zoom, polish):
-        rules = ga.Regularizers(jitter=0, scale=zoom, rotate=30 * zoom)
-        return ga.gradient_ascent(model, INFO, units, steps=6, polish=polish,
+        rules = ascent.Regularizers(jitter=0, scale=zoom, rotate=30 * zoom)
+        return ascent.gradient_ascent(model, INFO, units, steps=6, polish=polish,
                                   regularizers=rules)[0]
     assert torch.equal(ascend(0.2, polish=1.0), ascend(0.0, polish=1.0))
     assert not torch.allclose(ascend(0.2, polish=0.0), ascend(0.0, polish=0.0), atol=1e-3)
@@ -95,35 +97,35 @@ def test_polish_raises_the_score_of_the_unshifted_image():
     """Jittered steps ascend the score of shifted copies; the polish that of the image itself."""
     model = small_model()
     units = torch.arange(6)
-    rules = ga.Regularizers(jitter=3)
-    scores = [ga.gradient_ascent(model, INFO, units, steps=48, polish=polish,
+    rules = ascent.Regularizers(jitter=3)
+    scores = [ascent.gradient_ascent(model, INFO, units, steps=48, polish=polish,
                                  regularizers=rules)[1] for polish in (0.0, 0.25)]
     assert (scores[1] > scores[0]).all()
 
 
 def test_fourier_image_is_valid_and_low_frequency():
     generator = torch.Generator().manual_seed(0)
-    fourier = ga.FourierImage(2, INFO, "noise", generator, "cpu")
+    fourier = ascent.FourierImage(2, INFO, "noise", generator, "cpu")
     pixels = INFO.denormalize(fourier.image())
     assert pixels.shape == (2, 3, 32, 32) and 0 < pixels.min() and pixels.max() < 1
     # 1/f scaling: the same white spectrum gives a smoother image than white pixel noise.
     fourier.parameters[0].data.normal_(generator=generator)
     smooth = fourier.image()
     noise = torch.randn(2, 3, 32, 32, generator=generator)
-    assert ga.total_variation(smooth / smooth.std()).mean() < \
-        ga.total_variation(noise / noise.std()).mean()
+    assert ascent.total_variation(smooth / smooth.std()).mean() < \
+        ascent.total_variation(noise / noise.std()).mean()
 
 
 def test_total_variation_of_known_images():
     flat = torch.ones(1, 1, 4, 4)
-    assert ga.total_variation(flat).item() == 0
+    assert ascent.total_variation(flat).item() == 0
     stripes = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).expand(4, 4)[None, None]
-    assert ga.total_variation(stripes).item() == pytest.approx(1.0)
+    assert ascent.total_variation(stripes).item() == pytest.approx(1.0)
 
 
 def test_classes_parse_names_indices_and_ranges():
     assert ga.parse_classes(["ring", "0-1", "5"], INFO.classes) == [0, 1, 4, 5]
-    with pytest.raises(ga.UserError, match="unknown class"):
+    with pytest.raises(UserError, match="unknown class"):
         ga.parse_classes(["hexagon"], INFO.classes)
 
 

@@ -5,10 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from model.datasets import DATASET_INFO
+from model.attribution.maps import normalize_maps
+from model.cli.method_inputs import load_image_file, select_inputs
+from model.cli.targets import resolve_targets
+from model.data.datasets import DATASET_INFO
 from model.errors import UserError
-from model.heatmaps import normalize_maps
-from model.images import load_image_file, resolve_targets, select_inputs
 
 RGB, GRAY = DATASET_INFO["shapes"], DATASET_INFO["mnist"]
 
@@ -94,8 +95,8 @@ class PixelOracle(torch.nn.Module):
 
 
 def test_sample_test_images_mixes_wrong_and_right_decisions_and_every_class():
-    from model.datasets import DATASET_INFO, ImageDataset
-    from model.images import sample_test_images
+    from model.data.datasets import DATASET_INFO, ImageDataset
+    from model.data.sampling import sample_test_images
 
     labels = torch.arange(60) % 6
     predicted = labels.clone()

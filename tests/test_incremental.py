@@ -1,4 +1,4 @@
-"""model/incremental.py: incremental occlusion (Krypton, SIGMOD 2019) against plain occlusion.
+"""model/attribution/incremental.py: incremental occlusion (Krypton, SIGMOD 2019) against plain occlusion.
 
 The claim under test: for every supported architecture the incremental maps equal the plain
 occlusion maps, to 1e-10 relative in float64 and 1e-4 relative in float32, where "relative"
@@ -16,14 +16,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-import model.incremental as incremental
 from conftest import stderr_lines
-from model.architectures import build_model
-from model.attribution import METHODS
-from model.datasets import DATASET_INFO
-from model.incremental import (DEFAULT_MAX_MEMORY_MB, IncrementalOcclusion, changed_interval,
-                               positions_per_batch, window_of)
-from model.occlusion import compute_occlusion, patch_positions
+from model.attribution import METHODS, incremental
+from model.attribution.incremental import (
+    DEFAULT_MAX_MEMORY_MB,
+    IncrementalOcclusion,
+    changed_interval,
+    positions_per_batch,
+    window_of,
+)
+from model.attribution.occlusion import compute_occlusion, patch_positions
+from model.data.datasets import DATASET_INFO
+from model.nets.architectures import build_model
 
 SIZE = 64
 # Patch 9 at stride 27: tops 0, 27, 54 and 55, the last moved flush to the border (27 does not

@@ -6,12 +6,17 @@ import torch
 
 import max_activation_search as mas
 from conftest import stderr_lines
-from model.activation_search import (TopActivations, layer_function, parse_channels,
-                                     search_top_activations)
-from model.architectures import build_model, split_at
-from model.datasets import DATASET_INFO, ImageDataset
+from model.data.datasets import DATASET_INFO, ImageDataset
 from model.errors import UserError
-from model.receptive_field import receptive_field
+from model.nets.architectures import build_model
+from model.nets.layers import split_at
+from model.nets.receptive_field import receptive_field
+from model.units.activation_search import (
+    TopActivations,
+    layer_function,
+    parse_channels,
+    search_top_activations,
+)
 
 
 def dataset_with_duplicates():

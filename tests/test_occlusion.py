@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-import model.occlusion as occ
 import occlusion_sensitivity
 from conftest import stderr_lines
-from model.architectures import build_model
-from model.datasets import DATASET_INFO
+from model.attribution import occlusion as occ
+from model.data.datasets import DATASET_INFO
 from model.errors import UserError
+from model.nets.architectures import build_model
 
 
 def tiny_model():

@@ -9,10 +9,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.architectures import build_model, block_end
-from model.engine import (RECIPES, Recipe, alternating_flips, identity_init, prepare_model,
-                          view_logits)
-from model.optim import learning_rate_at, make_optimizer, set_learning_rate
+from model.data.augmentation import alternating_flips
+from model.nets.architectures import build_model
+from model.nets.layers import block_end
+from model.training.loop import identity_init, prepare_model
+from model.training.optim import learning_rate_at, make_optimizer, set_learning_rate
+from model.training.recipes import RECIPES, Recipe
+from model.training.views import view_logits
 
 CIFAR = RECIPES[("cifar10", "vgg")]
 
@@ -130,7 +133,7 @@ def test_the_cifar10_net_pools_before_normalizing_and_prepares_as_the_recipe_say
 
 
 def test_spread_samples_every_class_of_a_sorted_split():
-    from model.datasets import DATASET_INFO, ImageDataset
+    from model.data.datasets import DATASET_INFO, ImageDataset
 
     labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as class folders are
     split = ImageDataset(DATASET_INFO["cifar10"], torch.zeros(1000, 3, 32, 32, dtype=torch.uint8),

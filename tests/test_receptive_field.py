@@ -1,8 +1,8 @@
 import torch
 import torch.nn as nn
 
-from model.architectures import build_model
-from model.receptive_field import receptive_field
+from model.nets.architectures import build_model
+from model.nets.receptive_field import receptive_field
 
 
 def gradient_support(stack, image_size, row, col):

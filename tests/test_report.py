@@ -10,10 +10,11 @@ import torchvision.datasets
 
 import evaluate_attributions as ea
 import visualize_all
-from model.architectures import build_model
 from model.attribution import METHODS
-from model.datasets import DATASET_INFO
-from model.faithfulness import spearman
+from model.data.datasets import DATASET_INFO
+from model.evaluation.faithfulness import spearman
+from model.nets.architectures import build_model
+from model.report.tables import markdown_table
 
 METRICS = ("deletion_auc", "insertion_auc", "pointing", "mass_inside", "randomized_top_layer",
            "randomized_all_layers", "forward_passes_per_image", "backward_passes_per_image",
@@ -116,7 +117,7 @@ def test_evaluate_on_a_toy_net_counts_passes_and_flags_model_independent_maps():
         assert correlations == pytest.approx(result.randomization[method], abs=1e-6)
     assert all(torch.isfinite(m).all() and m.min() >= 0 and m.max() <= 1
                for m in result.maps.values())
-    assert "| random |" in ea.markdown_table(result.methods, result.scores)
+    assert "| random |" in markdown_table(result.methods, result.scores)
 
 
 def test_evaluation_is_reproducible_on_the_cpu():

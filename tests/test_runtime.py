@@ -3,7 +3,9 @@ import torch
 from matplotlib.figure import Figure
 
 from model.errors import UserError
-from model.runtime import atomic_open, resolve_device, save_figure, seed_everything
+from model.figures.plotting import save_figure
+from model.runtime.device import resolve_device, seed_everything
+from model.runtime.files import atomic_open
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
 
@@ -64,15 +66,15 @@ def test_freed_memory_is_kept_on_glibc_and_skipped_without_mallopt(monkeypatch):
     import ctypes
     import platform
 
-    import model.runtime
+    import model.runtime.device
 
     if platform.libc_ver()[0] == "glibc":
-        assert model.runtime.keep_freed_memory()
+        assert model.runtime.device.keep_freed_memory()
 
     def no_library(name):
         raise OSError(f"{name}: cannot open shared object file")
 
     monkeypatch.setattr(ctypes, "CDLL", no_library)
-    assert model.runtime.keep_freed_memory() is False
+    assert model.runtime.device.keep_freed_memory() is False
     monkeypatch.setattr(ctypes, "CDLL", lambda name: object())  # a C library without mallopt
-    assert model.runtime.keep_freed_memory() is False
+    assert model.runtime.device.keep_freed_memory() is False

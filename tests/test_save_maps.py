@@ -9,8 +9,8 @@ import deconvnet
 import occlusion_sensitivity
 from conftest import stderr_lines
 from model.attribution import METHODS
-from model.checkpoint import load_model
-from model.mirror import compute_projections
+from model.nets.checkpoint import load_model
+from model.units.mirror import compute_projections
 
 INDICES = [0, 2]  # shapes test images of classes 3 and 2: a different target per image
 

@@ -1,7 +1,13 @@
 import torch
 
-from model.shapes import (IMAGE_SIZE, SHAPE_CLASSES, generate_shapes, render_scenes,
-                          sample_scenes, shape_masks)
+from model.data.shapes import (
+    IMAGE_SIZE,
+    SHAPE_CLASSES,
+    generate_shapes,
+    render_scenes,
+    sample_scenes,
+    shape_masks,
+)
 
 
 def test_same_seed_same_arrays_other_seed_other_arrays():

@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-import model.datasets
-import model.engine
+import model.attribution.batching
+import model.data.augmentation
+import model.data.datasets
+import model.runtime.device
+import model.training.loop
+import model.training.recipes
+import model.training.views
 import train_cnn
 from conftest import ROOT, stderr_lines
-from model.checkpoint import curve_path, load_checkpoint, load_model, snapshot_path
+from model.nets.checkpoint import curve_path, load_checkpoint, load_model, snapshot_path
 
 QUICK = ["--dataset", "shapes", "--arch", "simple", "--max-train-images", "256",
          "--batch-size", "64", "--no-progress"]
@@ -40,14 +45,14 @@ def test_resume_after_ctrl_c_ends_exactly_where_an_uninterrupted_run_ends(tmp_pa
                                                                            capsys):
     assert train(tmp_path, "straight", "--epochs", "2")[0] == 0
     steps_per_epoch = 256 // 64
-    schedule = model.engine.learning_rate_at
+    schedule = model.training.loop.learning_rate_at
 
     def interrupt_mid_epoch_two(step, *args, **kwargs):
         if step == steps_per_epoch + 2:
             raise KeyboardInterrupt
         return schedule(step, *args, **kwargs)
 
-    monkeypatch.setattr(model.engine, "learning_rate_at", interrupt_mid_epoch_two)
+    monkeypatch.setattr(model.training.loop, "learning_rate_at", interrupt_mid_epoch_two)
     code, out = train(tmp_path, "interrupted", "--epochs", "2")
     assert code == 130
     assert "--resume" in capsys.readouterr().err
@@ -133,21 +138,21 @@ def test_out_that_is_a_folder_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_test_split_passes_build_no_autograd_graph(shapes_test_split):
-    from model.architectures import build_model
-    from model.images import sample_test_images
+    from model.data.sampling import sample_test_images
+    from model.nets.architectures import build_model
 
     net = build_model("simple", 3, 6, 32).eval()
     grad_seen = []
     net.register_forward_hook(lambda module, inputs, output: grad_seen.append(
         torch.is_grad_enabled()))
     small = shapes_test_split.subset(64)
-    model.engine.loss_and_accuracy(net, small, "cpu")
+    model.training.views.loss_and_accuracy(net, small, "cpu")
     sample_test_images(net, small, 8, seed=0, device="cpu")
     assert grad_seen and not any(grad_seen)
 
 
 def test_linear_schedule_warms_up_then_falls_to_zero():
-    rates = [model.engine.learning_rate_at(step, 100, 0.2, 0.2, "linear") for step in range(100)]
+    rates = [model.training.loop.learning_rate_at(step, 100, 0.2, 0.2, "linear") for step in range(100)]
     assert rates[19] == pytest.approx(0.2) and rates[0] == pytest.approx(0.01)
     assert all(a >= b for a, b in zip(rates[19:], rates[20:])) and rates[-1] < 0.003
     assert rates[60] == pytest.approx(0.2 * (1 - 40 / 80))
@@ -156,7 +161,7 @@ def test_linear_schedule_warms_up_then_falls_to_zero():
 def test_patch_whitening_decorrelates_the_patches_it_was_fitted_on():
     """Coates & Ng 2012: the filters e_i / sqrt(lambda_i + eps) give 2x2x3 patch responses
     with covariance diag(lambda_i / (lambda_i + eps)), close to the identity."""
-    from model.architectures import PatchWhitening
+    from model.nets.architectures import PatchWhitening
 
     torch.manual_seed(0)
     mixing = torch.randn(3, 3)
@@ -173,13 +178,13 @@ def test_patch_whitening_decorrelates_the_patches_it_was_fitted_on():
 
 def test_bfloat16_is_used_only_where_the_device_computes_it_fast(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)  # an older torch
-    assert not model.engine.fast_bfloat16("cpu")
+    assert not model.runtime.device.fast_bfloat16("cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert not model.engine.fast_bfloat16("cpu")  # AVX2 or AVX-512 without AMX
-    with model.engine.autocast("cpu", bfloat16=True):
+    assert not model.runtime.device.fast_bfloat16("cpu")  # AVX2 or AVX-512 without AMX
+    with model.runtime.device.autocast("cpu", bfloat16=True):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    with model.engine.autocast("cpu", bfloat16=True):
+    with model.runtime.device.autocast("cpu", bfloat16=True):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
@@ -188,11 +193,12 @@ def test_the_cifar10_recipe_trains_resumes_and_explains_from_class_folders(tmp_p
     """The fast plan end to end on tiny CIFAR-10 class folders: frozen whitening stem fitted
     to the data, sampled tests before the last epoch, test-time views after it, resume, and
     the methods on it."""
-    import class_activation_maps
-    import deconvnet
     from test_datasets import write_cifar_folders
 
-    monkeypatch.setitem(model.datasets.IMAGE_FOLDER_COUNTS, "cifar10",
+    import class_activation_maps
+    import deconvnet
+
+    monkeypatch.setitem(model.data.datasets.IMAGE_FOLDER_COUNTS, "cifar10",
                         {"train": 8, "test": 2})
     write_cifar_folders(tmp_path / "cifar", {"train": 8, "test": 2}, np.random.default_rng(5))
     out = tmp_path / "c.pt"
@@ -202,8 +208,8 @@ def test_the_cifar10_recipe_trains_resumes_and_explains_from_class_folders(tmp_p
     first = load_checkpoint(out)
     whitening = first["model_state"]["conv1.weight"]
     assert whitening.shape == (24, 3, 2, 2) and torch.equal(whitening[12:], -whitening[:12])
-    monkeypatch.setitem(model.engine.RECIPES, ("cifar10", "vgg"), dataclasses.replace(
-        model.engine.RECIPES[("cifar10", "vgg")], epoch_test_images=4))
+    monkeypatch.setitem(model.training.recipes.RECIPES, ("cifar10", "vgg"), dataclasses.replace(
+        model.training.recipes.RECIPES[("cifar10", "vgg")], epoch_test_images=4))
     assert train_cnn.main(argv + ["--epochs", "3", "--resume"]) == 0
     second = load_checkpoint(out)
     assert second["epoch"] == 3
@@ -223,31 +229,31 @@ def test_named_recipes_choose_the_plan_and_a_resume_keeps_its_recipe():
     args = parse(["--dataset", "cifar10", "--recipe", "long"])
     recipe = train_cnn.apply_recipe(args)
     assert (args.vgg_plan, args.epochs, args.lr) == ("long", recipe.epochs, recipe.lr)
-    assert recipe.epochs > model.engine.RECIPES[("cifar10", "vgg")].epochs
+    assert recipe.epochs > model.training.recipes.RECIPES[("cifar10", "vgg")].epochs
     resumed = parse(["--dataset", "cifar10", "--resume"])
     assert train_cnn.apply_recipe(resumed, vars(args)).vgg_plan == "long"
     default = parse(["--dataset", "cifar10"])
     assert train_cnn.apply_recipe(default).vgg_plan == "fast" and default.recipe == "default"
-    with pytest.raises(model.engine.UserError, match="no recipe 'long' for vgg on shapes; "
+    with pytest.raises(model.training.loop.UserError, match="no recipe 'long' for vgg on shapes; "
                                                      "choose from default"):
         train_cnn.apply_recipe(parse(["--dataset", "shapes", "--recipe", "long"]))
 
 
 def test_cutout_zeroes_one_square_inside_each_image():
     images = torch.ones(64, 3, 10, 12)
-    cut = model.engine.cutout(images, torch.Generator().manual_seed(0), 4)
+    cut = model.data.augmentation.cutout(images, torch.Generator().manual_seed(0), 4)
     zero = (cut == 0).all(1)  # (N, H, W)
     assert torch.equal(images, torch.ones_like(images))  # the input is not changed
     assert (zero.sum((1, 2)) == 16).all() and (cut[cut != 0] == 1).all()
     rows, cols = zero.any(2), zero.any(1)  # each zero region is one 4 x 4 square
     assert (rows.sum(1) == 4).all() and (cols.sum(1) == 4).all()
     assert len({tuple(r.nonzero()[:, 0].tolist()) for r in rows}) > 1  # not one fixed place
-    again = model.engine.cutout(images, torch.Generator().manual_seed(0), 4)
+    again = model.data.augmentation.cutout(images, torch.Generator().manual_seed(0), 4)
     assert torch.equal(cut, again)
 
 
 def test_variant_batches_keep_small_images_and_cap_large_ones():
-    assert model.engine.variant_batch(256, torch.zeros(1, 3, 32, 32)) == 256
-    assert model.engine.variant_batch(256, torch.zeros(1, 3, 224, 224)) == 64
-    assert model.engine.variant_batch(16, torch.zeros(1, 3, 224, 224)) == 16
-    assert model.engine.variant_batch(256, torch.zeros(1, 3, 4000, 4000)) == 1
+    assert model.attribution.batching.variant_batch(256, torch.zeros(1, 3, 32, 32)) == 256
+    assert model.attribution.batching.variant_batch(256, torch.zeros(1, 3, 224, 224)) == 64
+    assert model.attribution.batching.variant_batch(16, torch.zeros(1, 3, 224, 224)) == 16
+    assert model.attribution.batching.variant_batch(256, torch.zeros(1, 3, 4000, 4000)) == 1

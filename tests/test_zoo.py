@@ -1,4 +1,4 @@
-"""torchvision architectures (``model.zoo``): building, layer names, every method, the
+"""torchvision architectures (``model.nets.zoo``): building, layer names, every method, the
 DeconvNet on plain and residual nets, and ``--weights``. Random weights only, never a download."""
 import urllib.error
 
@@ -7,15 +7,20 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from model.architectures import block_end, build_model, conv_layer_names, first_conv
 from model.attribution import METHODS
-from model.checkpoint import model_from_weights
-from model.datasets import DATASET_INFO
+from model.data.datasets import DATASET_INFO
 from model.errors import UserError
-from model.mirror import (_project_by_gradient, compute_projections, plain_stack,
-                          projection_path)
-from model.receptive_field import layer_receptive_field
-from model.zoo import TORCHVISION_ARCHS, stem_args, stem_of_state_dict
+from model.nets.architectures import build_model
+from model.nets.checkpoint import model_from_weights
+from model.nets.layers import block_end, conv_layer_names, first_conv
+from model.nets.receptive_field import layer_receptive_field
+from model.nets.zoo import TORCHVISION_ARCHS, stem_args, stem_of_state_dict
+from model.units.mirror import (
+    _project_by_gradient,
+    compute_projections,
+    plain_stack,
+    projection_path,
+)
 
 CIFAR = DATASET_INFO["cifar10"]
 LAST_BLOCK = {"resnet18": "layer4", "alexnet": "features.10", "vgg16": "features.28",
@@ -88,7 +93,7 @@ def test_layer_names_follow_torchvision_and_default_to_the_last_block(small_nets
 def test_help_lists_the_layer_names_the_nets_have(small_nets):
     import re
 
-    from model.zoo import LAYER_NAMES
+    from model.nets.zoo import LAYER_NAMES
 
     for arch in ("alexnet", "vgg16"):
         listed = ["features." + number for number in re.findall(r"\.(\d+)", LAYER_NAMES[arch])]
@@ -278,7 +283,7 @@ def write_photo(path, size=(300, 200)):
 
 
 def test_images_for_imagenet_nets_are_resized_and_centre_cropped(tmp_path):
-    from model.images import load_image_file
+    from model.cli.method_inputs import load_image_file
 
     info = model_from_weights("mobilenet_v2", str(save_state(tmp_path, "mobilenet_v2", 1000)))[1]
     photo = write_photo(tmp_path / "wide.png", (300, 200))
@@ -323,7 +328,7 @@ def test_method_scripts_run_on_weights_without_a_checkpoint(tmp_path, capsys):
 def test_train_cnn_trains_a_torchvision_net_that_the_scripts_load(tmp_path):
     import occlusion_sensitivity
     import train_cnn
-    from model.checkpoint import load_checkpoint
+    from model.nets.checkpoint import load_checkpoint
 
     path = tmp_path / "shapes_mobilenet_v2.pt"
     assert train_cnn.main(["--dataset", "shapes", "--arch", "mobilenet_v2", "--epochs", "1",

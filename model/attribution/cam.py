@@ -1,0 +1,356 @@
+"""Class activation maps: where in a conv layer's feature maps the evidence for a class lies.
+
+Every method turns the feature maps A_k of one conv layer (``--layer``, default the last) into
+a map M = ReLU(sum_k w_k A_k) or directly into a map, and differs only in that step:
+
+    cam            w_k = fc weight W[c, k]                    Zhou et al. 2016, Eq. 2
+    gradcam        w_k = mean_ij dy^c/dA_kij                  Selvaraju et al. 2017, Eq. 1-2
+    gradcam++      w_k = sum_ij a_kij ReLU(dy^c/dA_kij),
+                   a = g^2 / (2 g^2 + sum_ab A_kab g^3)        Chattopadhay et al. 2018, Eq. 19
+    xgradcam       w_k = sum_ij (A_kij / sum_ab A_kab) dy^c/dA_kij          Fu et al. 2020
+    hirescam       M = ReLU(sum_k dy^c/dA_k * A_k)             Draelos & Carin 2020
+    layercam       M = ReLU(sum_k ReLU(dy^c/dA_k) * A_k)       Jiang et al. 2021, Eq. 5
+    scorecam       w_k = softmax(f(x * H_k))_c, H_k = A_k upsampled and min-max normalized
+                                                               Wang et al. 2020, Eq. 6-8
+    faster-scorecam  scorecam on the --max-channels channels of highest activation variance
+    ablationcam    w_k = (y^c - y^c with A_k zeroed) / y^c     Desai & Ramaswamy 2020, Eq. 3
+    eigencam       M = A projected on its first principal component     Muhammad & Yeasin 2020
+    guided-gradcam gradcam upsampled times guided backprop (model.attribution.gradients)
+                                                               Selvaraju et al. 2017, sec. 3.1
+
+y^c is the class score before the softmax. Maps are upsampled to the input (bilinear, or
+``--upsample nearest`` for the raw cells) and min-max normalized to [0, 1]; a constant map
+becomes zeros. ``--smooth N`` averages a gradient method over N noisy copies of each image
+(SmoothGrad, Smilkov et al. 2017, Eq. 3, noise sigma 15% of the input range).
+
+The layer is reached by forward hooks (``model.nets.layers``), so any ``nn.Module`` works; a conv
+name of the project's nets stands for its conv-BatchNorm-ReLU block.
+"""
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.attribution.batching import variant_batch
+from model.attribution.gradients import ONE_BACKWARD, input_gradient
+from model.attribution.maps import normalize_maps, resize_maps
+from model.attribution.registry import register
+from model.errors import UserError
+from model.nets.layers import as_feature_maps, recorded_output, replaced_output
+from model.runtime.device import fast_layout
+
+EPSILON = 1e-7
+
+METHOD_MAPS = {}  # name -> function(CamContext) -> raw map (N, h, w), in registration order
+
+GRADIENT_METHODS = set()  # the methods that need dy^c/dA (one backward pass)
+
+OPTIONS = {"upsample": "bilinear", "smooth": 0, "noise": 0.15, "batch_size": 256}
+
+
+def activations_and_gradients(model, layer, inputs, targets, need_gradients=True):
+    """A = the layer's maps (N, K, h, w), dy^c/dA (N, K, h, w) or None, and the logits.
+
+    One forward pass with a hook on ``layer``; without ``need_gradients`` (CAM, Score-CAM,
+    Ablation-CAM, Eigen-CAM) nothing is backpropagated.
+    """
+    if need_gradients:  # a graph down to the layer even where the weights need no gradient
+        inputs = inputs.detach().requires_grad_(True)
+    with recorded_output(model, layer) as record, torch.set_grad_enabled(need_gradients):
+        logits = model(inputs)
+        activations = as_feature_maps(record.get("output"), model, layer)
+        if not need_gradients:
+            return activations, None, logits
+        score = logits.gather(1, targets[:, None]).sum()  # images are independent: sum is fine
+        gradients = torch.autograd.grad(score, activations)[0]
+    return activations.detach(), gradients, logits.detach()
+
+
+def weighted_sum(weights, activations):
+    """ReLU(sum_k w_k A_k): (N, K) weights, (N, K, h, w) activations -> (N, h, w)."""
+    return F.relu((weights[:, :, None, None] * activations).sum(1))
+
+
+def gradcam_plus_plus_weights(activations, gradients):
+    """Chattopadhay et al. 2018, Eq. 19: closed-form alphas for an exponential score."""
+    g2, g3 = gradients ** 2, gradients ** 3
+    denominator = 2 * g2 + activations.sum((2, 3), keepdim=True) * g3
+    alphas = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    return (alphas * F.relu(gradients)).sum((2, 3))
+
+
+def eigen_map(activations):
+    """Projection of each position's activation vector on the first principal component.
+
+    The sign of a principal component is arbitrary; it is chosen so that the map correlates
+    positively with the channel-summed activation, which is where the features fire.
+    """
+    count, channels, height, width = activations.shape
+    vectors = activations.flatten(2).transpose(1, 2)  # (N, hw, K)
+    centered = vectors - vectors.mean(1, keepdim=True)
+    _, _, right = torch.linalg.svd(centered, full_matrices=False)  # right: (N, K, K)
+    projection = (centered @ right[:, 0, :, None])[..., 0]  # (N, hw)
+    total = vectors.sum(2)
+    sign = torch.sign(((projection * (total - total.mean(1, keepdim=True))).sum(1)))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return F.relu(projection * sign[:, None]).view(count, height, width)
+
+
+@torch.no_grad()
+def score_weights(model, inputs, activations, targets, batch_size, channels=None):
+    """Score-CAM weights (Wang et al. 2020, Eq. 6-8), masks batched ``batch_size`` at a time.
+
+    Each activation map A_k is upsampled to the input size and min-max normalized to H_k in
+    [0, 1]; the weight is the target's softmax probability for the masked input x * H_k.
+
+    Args:
+        channels: (N, J) channels to score per image (all when None); others get weight 0.
+    Returns:
+        (N, K) weights.
+    """
+    count, total_channels = activations.shape[:2]
+    if channels is None:
+        channels = torch.arange(total_channels, device=inputs.device).expand(count, -1)
+    chosen = channels.shape[1]
+    image_index = torch.arange(count, device=inputs.device).repeat_interleave(chosen)
+    flat_channels = channels.flatten()
+    scores = torch.empty(count * chosen, dtype=activations.dtype, device=inputs.device)
+    size = inputs.shape[-1]
+    batch_size = variant_batch(batch_size, inputs)
+    for start in range(0, count * chosen, batch_size):
+        part = slice(start, start + batch_size)
+        maps = activations[image_index[part], flat_channels[part]]  # (B, h, w)
+        masks = normalize_maps(resize_maps(maps, size))  # (B, H, W) in [0, 1]
+        masked = inputs[image_index[part]] * masks[:, None]
+        probabilities = torch.softmax(model(fast_layout(masked)), 1)
+        scores[part] = probabilities.gather(1, targets[image_index[part], None])[:, 0]
+    weights = torch.zeros(count, total_channels, dtype=activations.dtype, device=inputs.device)
+    weights.scatter_(1, channels, scores.view(count, chosen))
+    return weights
+
+
+@torch.no_grad()
+def ablation_weights(model, layer, inputs, activations, logits, targets, batch_size):
+    """Ablation-CAM weights (Desai & Ramaswamy 2020, Eq. 3), ablations batched.
+
+    w_k = (y^c - y^c_k) / y^c, with y^c_k the class score when A_k is set to zero: the net
+    runs on from the edited maps (a hook replaces the layer's output).
+    """
+    count, channels = activations.shape[:2]
+    image_index = torch.arange(count, device=activations.device).repeat_interleave(channels)
+    channel_index = torch.arange(channels, device=activations.device).repeat(count)
+    ablated_scores = torch.empty(count * channels, dtype=activations.dtype,
+                                 device=activations.device)
+    batch_size = variant_batch(batch_size, inputs)
+    for start in range(0, count * channels, batch_size):
+        part = slice(start, start + batch_size)
+        ablated = activations[image_index[part]].clone()
+        ablated[torch.arange(len(ablated)), channel_index[part]] = 0.0
+        with replaced_output(model, layer, ablated):
+            scores = model(inputs[image_index[part]])
+        ablated_scores[part] = scores.gather(1, targets[image_index[part], None])[:, 0]
+    score = logits.gather(1, targets[:, None])  # (N, 1)
+    return (score - ablated_scores.view(count, channels)) / (score.abs() + EPSILON)
+
+
+@dataclass
+class CamContext:
+    """Everything a method may use: the split net, the batch and what one backward pass gave."""
+
+    model: nn.Module
+    layer: str
+    inputs: torch.Tensor  # (N, C, H, W)
+    targets: torch.Tensor  # (N,)
+    activations: torch.Tensor  # A: (N, K, h, w)
+    gradients: torch.Tensor  # dy^c/dA: (N, K, h, w)
+    logits: torch.Tensor  # (N, classes)
+    batch_size: int
+    max_channels: int
+
+
+def layer_map(method, model, inputs, targets, layer, batch_size=256, max_channels=16):
+    """One method's map before upsampling: (N, h, w) at the layer's resolution."""
+    if method not in METHOD_MAPS:
+        raise UserError(f"unknown method '{method}'; choose from {', '.join(METHOD_MAPS)}")
+    activations, gradients, logits = activations_and_gradients(
+        model, layer, inputs, targets, need_gradients=method in GRADIENT_METHODS)
+    return METHOD_MAPS[method](CamContext(model, layer, inputs, targets, activations, gradients,
+                                          logits, batch_size, max_channels))
+
+
+def final_linear(model):
+    """The model's last ``nn.Linear`` layer (the class scores), or None."""
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def cam_applies(model, activations, logits):
+    """Whether the logits are global average pooling of ``activations`` then one Linear
+    layer, y = W mean_ij A_ij + b: the form CAM needs (Zhou et al. 2016, Eq. 2).
+
+    Checked on the numbers rather than the module graph, so it holds for any architecture
+    (a torchvision ResNet's ``layer4`` too) and fails for any layer with more in between.
+    """
+    linear = final_linear(model)
+    if linear is None or linear.in_features != activations.shape[1]:
+        return False
+    predicted = F.linear(activations.mean((2, 3)), linear.weight, linear.bias)
+    scale = logits.abs().max().clamp_min(1.0)
+    return bool(torch.allclose(predicted, logits, rtol=1e-4, atol=1e-4 * float(scale)))
+
+
+def cam_layer_applies(model, layer, inputs):
+    """:func:`cam_applies` for ``layer`` of ``model``, checked with one forward of ``inputs``."""
+    activations, _, logits = activations_and_gradients(model, layer, inputs[:2], None,
+                                                       need_gradients=False)
+    return cam_applies(model, activations, logits)
+
+
+def cam_weights(model, activations, logits, targets):
+    """CAM's w_k^c (Zhou et al. 2016, Eq. 2): the final Linear layer's weights for class c."""
+    if not cam_applies(model, activations, logits):
+        raise UserError("cam needs the chosen layer to feed global average pooling and one "
+                        "Linear layer (the last conv layer of --arch vgg); use gradcam, its "
+                        "generalization, for other layers and nets")
+    return final_linear(model).weight[targets].detach()  # (N, K); no autograd history
+
+
+def class_activation_map(model, inputs, targets, *, layer, method, batch_size, smooth, noise, upsample,
+            max_channels=16, generator=None):
+    """One CAM-family method's maps at input resolution, not normalized: (N, H, W).
+
+    Args:
+        model: any classifier in eval mode.
+        inputs: (N, C, H, W) normalized images; targets: (N,) class per image.
+        layer: a layer name (see ``model.nets.layers``); method: one of ``CAM_METHODS``.
+        batch_size: masked or ablated variants per forward pass (scorecam, ablationcam).
+        smooth: average a gradient method over this many noisy copies (0: off; SmoothGrad,
+            Smilkov et al. 2017, Eq. 3).
+        noise: SmoothGrad's sigma as a fraction of each image's value range.
+        upsample: ``bilinear`` or ``nearest``.
+        max_channels: channels scored by faster-scorecam.
+        generator: for the SmoothGrad noise.
+    """
+    if smooth and method in GRADIENT_METHODS:
+        count = len(inputs)
+        span = (inputs.flatten(1).amax(1) - inputs.flatten(1).amin(1))[:, None, None, None]
+        copies = inputs.repeat_interleave(smooth, 0)  # (N * smooth, C, H, W)
+        sigma = noise * span.repeat_interleave(smooth, 0)
+        draws = torch.randn(copies.shape, generator=generator).to(inputs.device)
+        maps = layer_map(method, model, copies + sigma * draws, targets.repeat_interleave(
+            smooth, 0), layer, batch_size, max_channels)
+        maps = maps.view(count, smooth, *maps.shape[1:]).mean(1)
+    else:
+        maps = layer_map(method, model, inputs, targets, layer, batch_size, max_channels)
+    if maps.shape[-1] != inputs.shape[-1]:
+        maps = resize_maps(maps, inputs.shape[-1], upsample)
+    return maps
+
+
+def cam_method(name, *, paper, equation, cost, gradients=False, needs=(), defaults=None,
+               evaluated=False):
+    """Register a CAM-family method whose map is ``map_function(CamContext)`` (N, h, w).
+
+    The registry entry (``model.attribution.registry``) computes :func:`class_activation_map`: the map upsampled to
+    the input, optionally SmoothGrad-averaged, not yet normalized.
+    """
+    def add(map_function):
+        METHOD_MAPS[name] = map_function
+        if gradients:
+            GRADIENT_METHODS.add(name)
+        register(name, paper=paper, equation=equation, family="cam", cost=cost,
+                 display="ReLU'd class evidence, upsampled to the input",
+                 defaults={**OPTIONS, **(defaults or {})},
+                 needs={"layer", *(["gradients"] if gradients else []), *needs},
+                 evaluated=evaluated, function=functools.partial(class_activation_map, method=name))
+        return map_function
+    return add
+
+
+@cam_method("cam", paper="Zhou et al. 2016", equation="Eq. 2: w_k = W[c, k]",
+            cost="1 forward", needs={"gap-linear"}, evaluated=True)
+def _cam(ctx):
+    return weighted_sum(cam_weights(ctx.model, ctx.activations, ctx.logits, ctx.targets),
+                        ctx.activations)
+
+
+@cam_method("gradcam", paper="Selvaraju et al. 2017",
+            equation="Eq. 1-2: w_k = mean_ij dy^c/dA_kij", cost=ONE_BACKWARD, gradients=True,
+            evaluated=True)
+def _gradcam(ctx):
+    return weighted_sum(ctx.gradients.mean((2, 3)), ctx.activations)
+
+
+@cam_method("gradcam++", paper="Chattopadhay et al. 2018",
+            equation="Eq. 19: w_k = sum_ij a_kij ReLU(g_kij)", cost=ONE_BACKWARD,
+            gradients=True, evaluated=True)
+def _gradcam_plus_plus(ctx):
+    return weighted_sum(gradcam_plus_plus_weights(ctx.activations, ctx.gradients),
+                        ctx.activations)
+
+
+@cam_method("xgradcam", paper="Fu et al. 2020",
+            equation="w_k = sum_ij (A_kij / sum_ab A_kab) g_kij", cost=ONE_BACKWARD,
+            gradients=True)
+def _xgradcam(ctx):
+    shares = ctx.activations / (ctx.activations.sum((2, 3), keepdim=True) + EPSILON)
+    return weighted_sum((shares * ctx.gradients).sum((2, 3)), ctx.activations)
+
+
+@cam_method("hirescam", paper="Draelos & Carin 2020", equation="M = ReLU(sum_k g_k * A_k)",
+            cost=ONE_BACKWARD, gradients=True)
+def _hirescam(ctx):
+    return F.relu((ctx.gradients * ctx.activations).sum(1))
+
+
+@cam_method("layercam", paper="Jiang et al. 2021", equation="Eq. 5: M = ReLU(sum_k ReLU(g_k) A_k)",
+            cost=ONE_BACKWARD, gradients=True, evaluated=True)
+def _layercam(ctx):
+    return F.relu((F.relu(ctx.gradients) * ctx.activations).sum(1))
+
+
+@cam_method("guided-gradcam", paper="Selvaraju et al. 2017",
+            equation="sec. 3.1: Grad-CAM upsampled times guided backprop",
+            cost="1 forward + 1 backward, twice", gradients=True)
+def _guided_gradcam(ctx):
+    guided = input_gradient(ctx.model, ctx.inputs, ctx.targets, "guided")
+    cam = resize_maps(_gradcam(ctx), ctx.inputs.shape[-1])  # (N, H, W)
+    return (guided * cam[:, None]).abs().amax(1)  # strongest channel of the product
+
+
+@cam_method("scorecam", paper="Wang et al. 2020",
+            equation="Eq. 6-8: w_k = softmax(f(x * H_k))_c, H_k = A_k upsampled, min-max "
+                     "normalized", cost="1 + K forward (K channels)", evaluated=True)
+def _scorecam(ctx):
+    return weighted_sum(score_weights(ctx.model, ctx.inputs, ctx.activations, ctx.targets,
+                                      ctx.batch_size), ctx.activations)
+
+
+@cam_method("faster-scorecam", paper="Wang et al. 2020 (faster variant)",
+            equation="Score-CAM on the max_channels channels of highest variance",
+            cost="1 + max_channels forward", defaults={"max_channels": 16})
+def _faster_scorecam(ctx):
+    top = min(ctx.max_channels, ctx.activations.shape[1])
+    channels = ctx.activations.flatten(2).var(2).topk(top, dim=1).indices
+    return weighted_sum(score_weights(ctx.model, ctx.inputs, ctx.activations, ctx.targets,
+                                      ctx.batch_size, channels), ctx.activations)
+
+
+@cam_method("ablationcam", paper="Desai & Ramaswamy 2020",
+            equation="Eq. 3: w_k = (y^c - y^c with A_k zeroed) / y^c",
+            cost="1 + K forward (K channels)")
+def _ablationcam(ctx):
+    return weighted_sum(ablation_weights(ctx.model, ctx.layer, ctx.inputs, ctx.activations,
+                                         ctx.logits, ctx.targets, ctx.batch_size),
+                        ctx.activations)
+
+
+@cam_method("eigencam", paper="Muhammad & Yeasin 2020",
+            equation="A projected on its first principal component", cost="1 forward")
+def _eigencam(ctx):
+    return eigen_map(ctx.activations)
+
+
+CAM_METHODS = tuple(METHOD_MAPS)  # the CAM family's names, in registration order

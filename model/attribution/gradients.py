@@ -1,0 +1,165 @@
+"""Input-space gradient attributions on any ReLU network, through backward hooks.
+
+The rules differ only in how a ReLU passes the signal down (Springenberg et al. 2015, Fig. 1):
+
+    saliency   R_l = R_{l+1} * [f_l > 0]          the plain gradient dy^c/dx (Simonyan et al. 2014)
+    guided     R_l = relu(R_{l+1}) * [f_l > 0]    guided backpropagation (Springenberg et al. 2015)
+    deconvnet  R_l = relu(R_{l+1})                the DeconvNet's ReLU (Zeiler & Fergus 2014)
+
+Here every ``nn.ReLU`` (and MobileNet's ``nn.ReLU6``) of the model gets a backward hook that
+applies the rule, so the rules work on any network built from ReLU modules (a ReLU called as a
+function is not seen). They
+equal the explicit mirror of ``model.units.mirror`` on the project's nets (tested).
+
+Integrated Gradients (Sundararajan et al. 2017, Eq. 1) and Input x Gradient (Shrikumar et al.
+2017) build on the plain gradient.
+"""
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+
+from model.attribution.registry import register
+from model.errors import UserError
+
+RULES = ("saliency", "guided", "deconvnet")
+
+
+def _guided(module, grad_input, grad_output):
+    return (grad_input[0].clamp(min=0),)  # autograd already masked by [f > 0]
+
+
+def _deconvnet(module, grad_input, grad_output):
+    return (grad_output[0].clamp(min=0),)  # ignores the forward mask
+
+
+@contextmanager
+def relu_rule(model, rule):
+    """While the block runs, every ``nn.ReLU`` and ``nn.ReLU6`` of ``model`` passes gradients
+    by ``rule``.
+
+    In-place ReLUs (torchvision's) are made out-of-place meanwhile, since backward hooks need
+    their input; everything is restored when the block ends, also when it raises.
+    """
+    if rule not in RULES:
+        raise UserError(f"unknown rule '{rule}'; choose from {', '.join(RULES)}")
+    relus = [module for module in model.modules() if isinstance(module, (nn.ReLU, nn.ReLU6))]
+    was_inplace = [relu.inplace for relu in relus]
+    hook = {"guided": _guided, "deconvnet": _deconvnet}.get(rule)
+    handles = []
+    try:
+        for relu in relus:
+            relu.inplace = False
+            if hook is not None:
+                handles.append(relu.register_full_backward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for relu, inplace in zip(relus, was_inplace):
+            relu.inplace = inplace
+
+
+def input_gradient(model, inputs, targets, rule="saliency"):
+    """dy^c/dx sent back by ``rule``: (N, C, H, W) for inputs (N, C, H, W), targets (N,).
+
+    Images are independent, so the scores of the batch are summed and one backward pass
+    gives every image's gradient.
+    """
+    with relu_rule(model, rule), torch.enable_grad():
+        pixels = inputs.detach().requires_grad_(True)
+        score = model(pixels).gather(1, targets[:, None]).sum()
+        return torch.autograd.grad(score, pixels)[0]
+
+
+def integrated_gradients(model, inputs, targets, baseline, steps=64, batch_size=256):
+    """Integrated Gradients (Sundararajan et al. 2017, Eq. 1), trapezoidal rule.
+
+    IG_i(x) = (x_i - x'_i) * integral_0^1 dF(x' + a (x - x'))/dx_i da, the integral taken as
+    the trapezoidal rule over ``steps`` equal intervals (steps + 1 points, batched
+    ``batch_size`` at a time). Completeness: sum_i IG_i = F(x) - F(x') up to the rule's error,
+    which falls as 1/steps on a ReLU net (its gradient jumps along the path): at 64 steps
+    about 0.5% of |F(x) - F(x')| on average over images, up to 2.5% for one image (measured
+    on shapes nets; tests/test_attribution.py).
+
+    Args:
+        baseline: (N, C, H, W) or (1, C, H, W) reference input x'.
+    Returns:
+        (N, C, H, W) attributions.
+    """
+    count = len(inputs)
+    baseline = baseline.expand_as(inputs)
+    alphas = torch.linspace(0, 1, steps + 1, dtype=inputs.dtype, device=inputs.device)
+    weights = torch.full_like(alphas, 1.0 / steps)
+    weights[[0, -1]] = 0.5 / steps  # trapezoid: half weight at both ends
+    # Every (image, alpha) pair, image-major: (N * (steps + 1), C, H, W) in chunks.
+    image_index = torch.arange(count, device=inputs.device).repeat_interleave(steps + 1)
+    alpha_index = torch.arange(steps + 1, device=inputs.device).repeat(count)
+    total = torch.zeros_like(inputs)
+    for start in range(0, len(image_index), batch_size):
+        part = slice(start, start + batch_size)
+        images, points = image_index[part], alpha_index[part]
+        alpha = alphas[points][:, None, None, None]
+        path = baseline[images] + alpha * (inputs[images] - baseline[images])
+        gradient = input_gradient(model, path, targets[images])
+        total.index_add_(0, images, weights[points][:, None, None, None] * gradient)
+    return (inputs - baseline) * total
+
+
+def input_times_gradient(model, inputs, targets):
+    """Input x Gradient (Shrikumar et al. 2017): x * dy^c/dx, (N, C, H, W)."""
+    return inputs * input_gradient(model, inputs, targets)
+
+
+ONE_BACKWARD = "1 forward + 1 backward"
+
+STRONGEST_CHANNEL = "max over colour channels of |gradient| (Simonyan et al. 2014, sec. 3.1)"
+
+CHANNEL_SUM = "sum over colour channels (signed)"
+
+PIXEL_BASELINES = {"black": 0.0, "gray": 0.5}  # IG references, as pixel values
+
+
+@register("saliency", paper="Simonyan et al. 2014", equation="sec. 3.1, Eq. 2: dy^c/dx",
+          family="gradient", cost=ONE_BACKWARD, display=STRONGEST_CHANNEL, needs={"gradients"})
+def saliency_map(model, inputs, targets):
+    return input_gradient(model, inputs, targets, "saliency").abs().amax(1)
+
+
+@register("guided-backprop", paper="Springenberg et al. 2015",
+          equation="sec. 3.4: R_l = relu(R_{l+1}) [f_l > 0]", family="gradient",
+          cost=ONE_BACKWARD, display=STRONGEST_CHANNEL, needs={"gradients"})
+def guided_backprop_map(model, inputs, targets):
+    return input_gradient(model, inputs, targets, "guided").abs().amax(1)
+
+
+@register("deconvnet", paper="Zeiler & Fergus 2014",
+          equation="sec. 2.1: R_l = relu(R_{l+1}) (the class score sent down)",
+          family="gradient", cost=ONE_BACKWARD, display=STRONGEST_CHANNEL, needs={"gradients"})
+def deconvnet_map(model, inputs, targets):
+    return input_gradient(model, inputs, targets, "deconvnet").abs().amax(1)
+
+
+@register("integrated-gradients", paper="Sundararajan et al. 2017",
+          equation="Eq. 1: (x - x') * integral_0^1 dF(x' + a (x - x'))/dx da",
+          family="gradient", cost="steps + 1 forward + steps + 1 backward", signed=True,
+          display=CHANNEL_SUM, defaults={"steps": 64, "baseline": "black", "batch_size": 256},
+          needs={"gradients", "info"})
+def integrated_gradients_map(model, inputs, targets, *, info, steps, baseline, batch_size):
+    """IG from a flat reference image: ``black`` (Sundararajan et al.'s choice for images) or
+    ``gray``, in pixel values; F is the class score y^c before the softmax."""
+    if baseline not in PIXEL_BASELINES:
+        raise UserError(f"integrated-gradients baseline '{baseline}': choose from "
+                        f"{', '.join(PIXEL_BASELINES)}")
+    pixels = torch.full((1, info.channels, 1, 1), PIXEL_BASELINES[baseline],
+                        dtype=inputs.dtype, device=inputs.device)
+    reference = info.normalize(pixels).expand_as(inputs)
+    return integrated_gradients(model, inputs, targets, reference, steps, batch_size).sum(1)
+
+
+@register("input-x-gradient", paper="Shrikumar et al. 2017",
+          equation="x * dy^c/dx (x in the normalized input space: against the mean colour)",
+          family="gradient", cost=ONE_BACKWARD, signed=True, display=CHANNEL_SUM,
+          needs={"gradients"})
+def input_times_gradient_map(model, inputs, targets):
+    return input_times_gradient(model, inputs, targets).sum(1)

@@ -1,0 +1,94 @@
+"""The registry of attribution methods: each method is declared once, where it is defined.
+
+A method is a function ``(model, inputs, targets, *, layer=None, **options) -> (N, H, W)``
+maps at input resolution, registered with :func:`register` together with its paper and
+equation, its default options, what it needs and what it costs. The method scripts, the
+evaluation, the report and the tests all read :data:`METHODS` (filled by importing
+``model.attribution``), so adding a method is one function, one ``@register`` and its tests.
+"""
+import inspect
+from dataclasses import dataclass, field
+
+from model.errors import UserError
+
+NEEDS = {
+    "layer": "a conv layer (--layer; default the last)",
+    "gradients": "one backward pass",
+    "gap-linear": "the layer to feed global average pooling and one Linear layer",
+    "info": "the dataset's normalization (for pixel-space fills and baselines)",
+}
+
+
+@dataclass(frozen=True)
+class AttributionMethod:
+    """One attribution method and what a caller needs to know about it.
+
+    Attributes:
+        name: the name users type (``--method gradcam``).
+        function: ``(model, inputs, targets, *, layer=None, **options) -> (N, H, W)``.
+        paper, equation: where the method comes from.
+        family: ``cam``, ``gradient``, ``perturbation`` or ``baseline``.
+        cost: forward and backward passes per image, in words.
+        signed: whether maps carry a sign (negative = evidence against the class).
+        display: how a map becomes one value per pixel.
+        defaults: the method's options and their defaults (the only place they are written).
+        needs: keys of :data:`NEEDS`.
+        evaluated: scored by default by ``evaluate_attributions.py``.
+    """
+
+    name: str
+    function: object
+    paper: str
+    equation: str
+    family: str
+    cost: str
+    signed: bool = False
+    display: str = "the map itself"
+    defaults: dict = field(default_factory=dict)
+    needs: frozenset = frozenset()
+    evaluated: bool = True
+
+    def __call__(self, model, inputs, targets, *, layer=None, **options):
+        """The maps, (N, H, W), with the defaults filled in and options the method does not
+        take dropped (callers pass one set of options, such as ``batch_size``, to all)."""
+        if "layer" in self.needs and layer is None:
+            raise UserError(f"{self.name} needs a layer")
+        if "info" in self.needs and options.get("info") is None:
+            raise UserError(f"{self.name} needs info=DatasetInfo (the dataset's normalization)")
+        accepted = inspect.signature(self.function).parameters
+        chosen = {key: value for key, value in {**self.defaults, **options}.items()
+                  if key in accepted}
+        if "layer" in accepted:
+            chosen["layer"] = layer
+        return self.function(model, inputs, targets, **chosen)
+
+
+METHODS = {}  # name -> AttributionMethod, in registration order
+BASELINE = "random"  # the chance-level map (``model.attribution``), a row of every table
+
+
+def register(name, *, paper, equation, family, cost, signed=False, display="the map itself",
+             defaults=None, needs=(), evaluated=True, function=None):
+    """Declare an attribution method; used as a decorator, or with ``function=``."""
+    unknown = set(needs) - set(NEEDS)
+    assert not unknown, f"unknown needs {unknown}"
+    assert name not in METHODS, f"{name} registered twice"
+
+    def add(method_function):
+        METHODS[name] = AttributionMethod(name, method_function, paper, equation, family, cost,
+                                          signed, display, dict(defaults or {}),
+                                          frozenset(needs), evaluated)
+        return method_function
+
+    return add(function) if function is not None else add
+
+
+def get_method(name):
+    """The registered method called ``name``.
+
+    Raises:
+        UserError: no such method; the message lists the registered ones.
+    """
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
+    return METHODS[name]

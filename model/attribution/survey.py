@@ -1,0 +1,139 @@
+"""The survey behind the report's explorer: every registered method's map of a seeded gallery
+of test images, for several targets each (``model.report.explorer`` writes it as a page).
+
+What is computed: for each gallery image, the targets are its true class and the top-3
+predicted classes (:data:`TARGETS` distinct classes, filled up from the next predictions);
+every method of the registry (``model.attribution.METHODS``) explains each of them with its
+defaults (occlusion with the evaluation's stride, ``model.attribution.occlusion.survey_options``), the
+layer-taking methods at :func:`explorer_layers`. A map is stored as 8 bits per pixel: an
+unsigned map min-max normalized as in the evaluation (``normalize_maps``), a signed one
+(``AttributionMethod.signed``) scaled so that 0 is the middle of a diverging colour map
+(:func:`signed_bytes`). Images and maps larger than :data:`MAX_SIDE` are averaged down to
+it. All maps go into one base64 block, about 1 KB per map at 32 px.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from model.attribution import METHODS
+from model.attribution.cam import cam_layer_applies
+from model.attribution.maps import normalize_maps, shrink, stored_side
+from model.attribution.occlusion import survey_options
+from model.data.sampling import sample_test_images
+from model.nets.layers import conv_layer_names
+
+TARGETS = 4  # the true class and the top-3 predicted ones
+
+
+def explorer_layers(conv_layers):
+    """The layers a layer-taking method is shown at: the last conv layer (every method's
+    default), one in the middle and the first, without repeats."""
+    chosen = [conv_layers[-1], conv_layers[len(conv_layers) // 2], conv_layers[0]]
+    return list(dict.fromkeys(chosen))
+
+
+def explorer_targets(labels, probabilities, count=TARGETS):
+    """Each image's targets: its true class, then its predicted classes from the most
+    probable on, skipping repeats, ``count`` in all (fewer where there are fewer classes).
+
+    Args:
+        labels: (N,) true classes; probabilities: (N, K).
+    Returns:
+        (N, min(count, K)) int64 class indices.
+    """
+    ranked = probabilities.argsort(dim=1, descending=True)
+    rows = []
+    for label, order in zip(labels.tolist(), ranked.tolist()):
+        rows.append(list(dict.fromkeys([label] + order))[:min(count, probabilities.shape[1])])
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def signed_bytes(maps):
+    """Signed (N, H, W) maps as uint8 with 0 at 128: value / (largest magnitude of its map),
+    so that red and blue mean the same share of each map's extreme."""
+    scale = maps.flatten(1).abs().amax(1).clamp_min(1e-12)[:, None, None]
+    return to_bytes(0.5 + 0.5 * maps / scale)
+
+
+def to_bytes(maps):
+    """Maps in [0, 1] as uint8 0..255 (rounded)."""
+    return (maps.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, progress=None):
+    """Every registered method's maps of ``inputs`` for each of their targets.
+
+    Args:
+        model: the network in eval mode.
+        inputs: (N, C, H, W) normalized images; targets: (N, T) class indices per image.
+        conv_layers: the model's conv layers, in order (:func:`explorer_layers` picks three).
+        progress: called with each (method, layer) before it is computed, if given.
+    Returns:
+        list of (method name, layer or None, (N, T, H, W) uint8 maps), in registry order.
+    """
+    count, slots = targets.shape
+    repeated = inputs.repeat_interleave(slots, dim=0)  # (N * T, C, H, W), image-major
+    flat_targets = targets.reshape(-1).to(inputs.device)
+    results = []
+    for name, method in METHODS.items():
+        layers = [None]
+        if "layer" in method.needs:
+            layers = [layer for layer in explorer_layers(conv_layers)
+                      if "gap-linear" not in method.needs
+                      or cam_layer_applies(model, layer, inputs[:1])]
+        for layer in layers:
+            if progress:
+                progress(name, layer)
+            options = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
+            maps = method(model, repeated, flat_targets, layer=layer, info=info,
+                          batch_size=batch_size, **options).detach().float().cpu()
+            maps = shrink(maps[:, None], stored_side(maps.shape[-1]))[:, 0]
+            stored = signed_bytes(maps) if method.signed else to_bytes(normalize_maps(maps))
+            results.append((name, layer, stored.view(count, slots, *maps.shape[1:])))
+    return results
+
+
+@dataclass
+class GallerySurvey:
+    """Every method's maps of a gallery of test images (:func:`survey_gallery`).
+
+    Attributes:
+        images: (N, C, H, W) uint8 inputs as shown; labels: (N,) true classes;
+        probabilities: (N, K) the model's softmax; targets: (N, T) class indices per image;
+        maps: :func:`explorer_maps`'s list; names: ``test_<index>`` per image.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    probabilities: torch.Tensor
+    targets: torch.Tensor
+    maps: list
+    names: list
+
+
+def survey_gallery(model, info, test_set, predictions, device, *, count=None, seed=0,
+                   progress=None):
+    """Every method's maps of ``count`` seeded test images (right and wrong decisions, as the
+    report's gallery; default 16, 4 above 64 px, where Score-CAM's and Ablation-CAM's passes
+    per map grow with the channels), for each image's :func:`explorer_targets`.
+
+    Args:
+        predictions: the model's predictions on ``test_set``
+            (``model.data.sampling.test_predictions``).
+        progress: called with each (method, layer) before it is computed, if given.
+    Returns:
+        a :class:`GallerySurvey`.
+    """
+    count = count or (16 if info.image_size <= 64 else 4)
+    indices, _ = sample_test_images(model, test_set, count, seed, device, wrong_share=0.34,
+                                    predictions=predictions)
+    images = test_set.images[indices]
+    inputs = info.normalize(images.to(device))
+    with torch.no_grad():
+        probabilities = torch.softmax(model(inputs).float(), dim=1).cpu()
+    labels = test_set.labels[indices]
+    targets = explorer_targets(labels, probabilities)
+    maps = explorer_maps(model, inputs, targets, conv_layer_names(model), info,
+                         progress=progress)
+    return GallerySurvey(images, labels, probabilities, targets, maps,
+                         [f"test_{index}" for index in indices.tolist()])

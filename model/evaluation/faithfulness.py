@@ -1,0 +1,166 @@
+"""How faithful is an attribution map? Metrics that need no ground truth.
+
+- Deletion and insertion curves and their areas (Petsiuk et al. 2018, RISE, sec. 4.1).
+- Spearman rank correlation between maps, with ties at their average rank.
+- Cascading model randomization (Adebayo et al. 2018, sec. 3.1).
+
+Every function takes and returns tensors; nothing here draws or writes files. What a method
+costs (passes, time, memory) is measured in ``model.evaluation.cost``.
+"""
+import copy
+
+import torch
+import torch.nn as nn
+from torchvision.models.mobilenetv2 import InvertedResidual
+
+from model.attribution.batching import variant_batch
+from model.attribution.blur import gaussian_blur
+from model.nets.zoo import RESIDUAL_BLOCKS
+from model.runtime.device import fast_layout
+
+EPSILON = 1e-12
+
+
+def pixel_order(maps, generator=None):
+    """Pixel indices of each map from most to least important: (N, H, W) -> (N, H*W).
+
+    Equal values (the flat zero regions of a ReLU'd CAM, say) are ordered at random, with
+    ``generator``, so that ties favour no corner of the image.
+    """
+    flat = maps.flatten(1).float()
+    shuffle = torch.randperm(flat.shape[1], generator=generator).to(flat.device)
+    # A stable sort of the shuffled values keeps the random order within ties.
+    order = torch.sort(flat[:, shuffle], dim=1, descending=True, stable=True).indices
+    return shuffle[order]
+
+
+def insertion_start(inputs, sigma=None):
+    """The image insertion starts from: a strong Gaussian blur (RISE, sec. 4.1).
+
+    ``sigma`` defaults to an eighth of the image side, so that small objects are gone.
+    """
+    return gaussian_blur(inputs, sigma or inputs.shape[-1] / 8)
+
+
+@torch.no_grad()
+def deletion_insertion_curves(model, inputs, targets, maps, mode, steps=16, substrate=None,
+                              batch_size=512, generator=None):
+    """Target probability as pixels are deleted or inserted in order of the map (RISE sec. 4.1).
+
+    Deletion starts from the image and replaces the most important pixels first with the
+    ``substrate`` (default: zeros, the dataset's mean colour after normalization, as in the
+    RISE code); a faithful map makes p(target) fall fast (low area). Insertion starts from the
+    substrate (default: :func:`insertion_start`, a blurred copy) and puts the most important
+    pixels back first; a faithful map makes p(target) rise fast (high area). After step s of
+    ``steps`` the first round(s * H * W / steps) pixels of the order have been changed, over
+    every colour channel. All N * (steps + 1) variants run in batches of ``batch_size``.
+
+    Args:
+        model: the network in eval mode.
+        inputs: (N, C, H, W) normalized images; targets: (N,) class per image.
+        maps: (N, H, W) importance; mode: ``deletion`` or ``insertion``.
+        generator: orders tied pixels (see :func:`pixel_order`).
+
+    Returns:
+        (N, steps + 1) target probabilities, step 0 first.
+    """
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"mode must be deletion or insertion, not {mode!r}")
+    if substrate is None:
+        substrate = torch.zeros_like(inputs) if mode == "deletion" else insertion_start(inputs)
+    count, _, height, width = inputs.shape
+    pixels = height * width
+    rank = torch.empty(count, pixels, dtype=torch.int64, device=inputs.device)
+    order = pixel_order(maps, generator).to(inputs.device)
+    rank.scatter_(1, order, torch.arange(pixels, device=inputs.device).expand(count, -1))
+    changed = torch.linspace(0, pixels, steps + 1, device=inputs.device).round().long()
+    start, end = (inputs, substrate) if mode == "deletion" else (substrate, inputs)
+
+    curves = torch.empty(count * (steps + 1), dtype=inputs.dtype, device=inputs.device)
+    batch_size = variant_batch(batch_size, inputs)
+    for first in range(0, len(curves), batch_size):
+        flat = torch.arange(first, min(first + batch_size, len(curves)), device=inputs.device)
+        image, step = flat // (steps + 1), flat % (steps + 1)
+        done = (rank[image] < changed[step, None]).view(-1, 1, height, width)  # (B, 1, H, W)
+        variants = torch.where(done, end[image], start[image])  # (B, C, H, W)
+        probabilities = torch.softmax(model(fast_layout(variants)), dim=1)
+        curves[flat] = probabilities.gather(1, targets[image, None])[:, 0]
+    return curves.view(count, steps + 1)
+
+
+def area_under_curve(curves):
+    """Trapezoidal area under (N, S + 1) curves sampled evenly on [0, 1]: (N,)."""
+    steps = curves.shape[1] - 1
+    return (curves[:, :-1] + curves[:, 1:]).sum(1) / (2 * steps)
+
+
+def average_ranks(values):
+    """Rank of every entry within its row, 1-based, ties sharing their average rank.
+
+    (N, M) -> (N, M) float, the ranks Spearman's coefficient uses.
+    """
+    values = values.float().contiguous()  # slices of a cascade are strided
+    ordered = values.sort(dim=1).values
+    below = torch.searchsorted(ordered, values, side="left")  # entries smaller than each
+    up_to = torch.searchsorted(ordered, values, side="right")  # entries not larger
+    return (below + up_to + 1).float() / 2
+
+
+def spearman(first, second):
+    """Spearman rank correlation between paired maps, per pair: (N, ...) x (N, ...) -> (N,).
+
+    The Pearson correlation of the average ranks. A constant map has no order to compare, so
+    its correlation is 0.
+    """
+    a = average_ranks(first.flatten(1))
+    b = average_ranks(second.flatten(1))
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / ((a.square().sum(1) * b.square().sum(1)).sqrt() + EPSILON)
+
+
+def randomization_stages(model):
+    """The layers cascading randomization re-initializes, top first: [(name, modules)].
+
+    Each conv or Linear layer is one stage; a BatchNorm joins the conv before it, since the two
+    form one learned filter bank; a residual or inverted-residual block (torchvision's ResNet
+    and MobileNet) is one stage with all its layers, as Adebayo et al. randomize Inception v3
+    block by block.
+    """
+    stages = []
+
+    def walk(module, prefix):
+        for name, child in module.named_children():
+            name = f"{prefix}{name}"
+            if isinstance(child, (*RESIDUAL_BLOCKS, InvertedResidual)):
+                stages.append((name, [m for m in child.modules()
+                                      if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]))
+            elif isinstance(child, (nn.Conv2d, nn.Linear)):
+                stages.append((name, [child]))
+            elif isinstance(child, nn.BatchNorm2d) and stages:
+                stages[-1][1].append(child)
+            else:
+                walk(child, f"{name}.")
+
+    walk(model, "")
+    return stages[::-1]
+
+
+def cascading_randomization(model, seed=0):
+    """Yield (layer, model) with the weights re-initialized from the top layer down, cumulatively.
+
+    Adebayo et al. 2018, sec. 3.1 (cascading randomization): stage 1 re-initializes the output
+    layer, stage 2 also the layer below, and so on down to the first conv layer. Each layer
+    gets its fresh PyTorch default initialization (``reset_parameters``; BatchNorm back to the
+    identity) from ``seed``. ``model`` itself is never changed and the global random state is
+    left as it was; every yielded model is a separate copy in eval mode on the model's device.
+    """
+    device = next(model.parameters()).device
+    randomized = copy.deepcopy(model).cpu().eval()  # CPU: the same weights on any device
+    for stage, (name, modules) in enumerate(randomization_stages(randomized)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + stage)
+            for module in modules:
+                module.reset_parameters()
+        yield name, copy.deepcopy(randomized).to(device)
+

@@ -1,0 +1,70 @@
+"""The test accuracy and loss of a model, on the image alone or averaged over test-time views
+(mirror, translations)."""
+import torch
+import torch.nn.functional as F
+
+from model.data.batches import iterate_batches
+from model.runtime import distributed
+from model.runtime.device import autocast, fast_layout
+
+TEST_VIEWS = ("image", "flip", "flip-translate")
+
+
+def view_logits(model, inputs, views="image"):
+    """Logits of ``inputs`` averaged over test-time views (airbench's augmentation levels):
+
+    - ``image``: the image alone (what the methods explain);
+    - ``flip``: the mean over the image and its mirror image;
+    - ``flip-translate``: half the ``flip`` mean, plus a quarter each of the ``flip`` mean of
+      the image shifted by one pixel down-right and up-left (reflected border).
+    """
+    assert views in TEST_VIEWS, views
+
+    def logits_of(images):  # bfloat16 (autocast) up to float32, float64 kept
+        logits = model(images)
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+    if views == "image":
+        return logits_of(inputs)
+
+    def mirror_mean(images):
+        return 0.5 * (logits_of(images) + logits_of(images.flip(3)))
+
+    logits = mirror_mean(inputs)
+    if views == "flip-translate":
+        height, width = inputs.shape[-2:]
+        padded = F.pad(inputs, (1, 1, 1, 1), mode="reflect")
+        logits = 0.5 * logits + 0.25 * (mirror_mean(padded[..., :height, :width]) +
+                                        mirror_mean(padded[..., 2:, 2:]))
+    return logits
+
+
+@torch.no_grad()
+def loss_and_accuracy(model, dataset, device, batch_size=512, views="image", bfloat16=False,
+                      channels_last=False):
+    """Mean cross-entropy and accuracy of ``model`` on ``dataset``.
+
+    Under torchrun each process evaluates whole batches (``Processes.my_indices``) and the sums
+    are added up over the processes.
+
+    Args:
+        views: classify by the mean logits over these test-time views (:func:`view_logits`;
+            the methods always explain the model on the image alone).
+        bfloat16: autocast where fast (:func:`autocast`).
+        channels_last: batches in channels-last order (:func:`fast_layout`).
+
+    Returns:
+        dict with ``test_loss`` and ``test_accuracy``.
+    """
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
+    mine = distributed.current().my_indices(len(dataset), batch_size)
+    for inputs, labels in iterate_batches(dataset, batch_size, device, indices=mine):
+        if channels_last:
+            inputs = fast_layout(inputs)
+        with autocast(device, bfloat16):
+            logits = view_logits(model, inputs, views)
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                             (logits.argmax(1) == labels).sum().double()])
+    loss_sum, correct = distributed.sum_over_processes(sums).tolist()
+    return {"test_loss": loss_sum / len(dataset), "test_accuracy": correct / len(dataset)}
