@@ -136,7 +136,7 @@ def get_args_parser():
     parser.add_argument("--approximate", type=positive_fraction, default=None, metavar="TAU",
                         help="incremental with Krypton's projective-field threshold: each "
                              "conv or pool box cut to TAU of its map's side, centred "
-                             "(faster, no longer exact; README lists the error per TAU; "
+                             "(faster, no longer exact; docs/methods.md lists the error per TAU; "
                              "default: exact)")
     parser.add_argument("--max-memory", type=positive_int, metavar="MB",
                         default=DEFAULTS["max_memory_mb"],

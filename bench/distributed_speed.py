@@ -10,7 +10,7 @@ for training the images/s of the last epoch as the script reports it (the traini
 alone). On one machine the processes share its cores, so expect little: a process count
 gains only where one process leaves cores idle (small batches, Python-bound work), and loses
 to the copies of the model and data and to the gradient all-reduce. The gain of torchrun is
-on several GPUs or machines (README, "Beyond one machine").
+on several GPUs or machines (docs/torchrun.md).
 """
 import argparse
 import os

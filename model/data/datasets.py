@@ -334,7 +334,7 @@ def load_dataset(name, split, data_dir="data", download=True, info=None, image_s
                    if name in IMAGE_FOLDER_COUNTS else "")
         raise DatasetUnavailableError(
             f"{name}: {reason}; torchvision expects {', '.join(files)} in {folder}/{folders} "
-            f"-- put them there (see README, 'Real datasets offline') or use --dataset "
+            f"-- put them there (see docs/training.md, 'Real datasets offline') or use --dataset "
             f"shapes, which needs no download") from None
     return ImageDataset(info, images, labels)
 

@@ -51,7 +51,7 @@ def format_value(key, value):
 
 
 def markdown_table(methods, scores):
-    """The table as Markdown, for the terminal and the README."""
+    """The table as Markdown, for the terminal and the docs."""
     headings, rows = table_rows(methods, scores)
     lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

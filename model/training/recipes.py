@@ -11,7 +11,7 @@ class Recipe:
     """Training settings for one dataset and architecture.
 
     ``epochs`` to ``augment`` are defaults the command line can override; the rest is fixed
-    per recipe (see README, "CIFAR-10 on a laptop CPU", for what each is worth).
+    per recipe (see docs/training.md, "CIFAR-10 on a laptop CPU", for what each is worth).
     """
 
     epochs: int
@@ -81,13 +81,13 @@ RECIPES.update({
 # Named alternatives (train_cnn.py --recipe NAME), keyed by (dataset, arch, name). "long" is
 # for users with an hour of CPU or a GPU: airbench95's widths and learning rate (10 instead of
 # 11.5 per 1024 examples), and 2.5x the epochs for what ReLU and average pooling give away
-# (92.17% with test-time views, README "CIFAR-10 on a laptop CPU").
+# (92.17% with test-time views, docs/training.md, "CIFAR-10 on a laptop CPU").
 NAMED_RECIPES = {
     ("cifar10", "vgg", "long"): replace(RECIPES[("cifar10", "vgg")], epochs=40, lr=1.3,
                                         vgg_plan="long"),
     # "deep": airbench96's third conv per stage (without its residual connections), 4 px
     # translation, Cutout and lr (9 per 1024 examples): 92.20% with test-time views, no better
-    # than "long"; 45 epochs gave 92.31%. The JPEG copy costs ~3.3 points (README).
+    # than "long"; 45 epochs gave 92.31%. The JPEG copy costs ~3.3 points (docs/training.md).
     ("cifar10", "vgg", "deep"): replace(RECIPES[("cifar10", "vgg")], epochs=30, lr=1.17,
                                         vgg_plan="deep", crop_padding=4, cutout=12),
 }
