@@ -10,13 +10,22 @@ misclassified where the model errs that often) and is scored by:
 - deletion and insertion AUC (Petsiuk et al. 2018, RISE sec. 4.1): pixels removed from the
   image (set to the mean colour) or put back into a blurred copy, most important first; area
   under the target probability. Deletion: lower is better; insertion: higher is better.
+- ROAD (Rong et al. 2022): the most (MoRF) or least (LeRF) important 10, 20, ..., 90%
+  of the pixels removed and filled by noisy linear imputation, so that the hole's shape does
+  not give the map away; mean target probability over the percentages. MoRF: lower is
+  better; LeRF: higher is better.
+- Average Drop and Increase in Confidence (Chattopadhay et al. 2018, Grad-CAM++ sec. 4.1):
+  the net sees the image times its map; the mean relative loss of the target's probability
+  (%, lower is better) and the share of images where it rises (%, higher is better).
 - pointing game (Zhang et al. 2016) and the share of map mass inside the object (Wang et al.
   2020, sec. 5.2), where the dataset has object masks (``shapes``).
 - model randomization (Adebayo et al. 2018, sec. 3.1): weights re-initialized from the top
   layer down; the Spearman rank correlation of each map with the original. A map that
   explains the model must change, so lower is better; 1.0 means the map ignores the weights.
 - agreement: the rank correlation between every two methods' maps.
-- cost: forward and backward passes per image, wall time and peak memory.
+- cost: forward and backward passes per image, wall time and peak memory of each method;
+  what the metrics themselves cost (their forward passes, the same for every method) is
+  printed below the table and kept in evaluation.json (``metric_costs``).
 
 A ``random`` row (a uniformly random map per image, independent of the model) gives the chance
 level of every number. The methods and their options are the registry's
@@ -43,15 +52,19 @@ from model.errors import UserError
 from model.evaluation.cost import Cost, measure_cost
 from model.evaluation.faithfulness import (
     area_under_curve,
+    average_drop,
     cascading_randomization,
     deletion_insertion_curves,
+    explanation_map_probabilities,
+    increase_in_confidence,
     spearman,
 )
 from model.evaluation.ground_truth import mass_inside, pointing_hits
+from model.evaluation.road import ORDERS, ROAD_NOISE, ROAD_PERCENTAGES, road_curves
 from model.figures.heatmaps import DIVERGING_CMAP, plot_map_table, plot_overlay_grid
 from model.figures.plotting import Figure, matplotlib, write_figure
 from model.nets.layers import block_end, conv_layer_names
-from model.report.tables import markdown_table
+from model.report.tables import markdown_table, metric_cost_text
 from model.runtime import distributed
 from model.runtime.device import seed_everything
 from model.runtime.files import save_json
@@ -97,13 +110,16 @@ class Evaluation:
 
     Attributes:
         maps: method -> (N, H, W) maps of the evaluated images.
-        curves: method -> {"deletion": (N, S + 1), "insertion": (N, S + 1)} probabilities.
+        curves: method -> {"deletion": (N, S + 1), "insertion": (N, S + 1), "road_morf":
+            (N, P), "road_lerf": (N, P)} probabilities (ROAD: one column per percentage).
         scores: method -> {metric: value}, the table.
         stages: the layers randomized, top first (cumulative).
         randomization: method -> mean Spearman correlation with the original map per stage.
         cascade: method -> (sanity images, 1 + stages, H, W) maps: the original, then after
             each stage (Adebayo et al. 2018, Fig. 2).
         agreement: (M, M) mean Spearman correlation between methods' maps.
+        metric_costs: metric -> :class:`~model.evaluation.cost.Cost` of computing it for
+            every method and image (``deletion_insertion``, ``road``, ``average_drop``).
     """
 
     methods: list
@@ -114,6 +130,15 @@ class Evaluation:
     randomization: dict
     cascade: dict
     agreement: torch.Tensor
+    metric_costs: dict
+
+
+CURVES = ("deletion", "insertion", "road_morf", "road_lerf")
+# What explain_chunks measures per image: the maps, the curves, Y and O of Average Drop, and
+# the ground-truth metrics where there are masks.
+PER_IMAGE = ("maps", *CURVES, "full_probability", "explained_probability", "pointing",
+             "mass_inside")
+METRIC_COSTS = ("deletion_insertion", "road", "average_drop")  # what each metric costs
 
 
 def score_methods(model, inputs, targets, methods, settings, masks=None, steps=16,
@@ -145,22 +170,29 @@ def score_methods(model, inputs, targets, methods, settings, masks=None, steps=1
     if not processes.main:
         return None
     maps, curves, scores = {}, {}, {}
+    metric_costs = {metric: Cost() for metric in METRIC_COSTS}
     for method in methods:
         per_image = {key: torch.cat([piece for _, piece in sorted(
             (start, part[method][key][number]) for part in gathered
             for number, start in enumerate(part[method]["starts"]))])
-            for key in ("maps", "deletion", "insertion", "pointing", "mass_inside")
-            if measured[method][key] is not None}
+            for key in PER_IMAGE if measured[method][key] is not None}
         maps[method] = per_image["maps"].to(inputs.device)
-        curves[method] = {mode: per_image[mode] for mode in ("deletion", "insertion")}
+        curves[method] = {mode: per_image[mode] for mode in CURVES}
         scores[method] = {f"{mode}_auc": float(area_under_curve(curves[method][mode]).mean())
                           for mode in ("deletion", "insertion")}
+        for order in ORDERS:  # ROAD: the mean over images and percentages
+            scores[method][f"road_{order}"] = float(curves[method][f"road_{order}"].mean())
+        full, explained = per_image["full_probability"], per_image["explained_probability"]
+        scores[method]["average_drop"] = float(average_drop(full, explained))
+        scores[method]["increase_in_confidence"] = float(increase_in_confidence(full, explained))
         if masks is not None:
             scores[method]["pointing"] = float(per_image["pointing"].float().mean())
             scores[method]["mass_inside"] = float(per_image["mass_inside"].mean())
         cost = Cost()
         for part in gathered:
             cost.add(part[method]["cost"])
+            for metric in METRIC_COSTS:
+                metric_costs[metric].add(part[method]["metric_costs"][metric])
         scores[method].update(cost.per_image(len(inputs)))
 
     few_inputs, few_targets = inputs[:sanity_images], targets[:sanity_images]
@@ -181,7 +213,7 @@ def score_methods(model, inputs, targets, methods, settings, masks=None, steps=1
     agreement = torch.tensor([[float(spearman(maps[a], maps[b]).mean()) for b in methods]
                               for a in methods])
     return Evaluation(methods, maps, curves, scores, stages, randomization, cascade,
-                      agreement)
+                      agreement, metric_costs)
 
 
 def explain_chunks(model, inputs, targets, method, settings, masks, steps):
@@ -189,14 +221,18 @@ def explain_chunks(model, inputs, targets, method, settings, masks, steps):
 
     Returns:
         dict: ``starts`` (the chunks' first image), per chunk ``maps`` (n, H, W),
-        ``deletion`` and ``insertion`` (n, steps + 1) curves, ``pointing`` (n,) hits and
-        ``mass_inside`` (n,) (None without masks), all on the CPU; and ``cost``, a
-        :class:`~model.evaluation.cost.Cost` over the chunks.
+        ``deletion`` and ``insertion`` (n, steps + 1) and ``road_morf`` and ``road_lerf``
+        (n, P) curves, ``full_probability`` and ``explained_probability`` (n,) (Y and O of
+        Average Drop), ``pointing`` (n,) hits and ``mass_inside`` (n,) (None without masks),
+        all on the CPU; ``cost``, the method's :class:`~model.evaluation.cost.Cost` over the
+        chunks, and ``metric_costs``, metric -> the Cost of scoring its maps.
     """
     chunks = distributed.current().my_batches(len(inputs), settings.batch_size)
-    result = {"starts": [start for start, _ in chunks], "maps": [], "deletion": [],
-              "insertion": [], "pointing": None if masks is None else [],
-              "mass_inside": None if masks is None else [], "cost": Cost()}
+    result = {key: [] for key in PER_IMAGE}
+    result.update({"starts": [start for start, _ in chunks], "cost": Cost(),
+                   "metric_costs": {metric: Cost() for metric in METRIC_COSTS}})
+    if masks is None:
+        result.update(pointing=None, mass_inside=None)
     if chunks:  # a first call pays one-off costs (kernel selection, autograd set-up)
         attribution_maps(method, model, inputs[:2], targets[:2], settings)
     for start, stop in chunks:
@@ -206,12 +242,28 @@ def explain_chunks(model, inputs, targets, method, settings, masks, steps):
             maps = attribution_maps(method, model, images, classes, chunk)
         result["cost"].add(cost)
         result["maps"].append(maps.cpu())
-        for mode in ("deletion", "insertion"):
-            # The same generator per method: tied pixels are broken the same way for all.
-            generator = torch.Generator().manual_seed(chunk.seed)
-            result[mode].append(deletion_insertion_curves(
-                model, images, classes, maps, mode, steps, batch_size=2 * chunk.batch_size,
-                generator=generator).cpu())
+        metric_costs = result["metric_costs"]
+        with measure_cost(model, inputs.device) as cost:
+            for mode in ("deletion", "insertion"):
+                # The same generator per method: tied pixels are broken the same way for all.
+                generator = torch.Generator().manual_seed(chunk.seed)
+                result[mode].append(deletion_insertion_curves(
+                    model, images, classes, maps, mode, steps, batch_size=2 * chunk.batch_size,
+                    generator=generator).cpu())
+        metric_costs["deletion_insertion"].add(cost)
+        with measure_cost(model, inputs.device) as cost:
+            for order in ORDERS:  # the same ties and the same noise for every method
+                generator = torch.Generator().manual_seed(chunk.seed)
+                result[f"road_{order}"].append(road_curves(
+                    model, images, classes, maps, order, pixel_std=settings.info.std,
+                    batch_size=2 * chunk.batch_size, generator=generator).cpu())
+        metric_costs["road"].add(cost)
+        with measure_cost(model, inputs.device) as cost:
+            full, explained = explanation_map_probabilities(
+                model, images, classes, maps, settings.info, batch_size=2 * chunk.batch_size)
+        metric_costs["average_drop"].add(cost)
+        result["full_probability"].append(full.cpu())
+        result["explained_probability"].append(explained.cpu())
         if masks is not None:
             result["pointing"].append(pointing_hits(maps, masks[start:stop]).cpu())
             result["mass_inside"].append(mass_inside(maps, masks[start:stop]).cpu())
@@ -242,6 +294,30 @@ def plot_curves(evaluation):
         axis.set(xlabel=f"fraction of pixels {action}, most important first",
                  ylabel="mean p(target)", ylim=(0, 1.02),
                  title=f"{mode} (AUC in brackets, {better} is better)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+ORDER_NAMES = {"morf": "MoRF", "lerf": "LeRF"}  # as the ROAD paper writes them
+
+
+def plot_road(evaluation):
+    """Mean ROAD curves per method, MoRF and LeRF, the mean in the legend (as Rong et al. 2022
+    plot them, with p(target) for accuracy)."""
+    figure = Figure(figsize=(11, 4.2))
+    axes = figure.subplots(1, 2)
+    for axis, order, better in zip(axes, ORDERS, ("lower", "higher")):
+        for method in evaluation.methods:
+            curve = evaluation.curves[method][f"road_{order}"].mean(0)
+            axis.plot(ROAD_PERCENTAGES, curve, marker="o", markersize=3,
+                      label=f"{method} ({curve.mean():.3f})",
+                      **line_style(evaluation.methods, method))
+        first = "most" if order == "morf" else "least"
+        axis.set(xlabel=f"% of pixels removed, {first} important first (noisy linear "
+                        "imputation)", ylabel="mean p(target)", ylim=(0, 1.02),
+                 title=f"ROAD {ORDER_NAMES[order]} (mean in brackets, {better} is better)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
@@ -308,9 +384,16 @@ def mixed_rows(labels, predictions, count=4):
     return (wrong[:count // 2] + right + wrong[count // 2:])[:count]
 
 
+def metric_cost_summary(evaluation):
+    """What each metric cost per image and method: metric -> ``Cost.per_image``."""
+    count = len(next(iter(evaluation.maps.values()))) * len(evaluation.methods)
+    return {metric: cost.per_image(count) for metric, cost in evaluation.metric_costs.items()}
+
+
 def summary(evaluation, settings, steps, sanity_images, indices):
     """A JSON-ready record of the evaluation and its settings."""
     return {"methods": evaluation.methods, "scores": evaluation.scores,
+            "metric_costs": metric_cost_summary(evaluation),
             "randomization": {"stages": evaluation.stages, **evaluation.randomization},
             "agreement": evaluation.agreement.tolist(),
             "mean_curves": {m: {mode: c.mean(0).tolist() for mode, c in modes.items()}
@@ -321,6 +404,8 @@ def summary(evaluation, settings, steps, sanity_images, indices):
                              "stride", occlusion_geometry(settings.info.image_size)[1]),
                          "occlusion_baseline": METHODS["occlusion"].defaults["baseline"],
                          "deletion_insertion_steps": steps, "sanity_images": sanity_images,
+                         "road_percentages": list(ROAD_PERCENTAGES),
+                         "road_noise": ROAD_NOISE,
                          "target": "predicted class", "seed": settings.seed},
             "test_indices": indices.tolist()}
 
@@ -380,6 +465,7 @@ def evaluate_command(args):
     written = [save_json(summary(evaluation, settings, args.steps, args.sanity_images, indices),
                          out / "evaluation.json"),
                write_figure(plot_curves(evaluation), out / "deletion_insertion.png"),
+               write_figure(plot_road(evaluation), out / "road.png"),
                write_figure(plot_randomization(evaluation), out / "randomization.png")]
     # The paper's example is a correct decision: show the first one among the checked images.
     shown = mixed_rows(labels[:args.sanity_images], targets[:args.sanity_images].cpu(),
@@ -396,6 +482,8 @@ def evaluate_command(args):
                                 out / "maps.png"))
     print(f"{len(inputs)} {info.name} test images, target = predicted class")
     print(markdown_table(evaluation.methods, evaluation.scores))
+    print("metric cost per image and method: "
+          + metric_cost_text(metric_cost_summary(evaluation)))
     return written
 
 

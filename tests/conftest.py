@@ -1,6 +1,14 @@
 """Shared fixtures. Scripts and the ``model`` package are imported from the repository root."""
+import os
 import sys
 from pathlib import Path
+
+# Before torch (and its OpenMP runtime) is first imported, here and in every subprocess the
+# tests start: OpenMP threads that wait for work sleep instead of spinning. On a busy 2-core
+# CPU a spinning thread takes the core the other one needs, and the suite ran twice as long
+# (the report of tests/test_folders.py: 50 s with spinning threads, 27 s without). It
+# changes no result: the number of threads, and so every sum's order, stays the same.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 

@@ -199,14 +199,15 @@ def test_ddp_training_keeps_the_processes_equal_and_equals_one_process(tmp_path)
 
 
 TRAIN = ["train_cnn.py", "--dataset", "shapes", "--arch", "simple", "--max-train-images",
-         "512", "--no-progress", "--epochs"]
+         "256", "--no-progress", "--epochs"]
+EPOCHS = 3  # killed after the first checkpoint: at least one epoch is left to resume
 
 
 def test_a_killed_process_ends_the_other_and_resume_under_torchrun_finishes_the_run(
         tmp_path):
     """kill -9 one of two training processes after the first checkpoint: the other stops with
     one line, the checkpoint is whole and --resume under torchrun gives the straight run."""
-    out, epochs = tmp_path / "killed" / "ddp.pt", "8"
+    out, epochs = tmp_path / "killed" / "ddp.pt", str(EPOCHS)
     straight = start_torchrun(TRAIN + [epochs, "--out", tmp_path / "straight" / "ddp.pt"])
     running = start_torchrun(TRAIN + [epochs, "--out", out])
     deadline = time.monotonic() + 180
@@ -225,14 +226,14 @@ def test_a_killed_process_ends_the_other_and_resume_under_torchrun_finishes_the_
     # torchrun prints its own traceback; the training processes print none
     assert f'File "{ROOT / "model"}' not in errors and 'train_cnn.py", line' not in errors
     kept = load_checkpoint(out)
-    assert 1 <= kept["epoch"] < 8 and not list(out.parent.glob(".*.tmp"))
+    assert 1 <= kept["epoch"] < EPOCHS and not list(out.parent.glob(".*.tmp"))
 
     code, printed, errors = torchrun(TRAIN + [epochs, "--out", out, "--resume"])
     assert code == 0, errors[-3000:]
-    assert printed.count("epoch ") == 8 - kept["epoch"]  # rank 0 alone prints
+    assert printed.count("epoch ") == EPOCHS - kept["epoch"]  # rank 0 alone prints
     assert finish(straight)[0] == 0
     first, second = load_checkpoint(out), load_checkpoint(tmp_path / "straight" / "ddp.pt")
-    assert first["epoch"] == 8
+    assert first["epoch"] == EPOCHS
     assert [row["test_accuracy"] for row in first["history"]] == pytest.approx(
         [row["test_accuracy"] for row in second["history"]], abs=1e-3)
     for key, value in second["model_state"].items():
@@ -246,10 +247,13 @@ def without_timings(scores):
 
 def test_scans_and_the_evaluation_under_torchrun_equal_one_process(
         trained_shapes_checkpoint, tmp_path, one_thread):
-    common = ["--checkpoint", trained_shapes_checkpoint, "--batch-size", "48"]
-    search = ["--layer", "conv2", "--k", "5"]
-    scoring = ["--num-images", "100", "--steps", "4", "--sanity-images", "4", "--methods",
-               "occlusion", "gradcam", "saliency", "random"]  # one of each family
+    # The scan: 2000 images in batches of 48, every channel in the JSON, one figure drawn. The
+    # evaluation: 20 images in chunks of 8, 8 and 4, which the processes share 2 and 1, as
+    # 100 images in chunks of 48 would be shared.
+    common = ["--checkpoint", trained_shapes_checkpoint]
+    search = ["--layer", "conv2", "--k", "5", "--channels", "0", "--batch-size", "48"]
+    scoring = ["--num-images", "20", "--batch-size", "8", "--steps", "4", "--sanity-images",
+               "4", "--methods", "occlusion", "gradcam", "saliency", "random"]  # one a family
     scan = start_torchrun(["max_activation_search.py", *common, *search,
                            "--out", tmp_path / "two"])
     evaluation = start_torchrun(["evaluate_attributions.py", *common, *scoring,

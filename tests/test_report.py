@@ -16,7 +16,8 @@ from model.evaluation.faithfulness import spearman
 from model.nets.architectures import build_model
 from model.report.tables import markdown_table
 
-METRICS = ("deletion_auc", "insertion_auc", "pointing", "mass_inside", "randomized_top_layer",
+METRICS = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf", "average_drop",
+           "increase_in_confidence", "pointing", "mass_inside", "randomized_top_layer",
            "randomized_all_layers", "forward_passes_per_image", "backward_passes_per_image",
            "seconds", "ms_per_image", "peak_memory_mib")
 

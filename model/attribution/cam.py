@@ -18,15 +18,21 @@ a map M = ReLU(sum_k w_k A_k) or directly into a map, and differs only in that s
     guided-gradcam gradcam upsampled times guided backprop (model.attribution.gradients)
                                                                Selvaraju et al. 2017, sec. 3.1
 
-y^c is the class score before the softmax. Maps are upsampled to the input (bilinear, or
-``--upsample nearest`` for the raw cells) and min-max normalized to [0, 1]; a constant map
-becomes zeros. ``--smooth N`` averages a gradient method over N noisy copies of each image
+y^c is the class score before the softmax. Several targets per image (``targets`` (N, T)):
+cam, scorecam, faster-scorecam, ablationcam and eigencam read every target's weights from the
+same passes (the logits of one pass hold every class's score); the gradient methods need a
+backward pass per target and are repeated per target by the registry. Maps are upsampled to
+the input (bilinear, or ``--upsample nearest`` for the raw cells) and min-max normalized to
+[0, 1]; a constant map becomes zeros. ``--smooth N`` averages a gradient method over N noisy copies of each image
 (SmoothGrad, Smilkov et al. 2017, Eq. 3, noise sigma 15% of the input range).
 
 The layer is reached by forward hooks (``model.nets.layers``), so any ``nn.Module`` works; a conv
-name of the project's nets stands for its conv-BatchNorm-ReLU block.
+name of the project's nets stands for its conv-BatchNorm-ReLU block. Ablation-CAM runs its
+edited maps through the layers after the layer alone (``model.nets.graph_split``), or, for a
+net ``torch.fx`` cannot cut there, the whole net with the layer's output replaced by a hook.
 """
 import functools
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +44,8 @@ from model.attribution.gradients import ONE_BACKWARD, input_gradient
 from model.attribution.maps import normalize_maps, resize_maps
 from model.attribution.registry import register
 from model.errors import UserError
-from model.nets.layers import as_feature_maps, recorded_output, replaced_output
+from model.nets.graph_split import NotSplittable, split_after
+from model.nets.layers import as_feature_maps, block_end, recorded_output, replaced_output
 from model.runtime.device import fast_layout
 
 EPSILON = 1e-7
@@ -46,6 +53,10 @@ EPSILON = 1e-7
 METHOD_MAPS = {}  # name -> function(CamContext) -> raw map (N, h, w), in registration order
 
 GRADIENT_METHODS = set()  # the methods that need dy^c/dA (one backward pass)
+
+# The methods whose map function reads every target from the same passes: it gets
+# ``CamContext.targets`` (N, T) and returns (N, T, h, w); the others get (N,) and return (N, h, w).
+SHARED_PASSES = set()
 
 OPTIONS = {"upsample": "bilinear", "smooth": 0, "noise": 0.15, "batch_size": 256}
 
@@ -69,7 +80,10 @@ def activations_and_gradients(model, layer, inputs, targets, need_gradients=True
 
 
 def weighted_sum(weights, activations):
-    """ReLU(sum_k w_k A_k): (N, K) weights, (N, K, h, w) activations -> (N, h, w)."""
+    """ReLU(sum_k w_k A_k): (N, K) weights, (N, K, h, w) activations -> (N, h, w); or (N, T, K)
+    weights, one row per target, -> (N, T, h, w)."""
+    if weights.dim() == 3:
+        return F.relu((weights[..., None, None] * activations[:, None]).sum(2))
     return F.relu((weights[:, :, None, None] * activations).sum(1))
 
 
@@ -103,20 +117,25 @@ def score_weights(model, inputs, activations, targets, batch_size, channels=None
     """Score-CAM weights (Wang et al. 2020, Eq. 6-8), masks batched ``batch_size`` at a time.
 
     Each activation map A_k is upsampled to the input size and min-max normalized to H_k in
-    [0, 1]; the weight is the target's softmax probability for the masked input x * H_k.
+    [0, 1]; the weight is the target's softmax probability for the masked input x * H_k. Every
+    target of an image reads its probability from the same masked passes.
 
     Args:
+        targets: (N,) one class per image, or (N, T) several.
         channels: (N, J) channels to score per image (all when None); others get weight 0.
     Returns:
-        (N, K) weights.
+        (N, K) weights, or (N, T, K) for targets (N, T).
     """
+    several = targets.dim() == 2
+    targets = targets if several else targets[:, None]  # (N, T)
+    slots = targets.shape[1]
     count, total_channels = activations.shape[:2]
     if channels is None:
         channels = torch.arange(total_channels, device=inputs.device).expand(count, -1)
     chosen = channels.shape[1]
     image_index = torch.arange(count, device=inputs.device).repeat_interleave(chosen)
     flat_channels = channels.flatten()
-    scores = torch.empty(count * chosen, dtype=activations.dtype, device=inputs.device)
+    scores = torch.empty(count * chosen, slots, dtype=activations.dtype, device=inputs.device)
     size = inputs.shape[-1]
     batch_size = variant_batch(batch_size, inputs)
     for start in range(0, count * chosen, batch_size):
@@ -125,34 +144,79 @@ def score_weights(model, inputs, activations, targets, batch_size, channels=None
         masks = normalize_maps(resize_maps(maps, size))  # (B, H, W) in [0, 1]
         masked = inputs[image_index[part]] * masks[:, None]
         probabilities = torch.softmax(model(fast_layout(masked)), 1)
-        scores[part] = probabilities.gather(1, targets[image_index[part], None])[:, 0]
-    weights = torch.zeros(count, total_channels, dtype=activations.dtype, device=inputs.device)
-    weights.scatter_(1, channels, scores.view(count, chosen))
-    return weights
+        scores[part] = probabilities.gather(1, targets[image_index[part]])  # (B, T)
+    weights = torch.zeros(count, slots, total_channels, dtype=activations.dtype,
+                          device=inputs.device)
+    weights.scatter_(2, channels[:, None].expand(-1, slots, -1),
+                     scores.view(count, chosen, slots).transpose(1, 2))
+    return weights if several else weights[:, 0]
+
+
+def ablated_logits(model, layer, inputs, whole_net=False):
+    """A function (edited maps (B, K, h, w), image index (B,)) -> logits (B, classes): the net
+    run on from the layer's edited output A for copies of ``inputs[image index]``.
+
+    Only the layers after the layer run (``model.nets.graph_split``): the layers before it
+    give every edited copy the same values, computed once (A itself, and the values a skip
+    connection around the layer carries past it). A net ``torch.fx`` cannot cut there falls
+    back, with one line on stderr, to the whole net with the layer's output replaced by a
+    hook; ``whole_net`` asks for that re-run outright (the reference that the tests and
+    bench/ablation_speed.py hold the cut against).
+    """
+    def whole(ablated, image_index):
+        with replaced_output(model, layer, ablated):
+            return model(inputs[image_index])
+
+    if whole_net:
+        return whole
+    try:
+        split = split_after(model, block_end(model, layer))
+        carried = split.carried_values(inputs)
+    except NotSplittable as reason:
+        print(f"ablation-cam: {reason}; re-running the whole net for every ablated channel",
+              file=sys.stderr)
+        return whole
+
+    def head(ablated, image_index):
+        return split.head(ablated, *[value[image_index] for value in carried])
+    return head
 
 
 @torch.no_grad()
-def ablation_weights(model, layer, inputs, activations, logits, targets, batch_size):
+def ablation_weights(model, layer, inputs, activations, logits, targets, batch_size,
+                     whole_net=False):
     """Ablation-CAM weights (Desai & Ramaswamy 2020, Eq. 3), ablations batched.
 
-    w_k = (y^c - y^c_k) / y^c, with y^c_k the class score when A_k is set to zero: the net
-    runs on from the edited maps (a hook replaces the layer's output).
+    w_k = (y^c - y^c_k) / y^c, with y^c_k the class score when A_k is set to zero: the layers
+    after the layer run on from the edited maps (:func:`ablated_logits`; with ``whole_net``
+    the whole net, with a hook replacing the layer's output). Every target of an image reads
+    its score from the same ablated passes.
+
+    Args:
+        targets: (N,) one class per image, or (N, T) several.
+    Returns:
+        (N, K) weights, or (N, T, K) for targets (N, T).
     """
+    several = targets.dim() == 2
+    targets = targets if several else targets[:, None]  # (N, T)
+    slots = targets.shape[1]
+    run = ablated_logits(model, layer, inputs, whole_net)
     count, channels = activations.shape[:2]
     image_index = torch.arange(count, device=activations.device).repeat_interleave(channels)
     channel_index = torch.arange(channels, device=activations.device).repeat(count)
-    ablated_scores = torch.empty(count * channels, dtype=activations.dtype,
+    ablated_scores = torch.empty(count * channels, slots, dtype=activations.dtype,
                                  device=activations.device)
     batch_size = variant_batch(batch_size, inputs)
     for start in range(0, count * channels, batch_size):
         part = slice(start, start + batch_size)
-        ablated = activations[image_index[part]].clone()
-        ablated[torch.arange(len(ablated)), channel_index[part]] = 0.0
-        with replaced_output(model, layer, ablated):
-            scores = model(inputs[image_index[part]])
-        ablated_scores[part] = scores.gather(1, targets[image_index[part], None])[:, 0]
-    score = logits.gather(1, targets[:, None])  # (N, 1)
-    return (score - ablated_scores.view(count, channels)) / (score.abs() + EPSILON)
+        ablated = activations[image_index[part]].clone()  # (B, K, h, w)
+        ablated[torch.arange(len(ablated), device=ablated.device), channel_index[part]] = 0.0
+        scores = run(ablated, image_index[part])  # (B, classes)
+        ablated_scores[part] = scores.gather(1, targets[image_index[part]])  # (B, T)
+    score = logits.gather(1, targets)[:, :, None]  # (N, T, 1)
+    ablated_scores = ablated_scores.view(count, channels, slots).transpose(1, 2)  # (N, T, K)
+    weights = (score - ablated_scores) / (score.abs() + EPSILON)
+    return weights if several else weights[:, 0]
 
 
 @dataclass
@@ -162,7 +226,7 @@ class CamContext:
     model: nn.Module
     layer: str
     inputs: torch.Tensor  # (N, C, H, W)
-    targets: torch.Tensor  # (N,)
+    targets: torch.Tensor  # (N,); (N, T) for the methods in SHARED_PASSES
     activations: torch.Tensor  # A: (N, K, h, w)
     gradients: torch.Tensor  # dy^c/dA: (N, K, h, w)
     logits: torch.Tensor  # (N, classes)
@@ -171,13 +235,19 @@ class CamContext:
 
 
 def layer_map(method, model, inputs, targets, layer, batch_size=256, max_channels=16):
-    """One method's map before upsampling: (N, h, w) at the layer's resolution."""
+    """One method's map before upsampling: (N, h, w) at the layer's resolution for targets
+    (N,); (N, T, h, w) for targets (N, T), which only the methods in ``SHARED_PASSES`` take."""
     if method not in METHOD_MAPS:
         raise UserError(f"unknown method '{method}'; choose from {', '.join(METHOD_MAPS)}")
+    several = targets.dim() == 2
+    assert method in SHARED_PASSES or not several, f"{method} takes one target per image"
     activations, gradients, logits = activations_and_gradients(
         model, layer, inputs, targets, need_gradients=method in GRADIENT_METHODS)
-    return METHOD_MAPS[method](CamContext(model, layer, inputs, targets, activations, gradients,
+    if method in SHARED_PASSES and not several:
+        targets = targets[:, None]  # (N, 1): these map functions take (N, T)
+    maps = METHOD_MAPS[method](CamContext(model, layer, inputs, targets, activations, gradients,
                                           logits, batch_size, max_channels))
+    return maps[:, 0] if method in SHARED_PASSES and not several else maps
 
 
 def final_linear(model):
@@ -209,21 +279,23 @@ def cam_layer_applies(model, layer, inputs):
 
 
 def cam_weights(model, activations, logits, targets):
-    """CAM's w_k^c (Zhou et al. 2016, Eq. 2): the final Linear layer's weights for class c."""
+    """CAM's w_k^c (Zhou et al. 2016, Eq. 2): the final Linear layer's weights for class c,
+    (N, K) for targets (N,), (N, T, K) for targets (N, T)."""
     if not cam_applies(model, activations, logits):
         raise UserError("cam needs the chosen layer to feed global average pooling and one "
                         "Linear layer (the last conv layer of --arch vgg); use gradcam, its "
                         "generalization, for other layers and nets")
-    return final_linear(model).weight[targets].detach()  # (N, K); no autograd history
+    return final_linear(model).weight[targets].detach()  # no autograd history
 
 
 def class_activation_map(model, inputs, targets, *, layer, method, batch_size, smooth, noise, upsample,
             max_channels=16, generator=None):
-    """One CAM-family method's maps at input resolution, not normalized: (N, H, W).
+    """One CAM-family method's maps at input resolution, not normalized: (N, H, W), or
+    (N, T, H, W) for targets (N, T) (the methods in ``SHARED_PASSES`` alone).
 
     Args:
         model: any classifier in eval mode.
-        inputs: (N, C, H, W) normalized images; targets: (N,) class per image.
+        inputs: (N, C, H, W) normalized images; targets: (N,) class per image, or (N, T).
         layer: a layer name (see ``model.nets.layers``); method: one of ``CAM_METHODS``.
         batch_size: masked or ablated variants per forward pass (scorecam, ablationcam).
         smooth: average a gradient method over this many noisy copies (0: off; SmoothGrad,
@@ -245,32 +317,37 @@ def class_activation_map(model, inputs, targets, *, layer, method, batch_size, s
     else:
         maps = layer_map(method, model, inputs, targets, layer, batch_size, max_channels)
     if maps.shape[-1] != inputs.shape[-1]:
-        maps = resize_maps(maps, inputs.shape[-1], upsample)
+        leading = maps.shape[:-2]  # (N,) or (N, T)
+        maps = resize_maps(maps.flatten(0, -3), inputs.shape[-1], upsample).unflatten(0, leading)
     return maps
 
 
-def cam_method(name, *, paper, equation, cost, gradients=False, needs=(), defaults=None,
-               evaluated=False):
-    """Register a CAM-family method whose map is ``map_function(CamContext)`` (N, h, w).
+def cam_method(name, *, paper, equation, cost, gradients=False, shares_passes=False, needs=(),
+               defaults=None, evaluated=False):
+    """Register a CAM-family method whose map is ``map_function(CamContext)`` (N, h, w); with
+    ``shares_passes``, (N, T, h, w) for the context's targets (N, T).
 
-    The registry entry (``model.attribution.registry``) computes :func:`class_activation_map`: the map upsampled to
-    the input, optionally SmoothGrad-averaged, not yet normalized.
+    The registry entry (``model.attribution.registry``) computes :func:`class_activation_map`:
+    the map upsampled to the input, optionally SmoothGrad-averaged, not yet normalized.
     """
     def add(map_function):
         METHOD_MAPS[name] = map_function
         if gradients:
             GRADIENT_METHODS.add(name)
+        if shares_passes:
+            SHARED_PASSES.add(name)
         register(name, paper=paper, equation=equation, family="cam", cost=cost,
                  display="ReLU'd class evidence, upsampled to the input",
                  defaults={**OPTIONS, **(defaults or {})},
                  needs={"layer", *(["gradients"] if gradients else []), *needs},
-                 evaluated=evaluated, function=functools.partial(class_activation_map, method=name))
+                 evaluated=evaluated, shares_passes=shares_passes,
+                 function=functools.partial(class_activation_map, method=name))
         return map_function
     return add
 
 
 @cam_method("cam", paper="Zhou et al. 2016", equation="Eq. 2: w_k = W[c, k]",
-            cost="1 forward", needs={"gap-linear"}, evaluated=True)
+            cost="1 forward", shares_passes=True, needs={"gap-linear"}, evaluated=True)
 def _cam(ctx):
     return weighted_sum(cam_weights(ctx.model, ctx.activations, ctx.logits, ctx.targets),
                         ctx.activations)
@@ -322,7 +399,8 @@ def _guided_gradcam(ctx):
 
 @cam_method("scorecam", paper="Wang et al. 2020",
             equation="Eq. 6-8: w_k = softmax(f(x * H_k))_c, H_k = A_k upsampled, min-max "
-                     "normalized", cost="1 + K forward (K channels)", evaluated=True)
+                     "normalized", cost="1 + K forward (K channels)", shares_passes=True,
+            evaluated=True)
 def _scorecam(ctx):
     return weighted_sum(score_weights(ctx.model, ctx.inputs, ctx.activations, ctx.targets,
                                       ctx.batch_size), ctx.activations)
@@ -330,7 +408,7 @@ def _scorecam(ctx):
 
 @cam_method("faster-scorecam", paper="Wang et al. 2020 (faster variant)",
             equation="Score-CAM on the max_channels channels of highest variance",
-            cost="1 + max_channels forward", defaults={"max_channels": 16})
+            cost="1 + max_channels forward", shares_passes=True, defaults={"max_channels": 16})
 def _faster_scorecam(ctx):
     top = min(ctx.max_channels, ctx.activations.shape[1])
     channels = ctx.activations.flatten(2).var(2).topk(top, dim=1).indices
@@ -340,7 +418,8 @@ def _faster_scorecam(ctx):
 
 @cam_method("ablationcam", paper="Desai & Ramaswamy 2020",
             equation="Eq. 3: w_k = (y^c - y^c with A_k zeroed) / y^c",
-            cost="1 + K forward (K channels)")
+            cost="1 forward + K passes through the layers after the layer (K channels)",
+            shares_passes=True)
 def _ablationcam(ctx):
     return weighted_sum(ablation_weights(ctx.model, ctx.layer, ctx.inputs, ctx.activations,
                                          ctx.logits, ctx.targets, ctx.batch_size),
@@ -348,9 +427,11 @@ def _ablationcam(ctx):
 
 
 @cam_method("eigencam", paper="Muhammad & Yeasin 2020",
-            equation="A projected on its first principal component", cost="1 forward")
+            equation="A projected on its first principal component", cost="1 forward",
+            shares_passes=True)
 def _eigencam(ctx):
-    return eigen_map(ctx.activations)
+    # The map does not depend on the class: every target gets the same one.
+    return eigen_map(ctx.activations)[:, None].repeat(1, ctx.targets.shape[1], 1, 1)
 
 
 CAM_METHODS = tuple(METHOD_MAPS)  # the CAM family's names, in registration order

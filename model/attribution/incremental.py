@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.errors import one_line
+from model.nets.graph_split import LayerTracer
 
 POINTWISE_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Identity,
                      nn.Dropout, nn.Sigmoid, nn.SiLU, nn.Hardswish, nn.GELU, nn.Tanh)
@@ -39,6 +40,8 @@ CONCATENATIONS = (torch.cat,)
 
 GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # the expected end of the boxes
 
+# Traced as module calls (``model.nets.graph_split.LayerTracer``), subclasses defined outside
+# torch.nn too (the whitening stem), so that each one's window is read from its module.
 LEAVES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d) + GLOBAL_POOLS + POINTWISE_MODULES
 
 DEFAULT_MAX_MEMORY_MB = 1024
@@ -188,7 +191,7 @@ class IncrementalOcclusion:
     """
 
     def __init__(self, model, example, patch, tops, lefts, tau=None):
-        self.graph_module = fx.GraphModule(model, LayerTracer().trace(model))
+        self.graph_module = fx.GraphModule(model, LayerTracer(LEAVES).trace(model))
         self.modules = dict(self.graph_module.named_modules())
         self.nodes = list(self.graph_module.graph.nodes)
         self.tau = tau
@@ -464,15 +467,6 @@ class IncrementalOcclusion:
             total += size
             largest = max(largest, size)
         return (total + 4 * largest) * element_size
-
-
-class LayerTracer(fx.Tracer):
-    """``torch.fx``'s tracer that keeps every conv, pool and pointwise layer a module call,
-    also subclasses defined outside ``torch.nn`` (the whitening stem), so its window is read
-    from the module."""
-
-    def is_leaf_module(self, module, qualified_name):
-        return isinstance(module, LEAVES) or super().is_leaf_module(module, qualified_name)
 
 
 def window_call(module, region):

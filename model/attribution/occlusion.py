@@ -5,7 +5,8 @@ A square patch is slid over the image and filled with a baseline (gray, zero = b
 dataset's mean colour, a blurred copy of the image, or a pixel value in [0, 1]). At every
 position the occluded image goes through the network and the target class's softmax
 probability is recorded, with the drop from the unoccluded image and the most probable class.
-All occluded variants go through the model in batches.
+All occluded variants go through the model in batches, and several targets of an image read
+their probabilities from the same occluded passes.
 """
 from dataclasses import dataclass
 
@@ -26,6 +27,10 @@ from model.runtime.device import fast_layout
 @dataclass
 class OcclusionResult:
     """Occlusion maps for a batch of N images; positions form an (ny, nx) grid.
+
+    The shapes are for one target per image; for T targets per image ``probability``,
+    ``drop`` and ``pixel_drop`` have a target axis after the image axis, (N, T, ...), and
+    ``base_probability`` is (N, T).
 
     Attributes:
         probability: (N, ny, nx) target probability with the patch at each position.
@@ -104,7 +109,8 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     Args:
         model: the network in eval mode.
         inputs: (N, C, H, W) normalized images.
-        targets: (N,) class per image.
+        targets: (N,) class per image, or (N, T) several: each target's probability and drop
+            are read from the same occluded logits.
         fill: (N, C, H, W) normalized values for the patch (see :func:`baseline_images`).
         patch, stride: square side and step in pixels.
         incremental: compute f(x_ij) layer by layer on the changed boxes only
@@ -116,6 +122,9 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     Returns:
         :class:`OcclusionResult`.
     """
+    several = targets.dim() == 2
+    targets = targets if several else targets[:, None]  # (N, T)
+    slots = targets.shape[1]
     count, _, height, width = inputs.shape
     tops, lefts = patch_positions(height, patch, stride), patch_positions(width, patch, stride)
     in_rows = _covered(tops, patch, height).to(inputs.device)  # (ny, H)
@@ -124,8 +133,8 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     positions = len(windows)
 
     base = torch.softmax(model(inputs), dim=1)
-    base_probability = base.gather(1, targets[:, None])[:, 0]
-    probability = torch.empty(count * positions, dtype=base.dtype, device=inputs.device)
+    base_probability = base.gather(1, targets)  # (N, T)
+    probability = torch.empty(count * positions, slots, dtype=base.dtype, device=inputs.device)
     top_class = torch.empty(count * positions, dtype=torch.int64, device=inputs.device)
     plan = None
     if incremental or approximate is not None:
@@ -136,15 +145,21 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
         batches = _incremental_logits(plan, inputs, fill, max_memory_mb)
     for flat, logits in batches:
         scores = torch.softmax(logits, dim=1)
-        probability[flat] = scores.gather(1, targets[flat // positions, None])[:, 0]
+        probability[flat] = scores.gather(1, targets[flat // positions])  # (B, T)
         top_class[flat] = scores.argmax(1)
     grid = (count, len(tops), len(lefts))
-    probability, top_class = probability.view(grid), top_class.view(grid)
-    drop = base_probability[:, None, None] - probability
+    # (N * ny * nx, T) -> (N, T, ny, nx)
+    probability = probability.view(*grid, slots).permute(0, 3, 1, 2).contiguous()
+    top_class = top_class.view(grid)
+    drop = base_probability[:, :, None, None] - probability
     # Each pixel's mean drop over the windows that cover it (captum's per-pixel averaging).
     coverage = windows.to(drop.dtype).sum(0)  # (H, W)
-    summed = torch.einsum("np,phw->nhw", drop.flatten(1), windows.to(drop.dtype))
-    pixel_drop = summed / coverage.clamp_min(1.0)
+    summed = torch.einsum("np,phw->nhw", drop.flatten(2).flatten(0, 1),
+                          windows.to(drop.dtype))  # (N * T, H, W)
+    pixel_drop = (summed / coverage.clamp_min(1.0)).view(count, slots, height, width)
+    if not several:
+        probability, drop = probability[:, 0], drop[:, 0]
+        base_probability, pixel_drop = base_probability[:, 0], pixel_drop[:, 0]
     return OcclusionResult(probability, drop, top_class, base_probability, pixel_drop,
                            tops, lefts)
 
@@ -206,7 +221,7 @@ def occlusion_geometry(image_size, patch=None, stride=None):
           defaults={"patch": None, "stride": None, "baseline": "blur", "batch_size": 256,
                     "incremental": False, "approximate": None,
                     "max_memory_mb": DEFAULT_MAX_MEMORY_MB},
-          needs={"info"})
+          needs={"info"}, shares_passes=True)
 def occlusion_map(model, inputs, targets, *, info, patch, stride, baseline, batch_size,
                   incremental, approximate, max_memory_mb):
     patch, stride = occlusion_geometry(inputs.shape[-1], patch, stride)

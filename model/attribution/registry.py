@@ -5,6 +5,12 @@ maps at input resolution, registered with :func:`register` together with its pap
 equation, its default options, what it needs and what it costs. The method scripts, the
 evaluation, the report and the tests all read :data:`METHODS` (filled by importing
 ``model.attribution``), so adding a method is one function, one ``@register`` and its tests.
+
+Several targets per image: every method also takes ``targets`` (N, T) and returns maps
+(N, T, H, W). A method registered with ``shares_passes`` reads every target's score from the
+same forward passes (the logits of one pass hold every class): its function takes the (N, T)
+targets itself. Any other method (a gradient needs one backward pass per target) is called
+once on the images repeated T times, image-major.
 """
 import inspect
 from dataclasses import dataclass, field
@@ -34,6 +40,8 @@ class AttributionMethod:
         defaults: the method's options and their defaults (the only place they are written).
         needs: keys of :data:`NEEDS`.
         evaluated: scored by default by ``evaluate_attributions.py``.
+        shares_passes: ``function`` takes targets (N, T) and returns (N, T, H, W) maps,
+            all read from the passes one target needs.
     """
 
     name: str
@@ -47,10 +55,12 @@ class AttributionMethod:
     defaults: dict = field(default_factory=dict)
     needs: frozenset = frozenset()
     evaluated: bool = True
+    shares_passes: bool = False
 
     def __call__(self, model, inputs, targets, *, layer=None, **options):
-        """The maps, (N, H, W), with the defaults filled in and options the method does not
-        take dropped (callers pass one set of options, such as ``batch_size``, to all)."""
+        """The maps, (N, H, W) for targets (N,) or (N, T, H, W) for targets (N, T), with the
+        defaults filled in and options the method does not take dropped (callers pass one set
+        of options, such as ``batch_size``, to all)."""
         if "layer" in self.needs and layer is None:
             raise UserError(f"{self.name} needs a layer")
         if "info" in self.needs and options.get("info") is None:
@@ -60,6 +70,11 @@ class AttributionMethod:
                   if key in accepted}
         if "layer" in accepted:
             chosen["layer"] = layer
+        if targets is not None and targets.dim() == 2 and not self.shares_passes:
+            count, slots = targets.shape  # every (image, target) pair as an image of its own
+            maps = self.function(model, inputs.repeat_interleave(slots, 0), targets.reshape(-1),
+                                 **chosen)  # (N * T, H, W), image-major
+            return maps.unflatten(0, (count, slots))
         return self.function(model, inputs, targets, **chosen)
 
 
@@ -68,7 +83,7 @@ BASELINE = "random"  # the chance-level map (``model.attribution``), a row of ev
 
 
 def register(name, *, paper, equation, family, cost, signed=False, display="the map itself",
-             defaults=None, needs=(), evaluated=True, function=None):
+             defaults=None, needs=(), evaluated=True, shares_passes=False, function=None):
     """Declare an attribution method; used as a decorator, or with ``function=``."""
     unknown = set(needs) - set(NEEDS)
     assert not unknown, f"unknown needs {unknown}"
@@ -77,7 +92,7 @@ def register(name, *, paper, equation, family, cost, signed=False, display="the 
     def add(method_function):
         METHODS[name] = AttributionMethod(name, method_function, paper, equation, family, cost,
                                           signed, display, dict(defaults or {}),
-                                          frozenset(needs), evaluated)
+                                          frozenset(needs), evaluated, shares_passes)
         return method_function
 
     return add(function) if function is not None else add

@@ -3,13 +3,17 @@ of test images, for several targets each (``model.report.explorer`` writes it as
 
 What is computed: for each gallery image, the targets are its true class and the top-3
 predicted classes (:data:`TARGETS` distinct classes, filled up from the next predictions);
-every method of the registry (``model.attribution.METHODS``) explains each of them with its
-defaults (occlusion with the evaluation's stride, ``model.attribution.occlusion.survey_options``), the
-layer-taking methods at :func:`explorer_layers`. A map is stored as 8 bits per pixel: an
-unsigned map min-max normalized as in the evaluation (``normalize_maps``), a signed one
-(``AttributionMethod.signed``) scaled so that 0 is the middle of a diverging colour map
-(:func:`signed_bytes`). Images and maps larger than :data:`MAX_SIDE` are averaged down to
-it. All maps go into one base64 block, about 1 KB per map at 32 px.
+every method of the registry (``model.attribution.METHODS``) explains all of them in one call
+with its defaults (occlusion with the evaluation's stride,
+``model.attribution.occlusion.survey_options``), the layer-taking methods at
+:func:`explorer_layers`. A call takes targets (N, T): the methods that share passes
+(``AttributionMethod.shares_passes``: occlusion, Score-CAM, Ablation-CAM ...) read every target
+from the same perturbed passes, the registry repeats the others' images per target. A map is
+stored as 8 bits per pixel: an unsigned map min-max normalized as in the evaluation
+(``normalize_maps``), a signed one (``AttributionMethod.signed``) scaled so that 0 is the
+middle of a diverging colour map (:func:`signed_bytes`). Images and maps larger than
+:data:`MAX_SIDE` are averaged down to it. All maps go into one base64 block, about 1 KB per
+map at 32 px.
 """
 from dataclasses import dataclass
 
@@ -72,8 +76,7 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
         list of (method name, layer or None, (N, T, H, W) uint8 maps), in registry order.
     """
     count, slots = targets.shape
-    repeated = inputs.repeat_interleave(slots, dim=0)  # (N * T, C, H, W), image-major
-    flat_targets = targets.reshape(-1).to(inputs.device)
+    targets = targets.to(inputs.device)
     results = []
     for name, method in METHODS.items():
         layers = [None]
@@ -85,8 +88,9 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
             if progress:
                 progress(name, layer)
             options = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
-            maps = method(model, repeated, flat_targets, layer=layer, info=info,
+            maps = method(model, inputs, targets, layer=layer, info=info,
                           batch_size=batch_size, **options).detach().float().cpu()
+            maps = maps.flatten(0, 1)  # (N * T, H, W), image-major
             maps = shrink(maps[:, None], stored_side(maps.shape[-1]))[:, 0]
             stored = signed_bytes(maps) if method.signed else to_bytes(normalize_maps(maps))
             results.append((name, layer, stored.view(count, slots, *maps.shape[1:])))

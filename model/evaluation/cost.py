@@ -148,4 +148,3 @@ class _PeakSampler:
         self.highest = max(self.highest, _heap_bytes())
         self.peak = max(0, self.highest - self.start)
         return False
-

@@ -1,6 +1,9 @@
 """How faithful is an attribution map? Metrics that need no ground truth.
 
 - Deletion and insertion curves and their areas (Petsiuk et al. 2018, RISE, sec. 4.1).
+- Average Drop and Increase in Confidence on the image times its map (Chattopadhay et al.
+  2018, Grad-CAM++, sec. 4.1). ROAD, removal with noisy linear imputation, is in
+  ``model.evaluation.road``.
 - Spearman rank correlation between maps, with ties at their average rank.
 - Cascading model randomization (Adebayo et al. 2018, sec. 3.1).
 
@@ -15,6 +18,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 
 from model.attribution.batching import variant_batch
 from model.attribution.blur import gaussian_blur
+from model.attribution.maps import normalize_maps, resize_maps
 from model.nets.zoo import RESIDUAL_BLOCKS
 from model.runtime.device import fast_layout
 
@@ -94,6 +98,60 @@ def area_under_curve(curves):
     return (curves[:, :-1] + curves[:, 1:]).sum(1) / (2 * steps)
 
 
+@torch.no_grad()
+def explanation_map_probabilities(model, inputs, targets, maps, info=None, batch_size=512):
+    """p(target) on each image and on its explanation map (Grad-CAM++, Chattopadhay et al.
+    2018, sec. 4.1): Y_i^c and O_i^c of Average Drop and Increase in Confidence.
+
+    The explanation map is E^c = L^c o I: the map, upsampled to the image (bilinear) and
+    min-max normalized to [0, 1], times the image, pixel by pixel and in every channel. The
+    product is taken in pixel space [0, 1] (``info.denormalize``), where dark means absent,
+    and normalized again for the net (``info.normalize``): a zero map gives a black image, not
+    the dataset's mean colour. Each batch of ``batch_size`` holds images and their explanation
+    maps together, one forward per batch.
+
+    Args:
+        model: the network in eval mode.
+        inputs: (N, C, H, W) images, normalized with ``info`` (None: pixels in [0, 1]).
+        targets: (N,) class per image; maps: (N, h, w) importance, any scale.
+        info: the dataset's ``DatasetInfo`` (``normalize`` and ``denormalize``), or None.
+
+    Returns:
+        (Y, O): (N,) p(target) on the images and on their explanation maps.
+    """
+    if maps.shape[-2:] != inputs.shape[-2:]:
+        maps = resize_maps(maps, inputs.shape[-1])
+    maps = normalize_maps(maps).to(inputs)[:, None]  # (N, 1, H, W) in [0, 1]
+    chunk = max(1, variant_batch(batch_size, inputs) // 2)
+    full = torch.empty(len(inputs), dtype=inputs.dtype, device=inputs.device)
+    explained = torch.empty_like(full)
+    for first in range(0, len(inputs), chunk):
+        images, weights = inputs[first:first + chunk], maps[first:first + chunk]
+        if info is None:
+            masked = weights * images
+        else:
+            masked = info.normalize(weights * info.denormalize(images)).to(inputs.dtype)
+        count = len(images)
+        logits = model(fast_layout(torch.cat([images, masked])))  # (2 n, K)
+        probabilities = torch.softmax(logits, dim=1)
+        classes = targets[first:first + chunk, None].repeat(2, 1)
+        chosen = probabilities.gather(1, classes)[:, 0]
+        full[first:first + count], explained[first:first + count] = chosen[:count], chosen[count:]
+    return full, explained
+
+
+def average_drop(full, explained):
+    """Average Drop %, Grad-CAM++ sec. 4.1: 100 * mean_i max(0, Y_i - O_i) / Y_i (lower is
+    better): how much of the class's probability the map's region alone loses."""
+    return 100 * ((full - explained).clamp(min=0) / full.clamp(min=EPSILON)).mean()
+
+
+def increase_in_confidence(full, explained):
+    """Increase in Confidence %, Grad-CAM++ sec. 4.1: 100 * mean_i 1[Y_i < O_i] (higher is
+    better): the share of images the map's region alone is more convincing on."""
+    return 100 * (full < explained).to(full.dtype).mean()
+
+
 def average_ranks(values):
     """Rank of every entry within its row, 1-based, ties sharing their average rank.
 
@@ -163,4 +221,3 @@ def cascading_randomization(model, seed=0):
             for module in modules:
                 module.reset_parameters()
         yield name, copy.deepcopy(randomized).to(device)
-

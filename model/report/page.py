@@ -11,7 +11,7 @@ import html
 import json
 
 from model.attribution.registry import BASELINE, METHODS
-from model.report.tables import column_readings, format_value, table_rows
+from model.report.tables import column_readings, format_value, metric_cost_text, table_rows
 
 STYLE = """
 * { box-sizing: border-box; }
@@ -163,6 +163,10 @@ GRADIENT_SECTION_METHODS = ("saliency", "guided-backprop", "deconvnet")  # decon
 
 RANDOMIZED_CHANGES = 0.5  # rank correlation below which a map "changes" with the top layer
 
+# The scores of the summary table, before the randomization verdict and the time.
+SUMMARY_SCORES = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf", "average_drop",
+                  "increase_in_confidence", "pointing")
+
 
 def summary_table(evaluation, explorer, shown):
     """Per method the evaluation's headline figures, each row linking to the method's
@@ -173,6 +177,8 @@ def summary_table(evaluation, explorer, shown):
                 "per-method summary).</p>")
     escape = html.escape
     head = ("<tr><th>method</th><th>deletion AUC (lower better)</th><th>insertion AUC "
+            "(higher better)</th><th>ROAD MoRF (lower better)</th><th>ROAD LeRF (higher "
+            "better)</th><th>average drop % (lower better)</th><th>increase in confidence % "
             "(higher better)</th><th>pointing game</th><th>top layer randomized</th>"
             "<th>ms / image</th><th>figures</th></tr>")
     rows = []
@@ -189,8 +195,7 @@ def summary_table(evaluation, explorer, shown):
         verdict = "-" if correlation is None else (
             f"r = {correlation:.2f}: "
             + ("changes" if correlation < RANDOMIZED_CHANGES else "barely changes"))
-        cells = [escape(method)] + [format_value(key, scores.get(key))
-                                    for key in ("deletion_auc", "insertion_auc", "pointing")]
+        cells = [escape(method)] + [format_value(key, scores.get(key)) for key in SUMMARY_SCORES]
         cells += [verdict, format_value("ms_per_image",
                                                               scores.get("ms_per_image"))]
         baseline = " class='baseline'" if method == BASELINE else ""
@@ -199,8 +204,11 @@ def summary_table(evaluation, explorer, shown):
     return ("<h2>Summary: how far each map can be trusted</h2><div class='scroll'><table>"
             + head + "".join(rows) + "</table></div><p class='note'>From the evaluation "
             f"section. A faithful map changes when the top layer's weights are randomized "
-            f"(rank correlation with the original map below {RANDOMIZED_CHANGES}); the "
-            "random row is the chance level.</p>")
+            f"(rank correlation with the original map below {RANDOMIZED_CHANGES}); ROAD "
+            "removes the most (MoRF) or least (LeRF) important pixels and fills them from "
+            "their neighbours (Rong et al. 2022); average drop and increase in confidence "
+            "show the net the image times the map (Grad-CAM++, sec. 4.1); the random row is "
+            "the chance level.</p>")
 
 
 def model_paragraph(summary):
@@ -219,6 +227,25 @@ def model_paragraph(summary):
                                       "training curve: loss and accuracy per epoch"))
 
 
+def road_note(settings):
+    """ROAD's settings for the evaluation's note (none in an older evaluation.json)."""
+    if "road_percentages" not in settings:
+        return ""
+    percentages = ", ".join(str(p) for p in settings["road_percentages"])
+    return (f"ROAD removes {percentages}% of the pixels, filled by linear imputation with "
+            f"noise of sd {settings['road_noise']} (pixel units); ")
+
+
+def metric_cost_note(evaluation):
+    """What each metric cost per image and method, from evaluation.json (older: nothing)."""
+    costs = evaluation.get("metric_costs")
+    if not costs:
+        return ""
+    return ("<p class='note'>What the metrics cost per image and method (not in the cost "
+            "columns, which are the method's own): " + html.escape(metric_cost_text(costs))
+            + ".</p>")
+
+
 def evaluation_table(evaluation):
     """The method x metric table of evaluation.json as HTML, with a how-to-read row."""
     headings, rows = table_rows(evaluation["methods"],
@@ -234,7 +261,9 @@ def evaluation_table(evaluation):
     settings = evaluation["settings"]
     note = (f"<p>{len(evaluation['test_indices'])} test images, target = {settings['target']};"
             f" deletion and insertion in {settings['deletion_insertion_steps']} steps; "
+            + road_note(settings) +
             f"randomization on {settings['sanity_images']} images; occlusion "
             f"{settings['occlusion_patch']} px {settings['occlusion_baseline']} patch, stride "
             f"{settings['occlusion_stride']}; CAM layer {settings['layer']}.</p>")
-    return "<div class='scroll'><table>" + "".join(lines) + "</table></div>" + note
+    return ("<div class='scroll'><table>" + "".join(lines) + "</table></div>" + note
+            + metric_cost_note(evaluation))

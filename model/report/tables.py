@@ -6,6 +6,10 @@ same table as Markdown (for the terminal) and as rows for the report page."""
 COLUMNS = (
     ("deletion_auc", "deletion AUC", "lower is better"),
     ("insertion_auc", "insertion AUC", "higher is better"),
+    ("road_morf", "ROAD MoRF", "lower is better"),
+    ("road_lerf", "ROAD LeRF", "higher is better"),
+    ("average_drop", "average drop %", "lower is better"),
+    ("increase_in_confidence", "increase in confidence %", "higher is better"),
     ("pointing", "pointing game", "higher is better"),
     ("mass_inside", "mass in object", "higher is better"),
     ("randomized_top_layer", "rank corr., top layer random", "lower is better"),
@@ -40,12 +44,13 @@ def column_readings(scores):
 
 
 def format_value(key, value):
-    """A table cell: pass counts as integers where whole, scores with three decimals."""
+    """A table cell: pass counts as integers where whole, percentages, times and memory with
+    one decimal, scores with three."""
     if value is None:
         return "-"
     if key in ("forward_passes_per_image", "backward_passes_per_image"):
         return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
-    if key in ("ms_per_image", "peak_memory_mib"):
+    if key in ("ms_per_image", "peak_memory_mib", "average_drop", "increase_in_confidence"):
         return f"{value:.1f}"
     return f"{value:.3f}"
 
@@ -56,3 +61,11 @@ def markdown_table(methods, scores):
     lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def metric_cost_text(costs):
+    """What the metrics cost, in one line: forward passes and milliseconds per image and
+    method (``metric_costs`` of evaluation.json: metric -> ``Cost.per_image``)."""
+    return "; ".join(f"{metric.replace('_', ' ')} {cost['forward_passes_per_image']:.0f} "
+                     f"forward passes, {cost['ms_per_image']:.1f} ms"
+                     for metric, cost in costs.items())

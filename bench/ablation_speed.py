@@ -1,0 +1,153 @@
+"""Re-run only what changes: Ablation-CAM from the layers after its layer against the whole-net
+re-run, and four targets per image against one for the methods that share their passes.
+
+    python bench/ablation_speed.py                 # vgg at 32 px, resnet18 at 224 px: ~2 min
+    python bench/ablation_speed.py --nets vgg --images 16
+
+Random weights (they do not change the speed) and random images; the targets are each image's
+most probable classes. First table: Ablation-CAM's weights (Desai & Ramaswamy 2020, Eq. 3) in
+ms per image, the ablated copies run through the head after the layer
+(``model.nets.graph_split``, tracing included) and through the whole net with a hook replacing
+the layer's output (``whole_net=True``), and the largest difference of the two weights
+(target at 224 px on ResNet-18 layer4: >= 3x). Second table: occlusion, Score-CAM and
+Ablation-CAM maps through the registry with 1 and with 4 targets per image (targets (N, 4),
+read from the same passes; target: <= 1.3x the one-target time). Repeating each image per
+target, as the explorer did before, costs 4x by construction.
+"""
+import argparse
+import dataclasses
+import functools
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.attribution import (
+    METHODS,  # noqa: E402
+    cam as cams,  # noqa: E402
+)
+from model.data.datasets import DATASET_INFO  # noqa: E402
+from model.nets.architectures import build_model  # noqa: E402
+from model.runtime.device import keep_freed_memory, resolve_device  # noqa: E402
+
+# name -> (arch, image side, layer, classes, default images, timed runs: the best is shown)
+NETS = {"vgg": ("vgg", 32, "conv4", 10, 8, 5),
+        "resnet18": ("resnet18", 224, "layer4", 1000, 1, 1)}
+SHARING_METHODS = ("occlusion", "scorecam", "ablationcam")
+TARGETS = 4
+
+
+def cpu_name():
+    """lscpu's model name (the platform's processor string where lscpu is missing)."""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    for line in lines.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Model name":
+            return value.strip()
+    return platform.processor() or "unknown CPU"
+
+
+def fastest(repeats, device, calls):
+    """{key: (seconds, result)} for each of ``calls`` ({key: function of no arguments}): the
+    fastest of ``repeats`` runs, the device's queued work included. The calls take turns, so
+    that a CPU shared with other work slows each alike; the fastest run is the least
+    disturbed."""
+    best = {key: (float("inf"), None) for key in calls}
+    for _ in range(repeats):
+        for key, function in calls.items():
+            started = time.perf_counter()
+            result = function()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[key] = (min(best[key][0], time.perf_counter() - started), result)
+    return best
+
+
+def ablation_rows(name, model, layer, inputs, targets, batch_size, device, repeats):
+    """Ablation-CAM's weights from the head and from the whole net: one table row."""
+    with torch.no_grad():
+        activations, _, logits = cams.activations_and_gradients(model, layer, inputs, None,
+                                                                need_gradients=False)
+    # Untimed: the first call of a batch shape pays for the kernels' setup.
+    cams.ablation_weights(model, layer, inputs[:1], activations[:1], logits[:1], targets[:1],
+                          batch_size)
+    timed = fastest(repeats, device, {
+        whole_net: functools.partial(cams.ablation_weights, model, layer, inputs, activations,
+                                     logits, targets, batch_size, whole_net=whole_net)
+        for whole_net in (False, True)})
+    head, whole = (1000 * timed[key][0] / len(inputs) for key in (False, True))
+    difference = float((timed[False][1] - timed[True][1]).abs().max())
+    print(f"| {name} | {layer} | {activations.shape[1]} | {head:,.1f} | {whole:,.1f} | "
+          f"{whole / head:.1f}x | {difference:.1e} |")
+
+
+def target_rows(name, model, layer, inputs, targets, batch_size, device, repeats):
+    """Each sharing method with 1 and with TARGETS targets per image: one row each."""
+    # Occlusion's blurred fill needs a normalization; CIFAR-10's at this size is any other's.
+    info = dataclasses.replace(DATASET_INFO["cifar10"], image_size=inputs.shape[-1])
+    for method in SHARING_METHODS:
+        chosen = {1: targets[:, 0], TARGETS: targets}  # (N,) and (N, T)
+        timed = fastest(repeats, device, {
+            slots: functools.partial(METHODS[method], model, inputs, slot_targets, layer=layer,
+                                     info=info, batch_size=batch_size)
+            for slots, slot_targets in chosen.items()})
+        for slots, (_, maps) in timed.items():
+            assert maps.shape[:-2] == chosen[slots].shape
+        one, four = (1000 * timed[slots][0] / len(inputs) for slots in (1, TARGETS))
+        print(f"| {name} | {method} | {one:,.1f} | {four:,.1f} | {four / one:.2f}x |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS),
+                        help="nets to time (default: all)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="images per net (default: 8 for vgg, 1 for resnet18)")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="ablated or masked copies per pass (default: 256, at most "
+                             "model.attribution.batching.variant_batch's pixel budget)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per measurement, the fastest shown (default: 5 for "
+                             "vgg, 1 for resnet18)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    keep_freed_memory()  # as every script does (model.cli.run)
+    device = resolve_device(args.device)
+    print(f"CPU: {cpu_name()}; device: {device}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    setups = {}
+    for name in args.nets:
+        arch, size, layer, classes, images, repeats = NETS[name]
+        torch.manual_seed(0)
+        model = build_model(arch, 3, classes, size).to(device).eval()
+        inputs = torch.randn(args.images or images, 3, size, size, device=device)
+        with torch.no_grad():
+            targets = model(inputs).topk(TARGETS, dim=1).indices  # (N, T): top classes
+        setups[name] = (model, layer, inputs, targets, args.repeats or repeats)
+
+    print("\nAblation-CAM weights, ms per image (one target)\n")
+    print("| net | layer | channels | head after the layer | whole net | speed-up | "
+          "max weight difference |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (model, layer, inputs, targets, repeats) in setups.items():
+        ablation_rows(name, model, layer, inputs, targets[:, 0], args.batch_size, device,
+                      repeats)
+
+    print(f"\nMaps through the registry, ms per image: 1 target against {TARGETS}\n")
+    print(f"| net | method | 1 target | {TARGETS} targets | ratio |")
+    print("|---|---|---|---|---|")
+    for name, (model, layer, inputs, targets, repeats) in setups.items():
+        target_rows(name, model, layer, inputs, targets, args.batch_size, device, repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
