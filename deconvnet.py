@@ -8,7 +8,8 @@
 
 One activation of a layer (the strongest unit of a channel, or its whole map) is kept, every
 other activation is set to zero, and the signal goes down the explicit mirror of the network
-(``model.units.mirror``): unpooling with the max pools' switches, transposed convolutions, BatchNorm's
+(``model.units.mirror``): unpooling with the max pools' switches, transposed convolutions,
+BatchNorm's
 scale, and at each ReLU the chosen ``--rule`` (Springenberg et al. 2015, Fig. 1): deconvnet
 relu(R) (Zeiler & Fergus 2014), guided relu(R) [f > 0], saliency R [f > 0] (the gradient).
 
@@ -38,7 +39,8 @@ from model.units.mirror import (
     strongest_channels,
 )
 
-# The registered method that sends the class score down by each --rule (model.attribution.gradients).
+# The registered method that sends the class score down by each --rule
+# (model.attribution.gradients).
 RULE_METHODS = {"deconvnet": "deconvnet", "guided": "guided-backprop", "saliency": "saliency"}
 SAVED = ("the class score of --target sent down to the pixels by --rule, one map per image "
          "as the registry's deconvnet, guided-backprop or saliency method gives it (max over "

@@ -78,7 +78,8 @@ class Settings:
     info: object  # DatasetInfo: for occlusion's fill and the IG baseline
     layer: str  # the CAM layer: the last conv layer
     batch_size: int = 256
-    occlusion_stride: int = SURVEY_STRIDE  # up to 64 px (model.attribution.occlusion.survey_options)
+    # up to 64 px (model.attribution.occlusion.survey_options)
+    occlusion_stride: int = SURVEY_STRIDE
     seed: int = 0
 
     def options(self, method):

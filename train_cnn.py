@@ -15,7 +15,8 @@ Under torchrun every process trains on its part of each batch (DistributedDataPa
 ``model.training.loop.for_training``) with the one-process batch size and schedule; rank 0 alone
 writes the checkpoint, the curve and the log.
 Defaults (epochs, batch size, learning rate, augmentation) come from the per-dataset recipe
-in ``model.training.recipes.RECIPES``, or from a named one (``--recipe``, ``model.training.recipes.NAMED_RECIPES``).
+in ``model.training.recipes.RECIPES``, or from a named one (``--recipe``,
+``model.training.recipes.NAMED_RECIPES``).
 """
 import argparse
 import sys

@@ -97,7 +97,8 @@ def main(argv=None):
                         help="projective-field thresholds TAU to time (default: 0.5)")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="plain occlusion: occluded images per forward pass (default: "
-                             "256, at most model.attribution.batching.variant_batch's pixel budget)")
+                             "256, at most model.attribution.batching.variant_batch's pixel "
+                             "budget)")
     parser.add_argument("--float64-check", action="store_true",
                         help="instead of timing: each float32 map's distance from the float64 "
                              "plain map (what float32 rounding alone moves a map)")

@@ -1,4 +1,5 @@
-"""Train tiny nets with ``model.training.loop.fit`` and save the weights after every optimizer step.
+"""Train tiny nets with ``model.training.loop.fit`` and save the weights after every optimizer
+step.
 
 Run by tests/test_distributed.py under ``torchrun --nproc_per_node 2`` (each process saves
 ``rank<R>_<arch>.pt``) and called there in one process, to compare the two step by step.

@@ -1,5 +1,6 @@
 """The explicit DeconvNet mirror (model.units.mirror, deconvnet.py) against autograd with
-rule-modified ReLU backward, and the hook rules of model.attribution.gradients against the mirror."""
+rule-modified ReLU backward, and the hook rules of model.attribution.gradients against the
+mirror."""
 import copy
 
 import pytest

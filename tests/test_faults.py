@@ -1,4 +1,5 @@
-"""Every row of docs/failures.md, "When something goes wrong": a careless or unlucky user's command, run
+"""Every row of docs/failures.md, "When something goes wrong": a careless or unlucky user's
+command, run
 through the script's ``main`` as the shell would, fails with one clear line and exit code 2 and
 leaves the user's files as they were.
 
@@ -788,7 +789,8 @@ def test_exif_orientation_is_applied_before_resizing(suffix, tmp_path, capsys):
     exif[model.data.image_files.EXIF_ORIENTATION] = 6
     path = tmp_path / f"sideways{suffix}"
     stored.save(path, exif=exif, quality=95)
-    pixels = model.cli.method_inputs.load_image_file(path, DATASET_INFO["shapes"]).int()  # (3, 32, 32)
+    pixels = model.cli.method_inputs.load_image_file(path, DATASET_INFO["shapes"]).int()
+    # (3, 32, 32)
     red_top, blue_bottom = pixels[:, 4, 16], pixels[:, 27, 16]
     assert red_top[0] > 200 and red_top[2] < 50, red_top
     assert blue_bottom[2] > 200 and blue_bottom[0] < 50, blue_bottom
@@ -894,8 +896,8 @@ def test_an_os_error_names_its_file_instead_of_unexpected():
     assert "unexpected" not in model.cli.running.describe_error(error)
     assert "too long" in model.cli.running.describe_error(error)
     full = OSError(errno.ENOSPC, "No space left on device", "/data/out.png")
-    assert model.cli.running.describe_error(full) == "/data/out.png: the disk is full (No space left " \
-                                             "on device)"
+    assert model.cli.running.describe_error(full) == (
+        "/data/out.png: the disk is full (No space left on device)")
 
 
 def test_unreadable_checkpoint_says_permission_denied(trained_shapes_checkpoint, tmp_path,
@@ -1109,7 +1111,8 @@ def test_unwritable_matplotlib_folders_and_missing_glyphs_print_nothing(
 
 
 def test_only_model_plotting_imports_matplotlib():
-    """matplotlib's set-up (model.figures.plotting) must run before matplotlib is first imported."""
+    """matplotlib's set-up (model.figures.plotting) must run before matplotlib is first
+    imported."""
     for path in [*ROOT.glob("*.py"), *(ROOT / "model").rglob("*.py")]:
         if path.name != "plotting.py":
             source = path.read_text()

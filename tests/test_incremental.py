@@ -1,4 +1,5 @@
-"""model/attribution/incremental.py: incremental occlusion (Krypton, SIGMOD 2019) against plain occlusion.
+"""model/attribution/incremental.py: incremental occlusion (Krypton, SIGMOD 2019) against plain
+occlusion.
 
 The claim under test: for every supported architecture the incremental maps equal the plain
 occlusion maps, to 1e-10 relative in float64 and 1e-4 relative in float32, where "relative"

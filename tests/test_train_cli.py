@@ -152,7 +152,8 @@ def test_test_split_passes_build_no_autograd_graph(shapes_test_split):
 
 
 def test_linear_schedule_warms_up_then_falls_to_zero():
-    rates = [model.training.loop.learning_rate_at(step, 100, 0.2, 0.2, "linear") for step in range(100)]
+    rates = [model.training.loop.learning_rate_at(step, 100, 0.2, 0.2, "linear")
+             for step in range(100)]
     assert rates[19] == pytest.approx(0.2) and rates[0] == pytest.approx(0.01)
     assert all(a >= b for a, b in zip(rates[19:], rates[20:])) and rates[-1] < 0.003
     assert rates[60] == pytest.approx(0.2 * (1 - 40 / 80))

@@ -23,7 +23,8 @@ cam, scorecam, faster-scorecam, ablationcam and eigencam read every target's wei
 same passes (the logits of one pass hold every class's score); the gradient methods need a
 backward pass per target and are repeated per target by the registry. Maps are upsampled to
 the input (bilinear, or ``--upsample nearest`` for the raw cells) and min-max normalized to
-[0, 1]; a constant map becomes zeros. ``--smooth N`` averages a gradient method over N noisy copies of each image
+[0, 1]; a constant map becomes zeros. ``--smooth N`` averages a gradient method over N noisy
+copies of each image
 (SmoothGrad, Smilkov et al. 2017, Eq. 3, noise sigma 15% of the input range).
 
 The layer is reached by forward hooks (``model.nets.layers``), so any ``nn.Module`` works; a conv

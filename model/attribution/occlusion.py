@@ -104,7 +104,8 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     x_ij = (1 - M_ij) * x + M_ij * fill, with M_ij the square's indicator, and
     p_ij = softmax(f(x_ij))[target]. The N * ny * nx variants are built on the fly and run in
     batches of ``batch_size``, so memory is bounded by the batch, not by the number of
-    positions (and by ``model.attribution.batching.variant_batch``'s pixel budget for large images).
+    positions (and by ``model.attribution.batching.variant_batch``'s pixel budget for large
+    images).
 
     Args:
         model: the network in eval mode.
@@ -114,7 +115,8 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
         fill: (N, C, H, W) normalized values for the patch (see :func:`baseline_images`).
         patch, stride: square side and step in pixels.
         incremental: compute f(x_ij) layer by layer on the changed boxes only
-            (``model.attribution.incremental``, Krypton): the same logits, less work; batches of positions
+            (``model.attribution.incremental``, Krypton): the same logits, less work; batches of
+            positions
             then fill ``max_memory_mb`` instead of ``batch_size``.
         approximate: Krypton's projective-field threshold tau in (0, 1] (implies
             ``incremental``): faster, no longer exact.

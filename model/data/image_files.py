@@ -1,7 +1,8 @@
 """Reading one image file as a model's input: upright, in the model's channels and size.
 
 Shared by ``--image`` files (``model.cli.method_inputs``) and the class folders of ``--dataset
-imagefolder`` (``model.data.folders``), so that a photo given on the command line and the same photo
+imagefolder`` (``model.data.folders``), so that a photo given on the command line and the same
+photo
 in a folder become the same tensor.
 """
 import sys
