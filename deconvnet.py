@@ -9,8 +9,8 @@
 One activation of a layer (the strongest unit of a channel, or its whole map) is kept, every
 other activation is set to zero, and the signal goes down the explicit mirror of the network
 (``model.units.mirror``): unpooling with the max pools' switches, transposed convolutions,
-BatchNorm's
-scale, and at each ReLU the chosen ``--rule`` (Springenberg et al. 2015, Fig. 1): deconvnet
+BatchNorm's scale, and at each ReLU the chosen ``--rule`` (Springenberg et al. 2015, Fig. 1):
+deconvnet
 relu(R) (Zeiler & Fergus 2014), guided relu(R) [f > 0], saliency R [f > 0] (the gradient).
 
 A conv layer name (``--layer conv3``) means the output of its whole block: conv, BatchNorm and

@@ -15,8 +15,8 @@ broken by the lower image index (a stable merge), exactly as a full sort would. 
 and the top-k are merged exactly: the same JSON and figures as one process.
 
 The receptive field of the maximum is computed from the layer stack
-(``model.nets.receptive_field``)
-and drawn as a box; ``--project`` adds the DeconvNet projection of each top activation
+(``model.nets.receptive_field``) and drawn as a box; ``--project`` adds the DeconvNet projection
+of each top activation
 (``model.units.mirror``). A JSON file lists image indices, values, positions and the dead channels
 (never positive on the scan).
 """

@@ -7,8 +7,8 @@
         --data-dir photos                                             # 224 px, 4 images
 
 Runs the step ``visualize_all.py`` adds for ``explorer.html``
-(``model.attribution.survey.survey_gallery``:
-every registered method, each image's true and top-3 classes, three layers) on the model a
+(``model.attribution.survey.survey_gallery``: every registered method, each image's true and top-3
+classes, three layers) on the model a
 method script would load, and prints one table row: images, maps, seconds and the size of
 ``explorer_data.js``. The issue's bound is 30 s for the ``shapes`` report on a laptop CPU and
 10 MB of data at 32 px.

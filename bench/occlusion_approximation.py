@@ -9,8 +9,8 @@
 Krypton's projective-field threshold (Nakandala et al. 2019, sec. 4.1) cuts each conv or pool
 layer's changed box to TAU of its map's side. Per TAU, on the first ``--images`` test images
 (target: the true class; a random net's top class): the map error against the exact incremental
-map (mean and max
-|drop difference| as a share of each image's largest exact |drop|), the deletion AUC (RISE;
+map (mean and max |drop difference| as a share of each image's largest exact |drop|), the deletion
+AUC (RISE;
 lower: the map finds what the net uses) and, where the dataset has object masks (shapes), the
 pointing game, each beside the exact map's; and the time. At 224 px the net is torchvision's
 with random weights (no ImageNet weights can be downloaded here; ``randomized``: logits spread

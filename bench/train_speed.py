@@ -9,8 +9,8 @@ For each architecture it prints one table row: training images/s (forward + back
 step, recipe batch size, the recipe's bfloat16 and memory order) and inference images/s
 (no-grad forward, batch 512) on the chosen device, then trains with the dataset's recipe
 (``model.training.recipes.RECIPES``, or ``--recipe``) from scratch and reports the final test
-accuracy,
-the wall time, data loading included, at which the test accuracy first reached each target of
+accuracy, the wall time, data loading included, at which the test accuracy first reached each
+target of
 ``ACCURACY_TARGETS``, and the process's peak resident memory.
 """
 import argparse

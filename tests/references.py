@@ -38,6 +38,5 @@ def compute_input_gradient(model, inputs, targets, rule="guided"):
 
 def compute_cam(model, inputs, targets, method, layer, **options):
     """``model.attribution.cam.class_activation_map`` with the registry's defaults, min-max
-    normalized to [0, 1] (finite; a
-    constant map becomes zeros)."""
+    normalized to [0, 1] (finite; a constant map becomes zeros)."""
     return normalize_maps(get_method(method)(model, inputs, targets, layer=layer, **options))

@@ -1,7 +1,6 @@
 """The method registry (model.attribution.registry, model.attribution) and the gradient methods of
 model.attribution.gradients: Integrated Gradients' completeness, Input x Gradient, and properties
-every
-registered method must have."""
+every registered method must have."""
 import dataclasses
 
 import pytest

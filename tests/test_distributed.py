@@ -1,6 +1,5 @@
 """The scripts under torchrun (``model.runtime.distributed``): 2 gloo processes on localhost give
-the
-one-process result; a failing or killed process ends the other with one clear line.
+the one-process result; a failing or killed process ends the other with one clear line.
 
 The torchrun runs set ``OMP_NUM_THREADS=1`` (torchrun's own default) and the one-process
 references run with one thread too, so that a batch is computed the same way in both:

@@ -1,6 +1,6 @@
 """Every row of docs/failures.md, "When something goes wrong": a careless or unlucky user's
-command, run
-through the script's ``main`` as the shell would, fails with one clear line and exit code 2 and
+command, run through the script's ``main`` as the shell would, fails with one clear line and exit
+code 2 and
 leaves the user's files as they were.
 
 Helpers: ``cli`` runs a script in-process and returns (exit code, stderr lines);

@@ -24,8 +24,7 @@ same passes (the logits of one pass hold every class's score); the gradient meth
 backward pass per target and are repeated per target by the registry. Maps are upsampled to
 the input (bilinear, or ``--upsample nearest`` for the raw cells) and min-max normalized to
 [0, 1]; a constant map becomes zeros. ``--smooth N`` averages a gradient method over N noisy
-copies of each image
-(SmoothGrad, Smilkov et al. 2017, Eq. 3, noise sigma 15% of the input range).
+copies of each image (SmoothGrad, Smilkov et al. 2017, Eq. 3, noise sigma 15% of the input range).
 
 The layer is reached by forward hooks (``model.nets.layers``), so any ``nn.Module`` works; a conv
 name of the project's nets stands for its conv-BatchNorm-ReLU block. Ablation-CAM runs its

@@ -146,8 +146,7 @@ def crop(maps, tops, lefts, height, width):
     """(B, C, height, width), stored channels-last: the window at (tops[b], lefts[b]) of
     ``maps`` (H, W, C) for each b, as one index_select of whole pixels. Channels-last because
     the CPU convolutions run faster on it (``model.runtime.device.fast_layout``) and a pixel's
-    channels
-    are then one contiguous row to copy."""
+    channels are then one contiguous row to copy."""
     map_width, channels = maps.shape[1:]
     rows = tops[:, None] + torch.arange(height, device=tops.device)  # (B, height)
     columns = lefts[:, None] + torch.arange(width, device=tops.device)  # (B, width)

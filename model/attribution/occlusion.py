@@ -116,8 +116,7 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
         patch, stride: square side and step in pixels.
         incremental: compute f(x_ij) layer by layer on the changed boxes only
             (``model.attribution.incremental``, Krypton): the same logits, less work; batches of
-            positions
-            then fill ``max_memory_mb`` instead of ``batch_size``.
+            positions then fill ``max_memory_mb`` instead of ``batch_size``.
         approximate: Krypton's projective-field threshold tau in (0, 1] (implies
             ``incremental``): faster, no longer exact.
 

@@ -4,8 +4,8 @@
 ``cifar10``, ``mnist`` and ``fashion_mnist`` come through ``torchvision.datasets`` (downloaded
 into ``--data-dir`` when missing); ``cifar10`` also from class folders of PNG or JPEG files
 (``--data-dir``/{train,test}/<class>/); ``shapes`` is generated in code (see
-``model.data.shapes``) and
-also carries a ground-truth object mask per image. Every split becomes an
+``model.data.shapes``) and also carries a ground-truth object mask per image. Every split becomes
+an
 :class:`ImageDataset` holding all images as one uint8 tensor, so batches are sliced, converted
 and normalized (and augmented) on the device in one step each, without a per-image Python
 transform pipeline.

@@ -2,8 +2,7 @@
 
 Shared by ``--image`` files (``model.cli.method_inputs``) and the class folders of ``--dataset
 imagefolder`` (``model.data.folders``), so that a photo given on the command line and the same
-photo
-in a folder become the same tensor.
+photo in a folder become the same tensor.
 """
 import sys
 import warnings

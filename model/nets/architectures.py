@@ -29,8 +29,8 @@ ARCHITECTURES = ("simple", "vgg") + TORCHVISION_ARCHS
 # "small" trains on shapes and (Fashion-)MNIST in seconds to minutes on a laptop CPU; "wide"
 # has the capacity CIFAR-10 needs; "fast" is the CIFAR-10 net that reaches 90% in 15 minutes
 # on a 2-core CPU (docs/training.md, "CIFAR-10 on a laptop CPU"): a whitening stem, then three
-# stages of
-# conv - pool - conv at airbench's widths 64, 256, 256; "long" is the same net at airbench95's
+# stages of conv - pool - conv at airbench's widths 64, 256, 256; "long" is the same net at
+# airbench95's
 # widths 128, 384, 384 (2.5x the compute) for the longer CIFAR-10 recipe.
 VGG_PLANS = {
     "small": (16, "M", 32, "M", 64, 64),
