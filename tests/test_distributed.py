@@ -276,6 +276,7 @@ def test_scans_and_the_evaluation_under_torchrun_equal_one_process(
     one, two = (json.loads((tmp_path / folder / "evaluation.json").read_text())
                 for folder in ("eval_one", "eval_two"))
     assert without_timings(one.pop("scores")) == without_timings(two.pop("scores"))
+    assert without_timings(one.pop("metric_costs")) == without_timings(two.pop("metric_costs"))
     assert one == two
 
 
