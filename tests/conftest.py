@@ -9,6 +9,11 @@ from pathlib import Path
 # (the report of tests/test_folders.py: 50 s with spinning threads, 27 s without). It
 # changes no result: the number of threads, and so every sum's order, stays the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist (the README's ``-n 2``) every worker, and every process its tests start,
+# computes with one thread: two workers keep the two cores busy between them, where two
+# threads each would make four threads wait for each other at every op.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
@@ -38,3 +43,42 @@ def trained_shapes_checkpoint(tmp_path_factory):
                            "--max-train-images", "512", "--no-progress", "--out", str(path)])
     assert code == 0
     return path
+
+
+@pytest.fixture(scope="session")
+def shapes_report(tmp_path_factory):
+    """A full report, every section and an explorer of 4 images, on a vgg that visualize_all
+    trains itself for one epoch on 512 images (with snapshots): built once, read by
+    tests/test_report.py and tests/test_browser.py. Returns the report folder; the checkpoint
+    is ``tiny.pt`` beside it.
+
+    Under pytest-xdist the workers share it: the first to need it builds it in the session's
+    common temporary folder, under a file lock, and the others wait for it and read it."""
+    from filelock import FileLock  # torch's own dependency
+
+    import visualize_all
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # no xdist: this session's own folder
+        folder = tmp_path_factory.mktemp("report")
+    else:  # pytest-of-<user>/pytest-<n>/: this xdist session's, shared by its workers
+        folder = tmp_path_factory.getbasetemp().parent / "shared_report"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "report" / "summary.json").is_file():
+            code = visualize_all.main(["--dataset", "shapes", "--checkpoint",
+                                       str(folder / "tiny.pt"), "--retrain", "--epochs", "1",
+                                       "--max-train-images", "512", "--num-images", "6",
+                                       "--explorer-images", "4", "--out",
+                                       str(folder / "report")])
+            assert code == 0
+    return folder / "report"
+
+
+def pytest_collection_modifyitems(items):
+    """tests/test_browser.py first and tests/test_report.py last, the rest in their order: the
+    first builds the report they share (``shapes_report``) at once, so that under pytest-xdist
+    the worker that runs the other file finds it built instead of waiting for it."""
+    def place(item):
+        name = item.path.name
+        return 0 if name == "test_browser.py" else 2 if name == "test_report.py" else 1
+
+    items.sort(key=place)  # stable: each file keeps its order

@@ -20,6 +20,7 @@ from test_folders import train as train_folders, write_folders
 import evaluate_attributions
 import max_activation_search
 import occlusion_sensitivity
+import train_cnn
 from conftest import ROOT, stderr_lines
 from model.cli.running import run
 from model.data.augmentation import epoch_generator
@@ -204,11 +205,13 @@ EPOCHS = 3  # killed after the first checkpoint: at least one epoch is left to r
 
 
 def test_a_killed_process_ends_the_other_and_resume_under_torchrun_finishes_the_run(
-        tmp_path):
+        tmp_path, one_thread):
     """kill -9 one of two training processes after the first checkpoint: the other stops with
-    one line, the checkpoint is whole and --resume under torchrun gives the straight run."""
+    one line, the checkpoint is whole and --resume under torchrun gives the straight run. The
+    straight run is one process, in this one: the simple net has no BatchNorm, so two
+    processes train it as one does (test_ddp_training_keeps_the_processes_equal_and_equals_one
+    _process), and one process costs no torchrun start."""
     out, epochs = tmp_path / "killed" / "ddp.pt", str(EPOCHS)
-    straight = start_torchrun(TRAIN + [epochs, "--out", tmp_path / "straight" / "ddp.pt"])
     running = start_torchrun(TRAIN + [epochs, "--out", out])
     deadline = time.monotonic() + 180
     while not out.exists():
@@ -231,13 +234,18 @@ def test_a_killed_process_ends_the_other_and_resume_under_torchrun_finishes_the_
     code, printed, errors = torchrun(TRAIN + [epochs, "--out", out, "--resume"])
     assert code == 0, errors[-3000:]
     assert printed.count("epoch ") == EPOCHS - kept["epoch"]  # rank 0 alone prints
-    assert finish(straight)[0] == 0
-    first, second = load_checkpoint(out), load_checkpoint(tmp_path / "straight" / "ddp.pt")
+    straight = tmp_path / "straight" / "one.pt"
+    assert train_cnn.main([*map(str, TRAIN[1:]), epochs, "--out", str(straight)]) == 0
+    first, second = load_checkpoint(out), load_checkpoint(straight)
     assert first["epoch"] == EPOCHS
     assert [row["test_accuracy"] for row in first["history"]] == pytest.approx(
         [row["test_accuracy"] for row in second["history"]], abs=1e-3)
+    # Two processes add two half-batch gradients where one process sums the whole batch: in
+    # float32 the weights drift apart by 2.4e-5 over the 3 epochs (measured here); 5e-4 leaves
+    # 20x for other CPUs. A resume that repeated, skipped or reshuffled an epoch moves them by
+    # 1e-2 and more (another seed: 0.37).
     for key, value in second["model_state"].items():
-        assert torch.allclose(first["model_state"][key], value, atol=1e-5), key
+        assert torch.allclose(first["model_state"][key], value, atol=5e-4), key
 
 
 def without_timings(scores):

@@ -41,17 +41,6 @@ STRIDES = {("vgg", "deep"): 30, ("vgg16", None): 30}
 TARGETS = torch.tensor([1, 3])  # a different target per image
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One CPU thread for this module, restored after it. Incremental occlusion runs many
-    small ops (crops, gathers, depthwise convs); on a busy 2-core CPU two threads wait at
-    every op for each other, and this file took 100 s instead of 23 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def relative_error(actual, expected):
     """max |actual - expected| over the largest |expected|: the issue's "relative", to the
     map's largest magnitude (per entry, the near-zero drops would blow any tolerance up)."""

@@ -16,8 +16,6 @@ import traceback
 from pathlib import Path
 
 import torch
-from torchvision.transforms import RandomResizedCrop
-from torchvision.transforms.v2.functional import horizontal_flip, resized_crop
 
 from model.data.image_files import load_image_file, pil_to_uint8, read_image
 from model.errors import UserError
@@ -107,6 +105,11 @@ class FolderDataset(torch.utils.data.Dataset):
         size = self.info.image_size
         if seed is None:
             return load_image_file(path, self.info, flag="image file", notes=False)
+        # Imported here: torchvision costs 2-3 s to import, which a run without a training
+        # folder need not pay.
+        from torchvision.transforms import RandomResizedCrop
+        from torchvision.transforms.v2.functional import horizontal_flip, resized_crop
+
         image = read_image(path, self.info.channels, flag="image file", notes=False)
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
             torch.manual_seed(seed)

@@ -14,12 +14,11 @@ import copy
 
 import torch
 import torch.nn as nn
-from torchvision.models.mobilenetv2 import InvertedResidual
 
 from model.attribution.batching import variant_batch
 from model.attribution.blur import gaussian_blur
 from model.attribution.maps import normalize_maps, resize_maps
-from model.nets.zoo import RESIDUAL_BLOCKS
+from model.nets.zoo import inverted_residual_blocks, residual_blocks
 from model.runtime.device import fast_layout
 
 EPSILON = 1e-12
@@ -98,17 +97,30 @@ def area_under_curve(curves):
     return (curves[:, :-1] + curves[:, 1:]).sum(1) / (2 * steps)
 
 
+def explanation_images(inputs, maps, info=None):
+    """The explanation maps E^c = L^c o I of Grad-CAM++ (Chattopadhay et al. 2018, sec. 4.1):
+    (N, C, H, W), normalized as ``inputs`` are.
+
+    The map is upsampled to the image (bilinear) and min-max normalized to [0, 1], and
+    multiplies the image pixel by pixel, in every channel. The product is taken in pixel
+    space [0, 1] (``info.denormalize``), where dark means absent, and normalized again for
+    the net (``info.normalize``): a zero map gives a black image, not the dataset's mean
+    colour. ``info`` None: ``inputs`` are pixels in [0, 1].
+    """
+    if maps.shape[-2:] != inputs.shape[-2:]:
+        maps = resize_maps(maps, inputs.shape[-1])
+    maps = normalize_maps(maps).to(inputs)[:, None]  # (N, 1, H, W) in [0, 1]
+    if info is None:
+        return maps * inputs
+    return info.normalize(maps * info.denormalize(inputs)).to(inputs.dtype)
+
+
 @torch.no_grad()
 def explanation_map_probabilities(model, inputs, targets, maps, info=None, batch_size=512):
-    """p(target) on each image and on its explanation map (Grad-CAM++, Chattopadhay et al.
-    2018, sec. 4.1): Y_i^c and O_i^c of Average Drop and Increase in Confidence.
-
-    The explanation map is E^c = L^c o I: the map, upsampled to the image (bilinear) and
-    min-max normalized to [0, 1], times the image, pixel by pixel and in every channel. The
-    product is taken in pixel space [0, 1] (``info.denormalize``), where dark means absent,
-    and normalized again for the net (``info.normalize``): a zero map gives a black image, not
-    the dataset's mean colour. Each batch of ``batch_size`` holds images and their explanation
-    maps together, one forward per batch.
+    """p(target) on each image and on its explanation map (:func:`explanation_images`):
+    Y_i^c and O_i^c of Average Drop and Increase in Confidence (Chattopadhay et al. 2018,
+    sec. 4.1). Each batch of ``batch_size`` holds images and their explanation maps together,
+    one forward per batch.
 
     Args:
         model: the network in eval mode.
@@ -119,18 +131,12 @@ def explanation_map_probabilities(model, inputs, targets, maps, info=None, batch
     Returns:
         (Y, O): (N,) p(target) on the images and on their explanation maps.
     """
-    if maps.shape[-2:] != inputs.shape[-2:]:
-        maps = resize_maps(maps, inputs.shape[-1])
-    maps = normalize_maps(maps).to(inputs)[:, None]  # (N, 1, H, W) in [0, 1]
     chunk = max(1, variant_batch(batch_size, inputs) // 2)
     full = torch.empty(len(inputs), dtype=inputs.dtype, device=inputs.device)
     explained = torch.empty_like(full)
     for first in range(0, len(inputs), chunk):
-        images, weights = inputs[first:first + chunk], maps[first:first + chunk]
-        if info is None:
-            masked = weights * images
-        else:
-            masked = info.normalize(weights * info.denormalize(images)).to(inputs.dtype)
+        images = inputs[first:first + chunk]
+        masked = explanation_images(images, maps[first:first + chunk], info)
         count = len(images)
         logits = model(fast_layout(torch.cat([images, masked])))  # (2 n, K)
         probabilities = torch.softmax(logits, dim=1)
@@ -138,6 +144,20 @@ def explanation_map_probabilities(model, inputs, targets, maps, info=None, batch
         chosen = probabilities.gather(1, classes)[:, 0]
         full[first:first + count], explained[first:first + count] = chosen[:count], chosen[count:]
     return full, explained
+
+
+@torch.no_grad()
+def explained_probabilities(model, inputs, targets, maps, info=None, batch_size=512):
+    """O_i^c alone (:func:`explanation_map_probabilities`), where p on the image is known
+    already (the explorer's): (N,) p(target) on each explanation map."""
+    chunk = variant_batch(batch_size, inputs)
+    explained = torch.empty(len(inputs), dtype=inputs.dtype, device=inputs.device)
+    for first in range(0, len(inputs), chunk):
+        masked = explanation_images(inputs[first:first + chunk], maps[first:first + chunk], info)
+        probabilities = torch.softmax(model(fast_layout(masked)), dim=1)
+        explained[first:first + len(masked)] = probabilities.gather(
+            1, targets[first:first + chunk, None])[:, 0]
+    return explained
 
 
 def average_drop(full, explained):
@@ -186,11 +206,12 @@ def randomization_stages(model):
     block by block.
     """
     stages = []
+    blocks = residual_blocks() + inverted_residual_blocks()
 
     def walk(module, prefix):
         for name, child in module.named_children():
             name = f"{prefix}{name}"
-            if isinstance(child, (*RESIDUAL_BLOCKS, InvertedResidual)):
+            if isinstance(child, blocks):
                 stages.append((name, [m for m in child.modules()
                                       if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]))
             elif isinstance(child, (nn.Conv2d, nn.Linear)):

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from model.errors import UserError
 from model.nets.architectures import RECTIFIERS
-from model.nets.zoo import CONV_BLOCKS, RESIDUAL_BLOCKS
+from model.nets.zoo import conv_blocks, residual_blocks
 
 
 def layer_names(model):
@@ -31,16 +31,17 @@ def conv_layer_names(model):
     every method's default layer.
     """
     names = []
+    blocks, residual = conv_blocks(), residual_blocks()
 
     def walk(module, prefix):
         for name, child in module.named_children():
-            if isinstance(child, nn.Conv2d) or isinstance(child, CONV_BLOCKS):
+            if isinstance(child, nn.Conv2d) or isinstance(child, blocks):
                 names.append(prefix + name)
                 continue
             found = len(names)
             walk(child, f"{prefix}{name}.")
             if isinstance(child, nn.Sequential) and len(names) > found and all(
-                    isinstance(block, RESIDUAL_BLOCKS) for block in child.children()):
+                    isinstance(block, residual) for block in child.children()):
                 names.append(prefix + name)
 
     walk(model, "")

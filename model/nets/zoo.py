@@ -12,13 +12,11 @@ stride 1, and VGG16 without its fifth max pool. The checkpoint stores ``small_st
 rebuild the same net. Every ReLU is made out-of-place: hooks that record a layer's output or
 change a ReLU's gradient need the tensor the ReLU was given.
 """
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops.misc import Conv2dNormActivation
 
 from model.errors import UserError, one_line
 
@@ -30,10 +28,43 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 IMAGENET_SIZE = 224
 
-# The blocks ``model.nets.layers.conv_layer_names`` lists whole (a ResNet stage of residual
-# blocks too): what each method studies, the last of them by default (ResNet-18: layer4,
-# AlexNet: features.10, VGG16: features.28, MobileNetV2: features.18).
-RESIDUAL_BLOCKS = (BasicBlock, Bottleneck)
+
+
+def residual_blocks():
+    """torchvision's residual blocks (ResNet's ``BasicBlock`` and ``Bottleneck``), as a tuple
+    for ``isinstance``.
+
+    Empty while torchvision is not imported: no module can be one of its blocks then (building
+    a torchvision net imports it), and a script on the project's nets does not pay the 2-3 s
+    that importing torchvision costs (it imports ``torch._dynamo``).
+    """
+    if "torchvision" not in sys.modules:
+        return ()
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return (BasicBlock, Bottleneck)
+
+
+def inverted_residual_blocks():
+    """MobileNetV2's ``InvertedResidual``, as :func:`residual_blocks` gives its blocks."""
+    if "torchvision" not in sys.modules:
+        return ()
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    return (InvertedResidual,)
+
+
+def conv_blocks():
+    """The blocks ``model.nets.layers.conv_layer_names`` lists whole (a ResNet stage of
+    residual blocks too): what each method studies, the last of them by default (ResNet-18:
+    layer4, AlexNet: features.10, VGG16: features.28, MobileNetV2: features.18); as
+    :func:`residual_blocks` gives its blocks."""
+    if "torchvision" not in sys.modules:
+        return ()
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    return residual_blocks() + inverted_residual_blocks() + (Conv2dNormActivation,)
+
 
 LAYER_NAMES = {  # what --help says; tests/test_zoo.py checks it against conv_layer_names
     "resnet18": "conv1, layer1 ... layer4 (their blocks: layer1.0, layer1.1, ...)",
@@ -41,8 +72,6 @@ LAYER_NAMES = {  # what --help says; tests/test_zoo.py checks it against conv_la
     "vgg16": "features.0, .2, .5, .7, .10, .12, .14, .17, .19, .21, .24, .26, .28",
     "mobilenet_v2": "features.0 ... features.18",
 }
-
-CONV_BLOCKS = RESIDUAL_BLOCKS + (InvertedResidual, Conv2dNormActivation)
 
 
 def build_torchvision(arch, in_channels, num_classes, image_size, small_stem=None):
