@@ -3,6 +3,8 @@
     python class_activation_maps.py --dataset shapes --index 0 1 2 3
     python class_activation_maps.py --dataset shapes --method gradcam scorecam --layer conv3
     python class_activation_maps.py --dataset mnist --arch simple --method gradcam --smooth 16
+    python class_activation_maps.py --dataset shapes --method gradcam --aug-smooth --eigen-smooth
+    python class_activation_maps.py --dataset shapes --method gradcam layercam --counterfactual
     python class_activation_maps.py --image cat.png --dataset cifar10 --target cat
     python class_activation_maps.py --dataset shapes --method integrated-gradients saliency
     python class_activation_maps.py --dataset shapes --method gradcam --save-maps gradcam.npz
@@ -18,6 +20,13 @@ y^c is the class score before the softmax. Maps are upsampled to the input (bili
 ``--upsample nearest`` for the raw cells) and min-max normalized to [0, 1]; a constant map
 becomes zeros. ``--smooth N`` averages a gradient method over N noisy copies of each image
 (SmoothGrad, Smilkov et al. 2017, Eq. 3, noise sigma 15% of the input range).
+
+``--aug-smooth`` averages each CAM method over flipped and rescaled copies of the image, each
+map brought back to the image (``model.attribution.test_time``); ``--eigen-smooth`` projects
+the per-channel terms w_k A_k on their first principal component instead of summing them.
+``--counterfactual`` adds, beside each gradient method's map, its counterfactual map
+(``gradcam:counterfactual``: the gradients of -y^c, Selvaraju et al. 2017, sec. 3): the regions
+whose removal would raise the class score.
 """
 import sys
 from pathlib import Path
@@ -27,7 +36,13 @@ import torch
 from model.attribution import METHODS
 from model.attribution.cam import cam_layer_applies
 from model.attribution.maps import normalize_maps
-from model.cli.arguments import ArgumentParser, non_negative_int, positive_int
+from model.attribution.registry import VARIANT_SEPARATOR
+from model.cli.arguments import (
+    ArgumentParser,
+    non_negative_int,
+    positive_int,
+    smoothing_parser,
+)
 from model.cli.method_inputs import (
     has_test_split,
     load_split,
@@ -38,6 +53,7 @@ from model.cli.method_inputs import (
 from model.cli.running import run
 from model.cli.targets import resolve_targets
 from model.data.sampling import test_predictions
+from model.errors import UserError
 from model.figures.heatmaps import plot_overlay_grid, show_image, show_overlay
 from model.figures.plotting import Figure, write_figure
 from model.nets.layers import conv_layer_names
@@ -47,7 +63,8 @@ DEFAULTS = METHODS["faster-scorecam"].defaults  # the CAM family's options
 MAX_CLASS_MAPS = 10  # the one-image figure shows the most probable classes of ImageNet's 1000
 SAVED = ("the first --method's maps as the registry returns them, before the figures' "
          "normalization to [0, 1]; maps_<method> (N, H, W) float32 for every --method, the "
-         "first included; method (the methods in order), layer, upsample, smooth, "
+         "first included, and maps_<method>:counterfactual with --counterfactual; method "
+         "(the methods in order), layer, upsample, smooth, aug_smooth, eigen_smooth, "
          "max_channels; the --index or --image images only (not the class maps or the "
          "gallery)")
 
@@ -72,6 +89,26 @@ def image_title(info, label, prediction, probability):
     return f"true {true}\npred {info.classes[prediction]} {probability:.2f}"
 
 
+def counterfactual_columns(methods):
+    """``methods`` with ``<method>:counterfactual`` after each gradient CAM method.
+
+    Raises:
+        UserError: none of them has a counterfactual map.
+    """
+    having = [method for method in methods if "counterfactual" in METHODS[method].defaults]
+    if not having:
+        choices = [name for name, method in METHODS.items() if "counterfactual" in method.defaults]
+        raise UserError(f"--counterfactual applies to the gradient CAM methods "
+                        f"({', '.join(choices)}); none of {', '.join(methods)} is one")
+    others = [method for method in methods if method not in having]
+    if others:
+        print(f"note: no counterfactual map for {', '.join(others)} (no gradient dy^c/dA)",
+              file=sys.stderr)
+    return [column for method in methods for column in (
+        [method, f"{method}{VARIANT_SEPARATOR}counterfactual"] if method in having
+        else [method])]
+
+
 def gallery_selection(model, test_set, device, per_group, batch_size):
     """Indices of the first ``per_group`` correctly and incorrectly classified test images."""
     correct = test_predictions(model, test_set, device, batch_size) == test_set.labels
@@ -81,7 +118,8 @@ def gallery_selection(model, test_set, device, per_group, batch_size):
 
 def get_args_parser():
     parser = ArgumentParser(description=__doc__.split("\n")[0],
-                            parents=[method_parser("class_activation_maps", maps=SAVED)])
+                            parents=[method_parser("class_activation_maps", maps=SAVED),
+                                     smoothing_parser()])
     parser.add_argument("--method", nargs="+", choices=list(METHODS), default=None,
                         help="attribution methods to show (default: the CAM family; cam only "
                              "where it applies); every registered method can be chosen")
@@ -90,6 +128,9 @@ def get_args_parser():
     parser.add_argument("--smooth", type=non_negative_int, default=DEFAULTS["smooth"],
                         help="average gradient methods over N noisy copies (SmoothGrad; "
                              "default: 0 = off)")
+    parser.add_argument("--counterfactual", action="store_true",
+                        help="beside each gradient CAM method, its counterfactual map: the "
+                             "gradients of -y^c, regions whose removal would raise the score")
     parser.add_argument("--max-channels", type=positive_int, default=DEFAULTS["max_channels"],
                         help=f"channels scored by faster-scorecam (default: "
                              f"{DEFAULTS['max_channels']})")
@@ -112,12 +153,20 @@ def explain(args):
         print(f"note: plain CAM left out: {layer} does not feed a global average pooling + "
               "Linear head (Zhou et al. 2016); Grad-CAM is its generalization", file=sys.stderr)
     options = dict(batch_size=args.batch_size, max_channels=args.max_channels,
-                   smooth=args.smooth, upsample=args.upsample, info=info, seed=args.seed)
+                   smooth=args.smooth, upsample=args.upsample, info=info, seed=args.seed,
+                   aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)
+    for flag in ("aug_smooth", "eigen_smooth"):
+        unsmoothed = [method for method in methods if flag not in METHODS[method].defaults]
+        if getattr(args, flag) and unsmoothed:
+            print(f"note: --{flag.replace('_', '-')} applies to the CAM family; "
+                  f"{', '.join(unsmoothed)} shown without it", file=sys.stderr)
+    columns = counterfactual_columns(methods) if args.counterfactual else list(methods)
 
-    def raw_maps_for(inputs, targets, method):
+    def raw_maps_for(inputs, targets, spec):
+        method, _, variant = spec.partition(VARIANT_SEPARATOR)
         generator = torch.Generator().manual_seed(args.seed)
         maps = METHODS[method](model, inputs, targets, layer=layer, generator=generator,
-                               **options)
+                               counterfactual=variant == "counterfactual", **options)
         return maps.detach().float()
 
     def maps_for(inputs, targets, method):
@@ -132,14 +181,15 @@ def explain(args):
               for name, label, pred, prob in zip(selection.names, selection.labels,
                                                  predictions, probabilities)]
     out = Path(args.out)
-    raw_maps = {method: raw_maps_for(selection.inputs, targets, method) for method in methods}
+    raw_maps = {method: raw_maps_for(selection.inputs, targets, method) for method in columns}
     maps = {method: normalize_maps(method_maps) for method, method_maps in raw_maps.items()}
     written = [write_figure(plot_overlay_grid(images, maps, titles),
                             out / f"cam_{layer}_grid.png")]
     if args.save_maps:
         written.append(save_maps(args, info, selection, raw_maps[methods[0]], targets,
-                                 method=methods, layer=layer,
-                                 **{f"maps_{method}": raw_maps[method] for method in methods}))
+                                 method=methods, layer=layer, aug_smooth=args.aug_smooth,
+                                 eigen_smooth=args.eigen_smooth,
+                                 **{f"maps_{method}": raw_maps[method] for method in columns}))
 
     shown = probabilities[0].argsort(descending=True)[:MAX_CLASS_MAPS].sort().values
     every = len(shown) == len(info.classes)

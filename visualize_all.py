@@ -25,7 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,8 +39,8 @@ import gradient_ascent
 import max_activation_search
 import occlusion_sensitivity
 import train_cnn
-from model.attribution.survey import survey_gallery
-from model.cli.arguments import ArgumentParser, common_parser, positive_int
+from model.attribution.registry import VARIANT_SEPARATOR
+from model.cli.arguments import ArgumentParser, common_parser, positive_int, smoothing_parser
 from model.cli.method_inputs import (
     DEFAULT_ARCH,
     DEFAULT_DATASET,
@@ -52,6 +52,7 @@ from model.cli.method_inputs import (
 from model.cli.running import Terminated, run
 from model.data.sampling import sample_test_images, test_predictions
 from model.errors import UserError
+from model.evaluation.survey import survey_gallery
 from model.figures.curves import plot_training_curve
 from model.figures.plotting import save_figure
 from model.nets.checkpoint import (
@@ -91,6 +92,7 @@ class ReportContext:
     gallery: list  # test indices: misclassified first, then correct
     layers: list  # the conv layers, in order
     num_images: int
+    smoothing: list = field(default_factory=list)  # --aug-smooth, --eigen-smooth: CAM flags
 
 
 def _index_flags(indices):
@@ -104,7 +106,8 @@ def _occlusion(context):
 
 
 def _cam(context):
-    return [(class_activation_maps, _index_flags(context.gallery) + ["--gallery", "0"])]
+    return [(class_activation_maps, _index_flags(context.gallery) + ["--gallery", "0"]
+             + context.smoothing)]
 
 
 def _deconvnet(context):
@@ -126,7 +129,8 @@ def _gradient_ascent(context):
 
 
 def _evaluation(context):
-    return [(evaluate_attributions, ["--num-images", str(context.num_images)])]
+    return [(evaluate_attributions, ["--num-images", str(context.num_images)]
+             + context.smoothing)]
 
 
 SECTIONS = (
@@ -362,7 +366,8 @@ def build_report(args):
         accuracy = (predictions == test_set.labels).double().mean().item()
         gallery, _ = sample_test_images(model, test_set, GALLERY_SIZE, args.seed, device,
                                         wrong_share=0.34, predictions=predictions)
-        context = ReportContext(gallery.tolist(), conv_layer_names(model), args.num_images)
+        context = ReportContext(gallery.tolist(), conv_layer_names(model), args.num_images,
+                                smoothing_flags(args))
         if checkpoint is not None:
             title = f"{checkpoint['arch']} on {info.name}"
             save_figure(plot_training_curve(checkpoint["history"], title),
@@ -386,10 +391,21 @@ def build_report(args):
                 arch = checkpoint["arch"] if checkpoint else args.arch
                 survey = survey_gallery(model, info, test_set, predictions, device,
                                         count=args.explorer_images, seed=args.seed,
+                                        options={"aug_smooth": args.aug_smooth,
+                                                 "eigen_smooth": args.eigen_smooth},
                                         progress=lambda method, layer: progress.set_postfix_str(
                                             f"explorer: {method}"
                                             + (f" at {layer}" if layer else "")))
-                write_explorer(out, explorer_data(f"{arch} on {info.name}", info, survey))
+                evaluated = out / "evaluation" / "evaluation.json"  # this run's, if it ran
+                scores = (read_json(evaluated)["scores"] if "evaluation" in times
+                          and evaluated.is_file() else {})
+                smoothing = [flag[2:] for flag in smoothing_flags(args)]
+                # the explorer's CAM maps are smoothed as the evaluation's rows are
+                scores = {VARIANT_SEPARATOR.join(part for part in name.split(VARIANT_SEPARATOR)
+                                                 if part not in smoothing): row
+                          for name, row in scores.items()}
+                write_explorer(out, explorer_data(f"{arch} on {info.name}", info, survey,
+                                                  scores, smoothing))
             times["explorer"] = time.perf_counter() - started
             progress.update()
         log.flush()
@@ -422,6 +438,12 @@ def build_report(args):
         raise UserError("some sections failed (see above and log.txt); the report marks them")
 
 
+def smoothing_flags(args):
+    """The CAM options the report passes on to the CAM section and the evaluation."""
+    return [flag for flag, on in (("--aug-smooth", args.aug_smooth),
+                                  ("--eigen-smooth", args.eigen_smooth)) if on]
+
+
 def share_report_work(args, sections, out):
     """What a process other than rank 0 does under torchrun: its part of the training, if the
     report trains, and of the evaluation. Rank 0 writes the whole report (and its log)."""
@@ -431,7 +453,8 @@ def share_report_work(args, sections, out):
     for section in sections:
         if section.name == "evaluation":
             common = report_model(args, resolve_device(args.device))[3]
-            run_section(section, ReportContext([], [], args.num_images), common, out, log)
+            run_section(section, ReportContext([], [], args.num_images, smoothing_flags(args)),
+                        common, out, log)
     return []
 
 
@@ -465,7 +488,8 @@ def report_summary(args, device, info, checkpoint, accuracy, test_count, context
 
 
 def get_args_parser():
-    parser = ArgumentParser(description=__doc__.split("\n")[0], parents=[common_parser()])
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
+                            parents=[common_parser(), smoothing_parser()])
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint to report on (default: "
                              "outputs/checkpoints/<dataset>_<arch>.pt, trained if missing)")

@@ -7,7 +7,7 @@
         --data-dir photos                                             # 224 px, 4 images
 
 Runs the step ``visualize_all.py`` adds for ``explorer.html``
-(``model.attribution.survey.survey_gallery``: every registered method, each image's true and top-3
+(``model.evaluation.survey.survey_gallery``: every registered method, each image's true and top-3
 classes, three layers) on the model a
 method script would load, and prints one table row: images, maps, seconds and the size of
 ``explorer_data.js``. The issue's bound is 30 s for the ``shapes`` report on a laptop CPU and
@@ -19,7 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.attribution.survey import survey_gallery
 from model.cli.arguments import ArgumentParser, positive_int  # noqa: E402
 from model.cli.method_inputs import (
     checkpoint_parser,
@@ -28,6 +27,7 @@ from model.cli.method_inputs import (
     load_split,
 )
 from model.data.sampling import test_predictions
+from model.evaluation.survey import survey_gallery
 from model.report.explorer import explorer_data, read_explorer_data, write_explorer
 from model.runtime.device import seed_everything  # noqa: E402
 

@@ -9,11 +9,12 @@ Folders:
     training/     recipes, the training loop, test-time views and accuracy, the optimizer
     attribution/  every attribution method in one registry (occlusion and its incremental
                   form, the CAM family, gradient methods), map maths, the batching of
-                  perturbed copies, the explorer's survey of every method
+                  perturbed copies, test-time augmentation of a map
     units/        what one unit of a layer responds to: the DeconvNet mirror, the top dataset
                   images per channel, gradient ascent (class models and channel images)
-    evaluation/   how far to trust a map: deletion/insertion, randomization, agreement, the
-                  ground-truth metrics (pointing game), the cost of each method
+    evaluation/   how far to trust a map: deletion/insertion, ROAD, Average Drop, randomization,
+                  agreement, the ground-truth metrics (pointing game), the cost of each
+                  method, the explorer's survey of every method's maps
     figures/      drawing: matplotlib set up quietly, heatmaps, overlays, mosaics, curves
     report/       the report page and the explorer page: they read results, never compute them
     runtime/      device, precision and memory, seeding, atomic files, several processes

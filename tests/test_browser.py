@@ -58,14 +58,10 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def report(trained_shapes_checkpoint, tmp_path_factory):
-    """A small report of the simple net: two sections and an explorer of 4 images."""
-    out = tmp_path_factory.mktemp("report")
-    code = visualize_all.main(["--checkpoint", str(trained_shapes_checkpoint), "--methods",
-                               "occlusion", "evaluation", "--num-images", "8",
-                               "--explorer-images", "4", "--out", str(out)])
-    assert code == 0
-    return out
+def report(shapes_report):
+    """The full report of tests/test_report.py (conftest.py builds it once): every section and
+    an explorer of 4 images."""
+    return shapes_report
 
 
 def open_page(driver, path, fragment="", width=1400):
@@ -108,7 +104,7 @@ def test_every_contents_link_lands_on_its_section_and_opens_it(browser, report):
     open_page(browser, report / "index.html")
     links = browser.find_elements(By.CSS_SELECTOR, "nav#contents a[href^='#']")
     targets = [link.get_attribute("href").split("#")[1] for link in links]
-    assert targets == ["summary", "occlusion", "evaluation", "reproduce"]
+    assert targets == ["summary", *visualize_all.SECTION_NAMES, "reproduce"]
     bar = browser.execute_script(
         "return document.getElementById('contents').getBoundingClientRect().bottom")
     for target in targets:
@@ -239,6 +235,33 @@ def test_the_explorer_shows_the_precomputed_map_of_every_choice(browser, report)
     gray = inputs[image].astype(float) @ np.array([0.299, 0.587, 0.114])
     overlay = 0.25 * colour + 0.75 * gray[..., None]
     assert np.abs(canvas_pixels(browser, "panel1", "overlay") - overlay).max() <= 1
+    assert console_errors(browser) == []
+
+
+def test_the_explorer_shows_the_counterfactual_map_the_confidence_and_the_scores(browser,
+                                                                                 report):
+    """Beside Grad-CAM its counterfactual map (not a method of its own in the menu), under it
+    p(target) on the image and on map x image, and the method's row of the evaluation."""
+    data, inputs, maps = explorer_arrays(report)
+    layer = next(c["layer"] for c in data["combos"] if c["method"] == "gradcam")
+    open_page(browser, report / "explorer.html",
+              f"#image=1&method=gradcam&target=2&layer={layer}&opacity=0.6")
+    methods = [option.get_attribute("value") for option in
+               Select(browser.find_element(By.ID, "method")).options]
+    assert "gradcam" in methods and not any(":" in method for method in methods)
+    colour = expected_map(data, maps, "gradcam:counterfactual", layer, 1, 2).astype(float)
+    gray = inputs[1].astype(float) @ np.array([0.299, 0.587, 0.114])
+    overlay = 0.6 * colour + 0.4 * gray[..., None]
+    assert np.abs(canvas_pixels(browser, "panel1", "counterfactual") - overlay).max() <= 1
+    combo = next(c for c in data["combos"] if (c["method"], c["layer"]) == ("gradcam", layer))
+    image = data["images"][1]
+    line = browser.find_element(By.CSS_SELECTOR, "#panel1 p.confidence").text
+    assert f"{image['probabilities'][image['targets'][2]]:.3f} on the image" in line
+    assert f"{combo['explained'][1][2]:.3f} on the image times this map" in line
+    table = browser.find_element(By.CSS_SELECTOR, "#panel1 table.scores").text
+    assert f"{data['scores']['gradcam']['deletion_auc']:.3f}" in table and "ROAD" in table
+    choose(browser, "method", "saliency")  # no counterfactual map
+    assert not browser.find_elements(By.CSS_SELECTOR, "#panel1 canvas.counterfactual")
     assert console_errors(browser) == []
 
 

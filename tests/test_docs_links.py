@@ -116,7 +116,11 @@ def test_every_docs_page_is_linked_from_the_readme():
 
 
 def test_the_readme_keeps_the_ci_test_command():
-    assert "python -m pytest -q tests" in README.read_text(encoding="utf-8")
+    """The command .ci/run runs is the README's, word for word."""
+    command = "python -m pytest -q -n 2 tests"
+    assert command in README.read_text(encoding="utf-8")
+    assert command.replace("python", '"$venv/bin/python"', 1) in (
+        ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
 def test_slugs_follow_github():

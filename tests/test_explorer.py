@@ -1,20 +1,22 @@
-"""The explorer's precomputed data (``model.attribution.survey``), without a browser
+"""The explorer's precomputed data (``model.evaluation.survey``), without a browser
 (tests/test_browser.py opens the page)."""
 import base64
 
 import numpy as np
+import pytest
 import torch
 
 from model.attribution import METHODS
 from model.attribution.maps import MAX_SIDE, normalize_maps, shrink
-from model.attribution.survey import (
+from model.data.datasets import load_dataset
+from model.evaluation.faithfulness import explanation_map_probabilities
+from model.evaluation.survey import (
     GallerySurvey,
     explorer_layers,
     explorer_maps,
     explorer_targets,
     signed_bytes,
 )
-from model.data.datasets import load_dataset
 from model.nets.architectures import build_model
 from model.nets.layers import conv_layer_names
 from model.report.explorer import explorer_data, read_explorer_data, write_explorer
@@ -60,22 +62,32 @@ def test_each_stored_map_is_the_methods_own_map_for_that_image_and_target(tmp_pa
     targets = explorer_targets(test_set.labels[:3], probabilities)
     layers = conv_layer_names(model)
     maps = explorer_maps(model, inputs, targets, layers, info)
-    combos = [(name, layer) for name, layer, _ in maps]
+    combos = [(name, layer) for name, layer, _, _ in maps]
     for name, method in METHODS.items():  # every method, the layer-taking ones at 3 layers
         expected = len(explorer_layers(layers)) if "layer" in method.needs else 1
         if "gap-linear" in method.needs:  # plain CAM needs a GAP head, which simple lacks
             expected = 0
         assert sum(combo[0] == name for combo in combos) == expected, name
-    for name, layer in (("gradcam", layers[0]), ("saliency", None),
-                        ("integrated-gradients", None)):
-        stored = next(m for n, l, m in maps if (n, l) == (name, layer))
+        counterfactuals = expected if "counterfactual" in method.defaults else 0
+        assert sum(combo[0] == f"{name}:counterfactual" for combo in combos) \
+            == counterfactuals, name
+    for name, layer, options in (("gradcam", layers[0], {}), ("saliency", None, {}),
+                                 ("integrated-gradients", None, {}),
+                                 ("layercam", layers[1], {"counterfactual": True})):
+        shown = name + (":counterfactual" if options else "")
+        stored, explained = next((stored, explained) for combo, at, stored, explained in maps
+                                 if (combo, at) == (shown, layer))
         image, slot = 2, 1
         alone = METHODS[name](model, inputs[image:image + 1], targets[image, slot:slot + 1],
-                              layer=layer, info=info).detach()
+                              layer=layer, info=info, **options).detach()
         reference = (signed_bytes(alone) if METHODS[name].signed
                      else (normalize_maps(alone) * 255).round().to(torch.uint8))[0]
         # batch size changes the float sums in the last bits: at most one level of 255
         assert (stored[image, slot].int() - reference.int()).abs().max() <= 1, name
+        # p(target) on the explanation image, against the evaluation's Average Drop route
+        _, on_map = explanation_map_probabilities(model, inputs[image:image + 1],
+                                                  targets[image, slot:slot + 1], alone, info)
+        assert float(explained[image, slot]) == pytest.approx(float(on_map), abs=1e-5), name
 
     survey = GallerySurvey(test_set.images[:3], test_set.labels[:3], probabilities, targets,
                            maps, ["a", "b", "c"])
@@ -88,3 +100,6 @@ def test_each_stored_map_is_the_methods_own_map_for_that_image_and_target(tmp_pa
     first = block.reshape(len(maps), 3, targets.shape[1], 32, 32)[0]
     assert np.array_equal(first, maps[0][2].numpy())
     assert written["images"][1]["targets"] == targets[1].tolist()
+    assert written["combos"][0]["explained"][2] == pytest.approx(maps[0][3][2].tolist(),
+                                                                 abs=1e-4)
+    assert written["methods"]["gradcam:counterfactual"]["variant"] == "counterfactual"

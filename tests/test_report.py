@@ -26,14 +26,10 @@ EVALUATED = {name for name, method in METHODS.items() if method.evaluated}
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    """A full report on a vgg trained by visualize_all itself for one epoch on 512 images."""
-    folder = tmp_path_factory.mktemp("report")
-    code = visualize_all.main(["--dataset", "shapes", "--checkpoint", str(folder / "tiny.pt"),
-                               "--retrain", "--epochs", "1", "--max-train-images", "512",
-                               "--num-images", "6", "--out", str(folder / "report")])
-    assert code == 0
-    return folder / "report"
+def report(shapes_report):
+    """A full report on a vgg trained by visualize_all itself for one epoch on 512 images
+    (conftest.py: shared with tests/test_browser.py)."""
+    return shapes_report
 
 
 def test_every_section_is_on_the_page_and_every_image_exists(report):
@@ -76,6 +72,26 @@ def test_methods_selects_sections(report, tmp_path):
     assert "explorer.html" not in page and not (tmp_path / "explorer_data.js").exists()
     assert set(json.loads((tmp_path / "summary.json").read_text())["seconds"]) == {
         "occlusion", "cam"}
+
+
+def test_smoothing_reaches_the_cam_section_the_evaluation_and_the_explorer(report, tmp_path):
+    """--aug-smooth and --eigen-smooth of the report go to every CAM method: the CAM section's
+    command, the evaluation's rows (gradcam:aug-smooth:eigen-smooth; saliency as it is)."""
+    checkpoint = str(report.parent / "tiny.pt")
+    code = visualize_all.main(["--checkpoint", checkpoint, "--methods", "cam", "evaluation",
+                               "--num-images", "2", "--no-explorer", "--aug-smooth",
+                               "--eigen-smooth", "--out", str(tmp_path)])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    commands = " ".join(command for section in summary["sections"]
+                        for command in section["commands"])
+    assert commands.count("--aug-smooth --eigen-smooth") == 2
+    scores = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())["scores"]
+    assert "gradcam:aug-smooth:eigen-smooth" in scores and "saliency" in scores
+    assert "gradcam" not in scores
+    assert ea.with_smoothing(["gradcam", "saliency", "gradcam:aug-smooth"],
+                             ["aug-smooth", "eigen-smooth"]) == [
+        "gradcam:aug-smooth:eigen-smooth", "saliency"]  # one row each
 
 
 def test_evaluate_on_a_toy_net_counts_passes_and_flags_model_independent_maps():
@@ -143,18 +159,19 @@ def test_evaluation_is_reproducible_on_the_cpu():
 def test_a_failing_section_is_marked_and_the_others_are_still_written(report, tmp_path,
                                                                        monkeypatch, capsys):
     def broken(argv, written=None):
-        print("error: the occlusion went wrong", file=sys.stderr)
+        print("error: the cam went wrong", file=sys.stderr)
         return 2
 
-    monkeypatch.setattr(visualize_all.occlusion_sensitivity, "main", broken)
+    # The CAM section fails; the other one, occlusion (the cheapest), is still written.
+    monkeypatch.setattr(visualize_all.class_activation_maps, "main", broken)
     code = visualize_all.main(["--checkpoint", str(report.parent / "tiny.pt"), "--methods",
-                               "occlusion", "cam", "--no-explorer", "--out", str(tmp_path)])
+                               "cam", "occlusion", "--no-explorer", "--out", str(tmp_path)])
     assert code == 2
     last = [line for line in capsys.readouterr().err.splitlines() if line.strip()][-1]
     assert last.startswith("error: some sections failed")
     page = (tmp_path / "index.html").read_text()
-    assert "This part failed: the occlusion went wrong" in page
-    assert list((tmp_path / "cam").glob("*.png"))
+    assert "This part failed: the cam went wrong" in page
+    assert list((tmp_path / "occlusion").glob("*.png"))
 
 
 def test_a_failed_training_is_one_line_after_the_progress_bar(tmp_path, monkeypatch, capsys):

@@ -78,6 +78,36 @@ def test_cam_saves_one_array_per_method_and_the_first_as_maps(trained_shapes_che
         assert_equal_maps(saved[f"maps_{method}"], direct)
 
 
+def test_cam_saves_smoothed_and_counterfactual_maps_as_the_registry_gives_them(
+        trained_shapes_checkpoint, shapes_test_split, tmp_path, capsys):
+    saved = saved_maps(class_activation_maps, trained_shapes_checkpoint, tmp_path,
+                       "--method", "gradcam", "scorecam", "--gallery", "0", "--aug-smooth",
+                       "--eigen-smooth", "--counterfactual")
+    assert "no counterfactual map for scorecam" in capsys.readouterr().err
+    model, info, inputs = the_same_images(trained_shapes_checkpoint, shapes_test_split)
+    with torch.no_grad():
+        predictions = model(inputs).argmax(1)
+    assert bool(saved["aug_smooth"]) and bool(saved["eigen_smooth"])
+    assert "maps_scorecam:counterfactual" not in saved
+    smoothing = dict(layer="conv2", aug_smooth=True, eigen_smooth=True)
+    for column, options in (("gradcam", {}), ("scorecam", {}),
+                            ("gradcam:counterfactual", {"counterfactual": True})):
+        method = column.split(":")[0]
+        direct = METHODS[method](model, inputs, predictions, **smoothing, **options)
+        assert_equal_maps(saved[f"maps_{column}"], direct)
+    assert not np.allclose(saved["maps_gradcam"], saved["maps_gradcam:counterfactual"])
+
+
+def test_counterfactual_of_no_gradient_method_exits_2_with_one_line(trained_shapes_checkpoint,
+                                                                    tmp_path, capsys):
+    code = class_activation_maps.main(["--checkpoint", str(trained_shapes_checkpoint),
+                                       "--method", "scorecam", "eigencam", "--counterfactual",
+                                       "--gallery", "0", "--out", str(tmp_path)])
+    assert code == 2
+    lines = stderr_lines(capsys.readouterr())
+    assert len(lines) == 1 and "applies to the gradient CAM methods" in lines[0]
+
+
 def test_deconvnet_saves_the_rules_class_map_and_the_projections(trained_shapes_checkpoint,
                                                                   shapes_test_split, tmp_path):
     saved = saved_maps(deconvnet, trained_shapes_checkpoint, tmp_path, "--layer", "conv2",

@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model.attribution import BASELINE, METHODS, survey
+from model.attribution import BASELINE, METHODS
 from model.attribution.occlusion import compute_occlusion
 from model.data.datasets import DATASET_INFO
+from model.evaluation import survey
 from model.nets.architectures import build_model
 from model.nets.layers import conv_layer_names
 
@@ -149,9 +150,10 @@ def test_the_explorer_stores_the_bytes_of_one_call_per_target(monkeypatch):
                                             for name, method in chosen.items()})
     repeated = survey.explorer_maps(model, inputs, targets, conv_layer_names(model), INFO,
                                     batch_size=7)
-    assert [(name, layer) for name, layer, _ in shared] \
-        == [(name, layer) for name, layer, _ in repeated]
-    assert len(shared) == 3 * len(chosen) - 4  # cam at conv4 alone, occlusion at no layer
-    for (name, layer, maps), (_, _, expected) in zip(shared, repeated):
+    assert [(name, layer) for name, layer, _, _ in shared] \
+        == [(name, layer) for name, layer, _, _ in repeated]
+    # cam at conv4 alone, occlusion at no layer, gradcam's counterfactual at each layer
+    assert len(shared) == 3 * len(chosen) - 4 + 3
+    for (name, layer, maps, _), (_, _, expected, _) in zip(shared, repeated):
         assert maps.shape == (2, 4, 16, 16)
         assert torch.equal(maps, expected), (name, layer)

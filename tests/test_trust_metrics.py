@@ -15,6 +15,7 @@ from model.evaluation.faithfulness import (
     increase_in_confidence,
     pixel_order,
 )
+from model.evaluation.ground_truth import mass_inside, pointing_hits
 from model.nets.architectures import build_model
 
 # The authors' neighbour weights (road_evaluation, imputations.py), written out again here.
@@ -302,3 +303,26 @@ def test_the_evaluation_scores_and_counts_the_new_metrics():
     assert costs["deletion_insertion"]["forward_passes_per_image"] == 2 * (4 + 1)
     assert costs["road"]["forward_passes_per_image"] == 2 * len(road.ROAD_PERCENTAGES)
     assert costs["average_drop"]["forward_passes_per_image"] == 2
+
+
+def test_the_pointing_game_explains_the_true_class():
+    """Zhang et al. 2016 point with the ground-truth category's map: a misclassified image is
+    explained once more, for its label; the other metrics keep the predicted class's map."""
+    torch.manual_seed(1)
+    model = build_model("vgg", 3, 6, 16).eval()
+    inputs = torch.randn(6, 3, 16, 16)
+    predicted, labels = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([0, 1, 5, 4, 3, 2])
+    masks = torch.zeros(6, 16, 16, dtype=torch.bool)
+    masks[:, 2:7, 9:14] = True
+    settings = ea.Settings(DATASET_INFO["shapes"], "conv3", batch_size=4)
+    result = ea.score_methods(model, inputs, predicted, ["gradcam"], settings, masks=masks,
+                              steps=2, sanity_images=1, labels=labels)
+    truth = ea.attribution_maps("gradcam", model, inputs, labels, settings)
+    decision = ea.attribution_maps("gradcam", model, inputs, predicted, settings)
+    assert result.scores["gradcam"]["mass_inside"] == pytest.approx(
+        float(mass_inside(truth, masks).mean()), abs=1e-6)
+    hits = pointing_hits(truth, masks).float().mean()
+    assert result.scores["gradcam"]["pointing"] == float(hits)
+    assert float(mass_inside(decision, masks).mean()) != pytest.approx(
+        result.scores["gradcam"]["mass_inside"], abs=1e-4)  # the test can tell
+    assert torch.allclose(result.maps["gradcam"], decision, atol=1e-6)  # the decision's maps

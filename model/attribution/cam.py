@@ -26,6 +26,13 @@ the input (bilinear, or ``--upsample nearest`` for the raw cells) and min-max no
 [0, 1]; a constant map becomes zeros. ``--smooth N`` averages a gradient method over N noisy
 copies of each image (SmoothGrad, Smilkov et al. 2017, Eq. 3, noise sigma 15% of the input range).
 
+Options of every method here (registry defaults, off): ``aug_smooth``, the mean map over
+flipped and rescaled copies of the image (``model.attribution.test_time``); ``eigen_smooth``,
+the per-channel terms (w_k A_k; g_k A_k for HiResCAM) projected on their first principal
+component instead of summed (:func:`combine_terms`). The gradient methods also take
+``counterfactual``: the gradients of -y^c instead of y^c (Selvaraju et al. 2017, sec. 3,
+"Counterfactual Explanations"), the regions whose removal would raise the class score.
+
 The layer is reached by forward hooks (``model.nets.layers``), so any ``nn.Module`` works; a conv
 name of the project's nets stands for its conv-BatchNorm-ReLU block. Ablation-CAM runs its
 edited maps through the layers after the layer alone (``model.nets.graph_split``), or, for a
@@ -43,6 +50,7 @@ from model.attribution.batching import variant_batch
 from model.attribution.gradients import ONE_BACKWARD, input_gradient
 from model.attribution.maps import normalize_maps, resize_maps
 from model.attribution.registry import register
+from model.attribution.test_time import test_time_augmented
 from model.errors import UserError
 from model.nets.graph_split import NotSplittable, split_after
 from model.nets.layers import as_feature_maps, block_end, recorded_output, replaced_output
@@ -58,14 +66,21 @@ GRADIENT_METHODS = set()  # the methods that need dy^c/dA (one backward pass)
 # ``CamContext.targets`` (N, T) and returns (N, T, h, w); the others get (N,) and return (N, h, w).
 SHARED_PASSES = set()
 
-OPTIONS = {"upsample": "bilinear", "smooth": 0, "noise": 0.15, "batch_size": 256}
+# Every CAM method's options (the registry's defaults); the gradient ones also take
+# ``counterfactual`` (:data:`GRADIENT_OPTIONS`).
+OPTIONS = {"upsample": "bilinear", "smooth": 0, "noise": 0.15, "batch_size": 256,
+           "aug_smooth": False, "eigen_smooth": False}
+GRADIENT_OPTIONS = {"counterfactual": False}
 
 
-def activations_and_gradients(model, layer, inputs, targets, need_gradients=True):
+def activations_and_gradients(model, layer, inputs, targets, need_gradients=True,
+                              counterfactual=False):
     """A = the layer's maps (N, K, h, w), dy^c/dA (N, K, h, w) or None, and the logits.
 
     One forward pass with a hook on ``layer``; without ``need_gradients`` (CAM, Score-CAM,
-    Ablation-CAM, Eigen-CAM) nothing is backpropagated.
+    Ablation-CAM, Eigen-CAM) nothing is backpropagated. With ``counterfactual`` the gradients
+    are those of -y^c (Selvaraju et al. 2017, sec. 3, "Counterfactual Explanations"): what
+    speaks against the class.
     """
     if need_gradients:  # a graph down to the layer even where the weights need no gradient
         inputs = inputs.detach().requires_grad_(True)
@@ -75,16 +90,56 @@ def activations_and_gradients(model, layer, inputs, targets, need_gradients=True
         if not need_gradients:
             return activations, None, logits
         score = logits.gather(1, targets[:, None]).sum()  # images are independent: sum is fine
+        if counterfactual:
+            score = -score
         gradients = torch.autograd.grad(score, activations)[0]
     return activations.detach(), gradients, logits.detach()
 
 
-def weighted_sum(weights, activations):
-    """ReLU(sum_k w_k A_k): (N, K) weights, (N, K, h, w) activations -> (N, h, w); or (N, T, K)
-    weights, one row per target, -> (N, T, h, w)."""
+def weighted_terms(weights, activations):
+    """w_k A_k, channel by channel: (N, K) weights, (N, K, h, w) activations -> (N, K, h, w);
+    or (N, T, K) weights, one row per target, -> (N, T, K, h, w)."""
     if weights.dim() == 3:
-        return F.relu((weights[..., None, None] * activations[:, None]).sum(2))
-    return F.relu((weights[:, :, None, None] * activations).sum(1))
+        return weights[..., None, None] * activations[:, None]
+    return weights[:, :, None, None] * activations
+
+
+def weighted_sum(weights, activations):
+    """ReLU(sum_k w_k A_k): (N, K) weights -> (N, h, w); (N, T, K) weights -> (N, T, h, w)."""
+    return combine_terms(weighted_terms(weights, activations))
+
+
+def combine_terms(terms, eigen_smooth=False):
+    """A map from its per-channel terms T_k (..., K, h, w), such as w_k A_k: ReLU(sum_k T_k),
+    or with ``eigen_smooth`` ReLU of the terms' projection on their first principal
+    component (as pytorch-grad-cam's ``eigen_smooth`` does with the weighted activations;
+    it keeps the dominant pattern of the terms and drops what varies apart from it).
+    Returns (...,  h, w)."""
+    if not eigen_smooth:
+        return F.relu(terms.sum(-3))
+    leading, (channels, height, width) = terms.shape[:-3], terms.shape[-3:]
+    flat = terms.reshape(-1, channels, height, width)
+    projection = principal_projection(flat, reference=flat.sum(1))
+    return F.relu(projection).view(*leading, height, width)
+
+
+def principal_projection(vectors, reference):
+    """Each position's vector (B, K, h, w) projected on the first principal component of the
+    image's h * w vectors, centred: (B, h, w).
+
+    The sign of a principal component is arbitrary; it is chosen so that the projection
+    correlates positively with ``reference`` (B, h, w) (the channel sum: where the features,
+    or the weighted terms, add up).
+    """
+    count, channels, height, width = vectors.shape
+    rows = vectors.flatten(2).transpose(1, 2)  # (B, hw, K)
+    centered = rows - rows.mean(1, keepdim=True)
+    _, _, right = torch.linalg.svd(centered, full_matrices=False)  # right: (B, K', K)
+    projection = (centered @ right[:, 0, :, None])[..., 0]  # (B, hw)
+    total = reference.flatten(1)
+    sign = torch.sign((projection * (total - total.mean(1, keepdim=True))).sum(1))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return (projection * sign[:, None]).view(count, height, width)
 
 
 def gradcam_plus_plus_weights(activations, gradients):
@@ -96,20 +151,10 @@ def gradcam_plus_plus_weights(activations, gradients):
 
 
 def eigen_map(activations):
-    """Projection of each position's activation vector on the first principal component.
-
-    The sign of a principal component is arbitrary; it is chosen so that the map correlates
-    positively with the channel-summed activation, which is where the features fire.
-    """
-    count, channels, height, width = activations.shape
-    vectors = activations.flatten(2).transpose(1, 2)  # (N, hw, K)
-    centered = vectors - vectors.mean(1, keepdim=True)
-    _, _, right = torch.linalg.svd(centered, full_matrices=False)  # right: (N, K, K)
-    projection = (centered @ right[:, 0, :, None])[..., 0]  # (N, hw)
-    total = vectors.sum(2)
-    sign = torch.sign(((projection * (total - total.mean(1, keepdim=True))).sum(1)))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return F.relu(projection * sign[:, None]).view(count, height, width)
+    """Eigen-CAM: ReLU of each position's activation vector (N, K, h, w) projected on the
+    first principal component, signed to correlate with the channel-summed activation
+    (:func:`principal_projection`)."""
+    return F.relu(principal_projection(activations, activations.sum(1)))
 
 
 @torch.no_grad()
@@ -232,21 +277,34 @@ class CamContext:
     logits: torch.Tensor  # (N, classes)
     batch_size: int
     max_channels: int
+    eigen_smooth: bool = False
+    counterfactual: bool = False  # the gradients are those of -y^c
+
+    def combine(self, terms):
+        """The map from its per-channel terms (:func:`combine_terms`)."""
+        return combine_terms(terms, self.eigen_smooth)
 
 
-def layer_map(method, model, inputs, targets, layer, batch_size=256, max_channels=16):
+def layer_map(method, model, inputs, targets, layer, batch_size=256, max_channels=16,
+              eigen_smooth=False, counterfactual=False):
     """One method's map before upsampling: (N, h, w) at the layer's resolution for targets
-    (N,); (N, T, h, w) for targets (N, T), which only the methods in ``SHARED_PASSES`` take."""
+    (N,); (N, T, h, w) for targets (N, T), which only the methods in ``SHARED_PASSES`` take.
+    ``eigen_smooth`` and ``counterfactual``: see :func:`class_activation_map`."""
     if method not in METHOD_MAPS:
         raise UserError(f"unknown method '{method}'; choose from {', '.join(METHOD_MAPS)}")
     several = targets.dim() == 2
     assert method in SHARED_PASSES or not several, f"{method} takes one target per image"
+    if counterfactual and method not in GRADIENT_METHODS:
+        raise UserError(f"counterfactual maps negate the gradients dy^c/dA: they apply to "
+                        f"{', '.join(sorted(GRADIENT_METHODS))}, not {method}")
     activations, gradients, logits = activations_and_gradients(
-        model, layer, inputs, targets, need_gradients=method in GRADIENT_METHODS)
+        model, layer, inputs, targets, need_gradients=method in GRADIENT_METHODS,
+        counterfactual=counterfactual)
     if method in SHARED_PASSES and not several:
         targets = targets[:, None]  # (N, 1): these map functions take (N, T)
     maps = METHOD_MAPS[method](CamContext(model, layer, inputs, targets, activations, gradients,
-                                          logits, batch_size, max_channels))
+                                          logits, batch_size, max_channels, eigen_smooth,
+                                          counterfactual))
     return maps[:, 0] if method in SHARED_PASSES and not several else maps
 
 
@@ -288,8 +346,9 @@ def cam_weights(model, activations, logits, targets):
     return final_linear(model).weight[targets].detach()  # no autograd history
 
 
-def class_activation_map(model, inputs, targets, *, layer, method, batch_size, smooth, noise, upsample,
-            max_channels=16, generator=None):
+def class_activation_map(model, inputs, targets, *, layer, method, batch_size, smooth, noise,
+                         upsample, aug_smooth=False, eigen_smooth=False, counterfactual=False,
+                         max_channels=16, generator=None):
     """One CAM-family method's maps at input resolution, not normalized: (N, H, W), or
     (N, T, H, W) for targets (N, T) (the methods in ``SHARED_PASSES`` alone).
 
@@ -302,9 +361,24 @@ def class_activation_map(model, inputs, targets, *, layer, method, batch_size, s
             Smilkov et al. 2017, Eq. 3).
         noise: SmoothGrad's sigma as a fraction of each image's value range.
         upsample: ``bilinear`` or ``nearest``.
+        aug_smooth: the mean map over flipped and rescaled copies, each brought back
+            (``model.attribution.test_time``).
+        eigen_smooth: the per-channel terms (w_k A_k) projected on their first principal
+            component instead of summed (:func:`combine_terms`).
+        counterfactual: the gradient methods with the gradients of -y^c (Selvaraju et al.
+            2017, sec. 3): the regions whose removal would raise the class score.
         max_channels: channels scored by faster-scorecam.
         generator: for the SmoothGrad noise.
     """
+    if aug_smooth:
+        def one_view(images, view_targets):
+            return class_activation_map(
+                model, images, view_targets, layer=layer, method=method,
+                batch_size=batch_size, smooth=smooth, noise=noise, upsample=upsample,
+                eigen_smooth=eigen_smooth, counterfactual=counterfactual,
+                max_channels=max_channels, generator=generator)
+        return test_time_augmented(one_view, inputs, targets)
+    options = dict(eigen_smooth=eigen_smooth, counterfactual=counterfactual)
     if smooth and method in GRADIENT_METHODS:
         count = len(inputs)
         span = (inputs.flatten(1).amax(1) - inputs.flatten(1).amin(1))[:, None, None, None]
@@ -312,10 +386,11 @@ def class_activation_map(model, inputs, targets, *, layer, method, batch_size, s
         sigma = noise * span.repeat_interleave(smooth, 0)
         draws = torch.randn(copies.shape, generator=generator).to(inputs.device)
         maps = layer_map(method, model, copies + sigma * draws, targets.repeat_interleave(
-            smooth, 0), layer, batch_size, max_channels)
+            smooth, 0), layer, batch_size, max_channels, **options)
         maps = maps.view(count, smooth, *maps.shape[1:]).mean(1)
     else:
-        maps = layer_map(method, model, inputs, targets, layer, batch_size, max_channels)
+        maps = layer_map(method, model, inputs, targets, layer, batch_size, max_channels,
+                         **options)
     if maps.shape[-1] != inputs.shape[-1]:
         leading = maps.shape[:-2]  # (N,) or (N, T)
         maps = resize_maps(maps.flatten(0, -3), inputs.shape[-1], upsample).unflatten(0, leading)
@@ -338,7 +413,8 @@ def cam_method(name, *, paper, equation, cost, gradients=False, shares_passes=Fa
             SHARED_PASSES.add(name)
         register(name, paper=paper, equation=equation, family="cam", cost=cost,
                  display="ReLU'd class evidence, upsampled to the input",
-                 defaults={**OPTIONS, **(defaults or {})},
+                 defaults={**OPTIONS, **(GRADIENT_OPTIONS if gradients else {}),
+                           **(defaults or {})},
                  needs={"layer", *(["gradients"] if gradients else []), *needs},
                  evaluated=evaluated, shares_passes=shares_passes,
                  function=functools.partial(class_activation_map, method=name))
@@ -349,23 +425,23 @@ def cam_method(name, *, paper, equation, cost, gradients=False, shares_passes=Fa
 @cam_method("cam", paper="Zhou et al. 2016", equation="Eq. 2: w_k = W[c, k]",
             cost="1 forward", shares_passes=True, needs={"gap-linear"}, evaluated=True)
 def _cam(ctx):
-    return weighted_sum(cam_weights(ctx.model, ctx.activations, ctx.logits, ctx.targets),
-                        ctx.activations)
+    return ctx.combine(weighted_terms(
+        cam_weights(ctx.model, ctx.activations, ctx.logits, ctx.targets), ctx.activations))
 
 
 @cam_method("gradcam", paper="Selvaraju et al. 2017",
             equation="Eq. 1-2: w_k = mean_ij dy^c/dA_kij", cost=ONE_BACKWARD, gradients=True,
             evaluated=True)
 def _gradcam(ctx):
-    return weighted_sum(ctx.gradients.mean((2, 3)), ctx.activations)
+    return ctx.combine(weighted_terms(ctx.gradients.mean((2, 3)), ctx.activations))
 
 
 @cam_method("gradcam++", paper="Chattopadhay et al. 2018",
             equation="Eq. 19: w_k = sum_ij a_kij ReLU(g_kij)", cost=ONE_BACKWARD,
             gradients=True, evaluated=True)
 def _gradcam_plus_plus(ctx):
-    return weighted_sum(gradcam_plus_plus_weights(ctx.activations, ctx.gradients),
-                        ctx.activations)
+    return ctx.combine(weighted_terms(gradcam_plus_plus_weights(ctx.activations, ctx.gradients),
+                                      ctx.activations))
 
 
 @cam_method("xgradcam", paper="Fu et al. 2020",
@@ -373,26 +449,26 @@ def _gradcam_plus_plus(ctx):
             gradients=True)
 def _xgradcam(ctx):
     shares = ctx.activations / (ctx.activations.sum((2, 3), keepdim=True) + EPSILON)
-    return weighted_sum((shares * ctx.gradients).sum((2, 3)), ctx.activations)
+    return ctx.combine(weighted_terms((shares * ctx.gradients).sum((2, 3)), ctx.activations))
 
 
 @cam_method("hirescam", paper="Draelos & Carin 2020", equation="M = ReLU(sum_k g_k * A_k)",
             cost=ONE_BACKWARD, gradients=True)
 def _hirescam(ctx):
-    return F.relu((ctx.gradients * ctx.activations).sum(1))
+    return ctx.combine(ctx.gradients * ctx.activations)
 
 
 @cam_method("layercam", paper="Jiang et al. 2021", equation="Eq. 5: M = ReLU(sum_k ReLU(g_k) A_k)",
             cost=ONE_BACKWARD, gradients=True, evaluated=True)
 def _layercam(ctx):
-    return F.relu((F.relu(ctx.gradients) * ctx.activations).sum(1))
+    return ctx.combine(F.relu(ctx.gradients) * ctx.activations)
 
 
 @cam_method("guided-gradcam", paper="Selvaraju et al. 2017",
             equation="sec. 3.1: Grad-CAM upsampled times guided backprop",
             cost="1 forward + 1 backward, twice", gradients=True)
 def _guided_gradcam(ctx):
-    guided = input_gradient(ctx.model, ctx.inputs, ctx.targets, "guided")
+    guided = input_gradient(ctx.model, ctx.inputs, ctx.targets, "guided", ctx.counterfactual)
     cam = resize_maps(_gradcam(ctx), ctx.inputs.shape[-1])  # (N, H, W)
     return (guided * cam[:, None]).abs().amax(1)  # strongest channel of the product
 
@@ -402,8 +478,8 @@ def _guided_gradcam(ctx):
                      "normalized", cost="1 + K forward (K channels)", shares_passes=True,
             evaluated=True)
 def _scorecam(ctx):
-    return weighted_sum(score_weights(ctx.model, ctx.inputs, ctx.activations, ctx.targets,
-                                      ctx.batch_size), ctx.activations)
+    return ctx.combine(weighted_terms(score_weights(
+        ctx.model, ctx.inputs, ctx.activations, ctx.targets, ctx.batch_size), ctx.activations))
 
 
 @cam_method("faster-scorecam", paper="Wang et al. 2020 (faster variant)",
@@ -412,8 +488,9 @@ def _scorecam(ctx):
 def _faster_scorecam(ctx):
     top = min(ctx.max_channels, ctx.activations.shape[1])
     channels = ctx.activations.flatten(2).var(2).topk(top, dim=1).indices
-    return weighted_sum(score_weights(ctx.model, ctx.inputs, ctx.activations, ctx.targets,
-                                      ctx.batch_size, channels), ctx.activations)
+    return ctx.combine(weighted_terms(score_weights(
+        ctx.model, ctx.inputs, ctx.activations, ctx.targets, ctx.batch_size, channels),
+        ctx.activations))
 
 
 @cam_method("ablationcam", paper="Desai & Ramaswamy 2020",
@@ -421,16 +498,17 @@ def _faster_scorecam(ctx):
             cost="1 forward + K passes through the layers after the layer (K channels)",
             shares_passes=True)
 def _ablationcam(ctx):
-    return weighted_sum(ablation_weights(ctx.model, ctx.layer, ctx.inputs, ctx.activations,
-                                         ctx.logits, ctx.targets, ctx.batch_size),
-                        ctx.activations)
+    return ctx.combine(weighted_terms(ablation_weights(
+        ctx.model, ctx.layer, ctx.inputs, ctx.activations, ctx.logits, ctx.targets,
+        ctx.batch_size), ctx.activations))
 
 
 @cam_method("eigencam", paper="Muhammad & Yeasin 2020",
             equation="A projected on its first principal component", cost="1 forward",
             shares_passes=True)
 def _eigencam(ctx):
-    # The map does not depend on the class: every target gets the same one.
+    # The map does not depend on the class: every target gets the same one. Its terms are the
+    # activations themselves, so eigen_smooth changes nothing.
     return eigen_map(ctx.activations)[:, None].repeat(1, ctx.targets.shape[1], 1, 1)
 
 

@@ -60,8 +60,9 @@ def relu_rule(model, rule):
             relu.inplace = inplace
 
 
-def input_gradient(model, inputs, targets, rule="saliency"):
-    """dy^c/dx sent back by ``rule``: (N, C, H, W) for inputs (N, C, H, W), targets (N,).
+def input_gradient(model, inputs, targets, rule="saliency", counterfactual=False):
+    """dy^c/dx sent back by ``rule``: (N, C, H, W) for inputs (N, C, H, W), targets (N,);
+    with ``counterfactual``, that of -y^c (Selvaraju et al. 2017, sec. 3).
 
     Images are independent, so the scores of the batch are summed and one backward pass
     gives every image's gradient.
@@ -69,6 +70,8 @@ def input_gradient(model, inputs, targets, rule="saliency"):
     with relu_rule(model, rule), torch.enable_grad():
         pixels = inputs.detach().requires_grad_(True)
         score = model(pixels).gather(1, targets[:, None]).sum()
+        if counterfactual:
+            score = -score
         return torch.autograd.grad(score, pixels)[0]
 
 

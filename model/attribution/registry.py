@@ -107,3 +107,35 @@ def get_method(name):
     if name not in METHODS:
         raise UserError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
     return METHODS[name]
+
+
+VARIANT_SEPARATOR = ":"  # gradcam:aug-smooth (not "+": gradcam++ has two)
+
+
+def switches(method):
+    """The on/off options of a method (those whose default is a bool), as users type them:
+    ``aug-smooth``, ``eigen-smooth``, ``counterfactual``."""
+    return [key.replace("_", "-") for key, value in method.defaults.items()
+            if isinstance(value, bool)]
+
+
+def method_variant(spec):
+    """A method with on/off options switched on, written ``name:option:...``
+    (``gradcam:aug-smooth``, ``gradcam:eigen-smooth:counterfactual``), as the evaluation
+    scores it beside the plain method.
+
+    Returns:
+        (AttributionMethod, options dict such as ``{"aug_smooth": True}``).
+    Raises:
+        UserError: an unknown method, or an option the method does not have.
+    """
+    name, *flags = spec.split(VARIANT_SEPARATOR)
+    method = get_method(name)
+    options = {}
+    for flag in flags:
+        if flag not in switches(method):
+            takes = ", ".join(switches(method)) or "none"
+            raise UserError(f"'{flag}' is not an option of {name} (in '{spec}'); its on/off "
+                            f"options: {takes}")
+        options[flag.replace("-", "_")] = True
+    return method, options

@@ -3,7 +3,9 @@ line from argparse and exit code 2, like every other user error (``model.cli.run
 import argparse
 import os
 
+from model.attribution.registry import method_variant
 from model.data.datasets import DATASETS
+from model.errors import UserError
 from model.nets.architectures import ARCHITECTURES
 
 MAX_SEED = 2**32 - 1  # NumPy's limit; torch and Python accept it too
@@ -66,6 +68,16 @@ def fraction(text):
     return value
 
 
+def method_name(text):
+    """A registered method's name, or a variant with on/off options switched on
+    (``gradcam:aug-smooth``; ``model.attribution.registry.method_variant``)."""
+    try:
+        method_variant(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def seed_int(text):
     """argparse type: an integer in 0..2**32-1, the range every random generator accepts."""
     value = _parse(int, text, "an integer")
@@ -105,4 +117,17 @@ def common_parser():
                         help="seed for every random source (default: 0)")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback instead of a one-line error")
+    return parser
+
+
+def smoothing_parser():
+    """Parent parser with the CAM family's smoothing switches (``model.attribution.cam``):
+    ``--aug-smooth`` and ``--eigen-smooth``, for the scripts that run the CAM methods."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--aug-smooth", action="store_true",
+                        help="every CAM method with test-time augmentation: the mean map over "
+                             "flipped and zoomed copies, each brought back to the image")
+    parser.add_argument("--eigen-smooth", action="store_true",
+                        help="every CAM method with the first principal component of the "
+                             "weighted activations w_k A_k instead of their sum")
     return parser

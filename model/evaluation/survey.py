@@ -14,6 +14,11 @@ stored as 8 bits per pixel: an unsigned map min-max normalized as in the evaluat
 middle of a diverging colour map (:func:`signed_bytes`). Images and maps larger than
 :data:`MAX_SIDE` are averaged down to it. All maps go into one base64 block, about 1 KB per
 map at 32 px.
+
+Beside each map: the gradient CAM methods' counterfactual maps (``gradcam:counterfactual``,
+Selvaraju et al. 2017, sec. 3), and for every map p(target) on its explanation image, the map
+times the image (O of Average Drop and Increase in Confidence, Chattopadhay et al. 2018, sec.
+4.1; one forward per map, batched).
 """
 from dataclasses import dataclass
 
@@ -23,7 +28,9 @@ from model.attribution import METHODS
 from model.attribution.cam import cam_layer_applies
 from model.attribution.maps import normalize_maps, shrink, stored_side
 from model.attribution.occlusion import survey_options
+from model.attribution.registry import VARIANT_SEPARATOR
 from model.data.sampling import sample_test_images
+from model.evaluation.faithfulness import explained_probabilities
 from model.nets.layers import conv_layer_names
 
 TARGETS = 4  # the true class and the top-3 predicted ones
@@ -64,19 +71,25 @@ def to_bytes(maps):
     return (maps.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, progress=None):
-    """Every registered method's maps of ``inputs`` for each of their targets.
+def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, progress=None,
+                  options=None):
+    """Every registered method's maps of ``inputs`` for each of their targets, and the gradient
+    CAM methods' counterfactual maps (``gradcam:counterfactual``).
 
     Args:
         model: the network in eval mode.
         inputs: (N, C, H, W) normalized images; targets: (N, T) class indices per image.
         conv_layers: the model's conv layers, in order (:func:`explorer_layers` picks three).
         progress: called with each (method, layer) before it is computed, if given.
+        options: on/off options for the methods that have them (``{"aug_smooth": True}``:
+            the CAM family), the others computed without.
     Returns:
-        list of (method name, layer or None, (N, T, H, W) uint8 maps), in registry order.
+        list of (method name or variant, layer or None, (N, T, H, W) uint8 maps, (N, T)
+        p(target) on each map's explanation image), in registry order.
     """
     count, slots = targets.shape
     targets = targets.to(inputs.device)
+    repeated = inputs.repeat_interleave(slots, 0)  # (N * T, C, H, W), image-major
     results = []
     for name, method in METHODS.items():
         layers = [None]
@@ -84,16 +97,26 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
             layers = [layer for layer in explorer_layers(conv_layers)
                       if "gap-linear" not in method.needs
                       or cam_layer_applies(model, layer, inputs[:1])]
+        switched = {key: value for key, value in (options or {}).items()
+                    if value and key in method.defaults}
+        variants = {name: switched}
+        if "counterfactual" in method.defaults:
+            variants[f"{name}{VARIANT_SEPARATOR}counterfactual"] = {**switched,
+                                                                    "counterfactual": True}
         for layer in layers:
-            if progress:
-                progress(name, layer)
-            options = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
-            maps = method(model, inputs, targets, layer=layer, info=info,
-                          batch_size=batch_size, **options).detach().float().cpu()
-            maps = maps.flatten(0, 1)  # (N * T, H, W), image-major
-            maps = shrink(maps[:, None], stored_side(maps.shape[-1]))[:, 0]
-            stored = signed_bytes(maps) if method.signed else to_bytes(normalize_maps(maps))
-            results.append((name, layer, stored.view(count, slots, *maps.shape[1:])))
+            for shown, switched_on in variants.items():
+                if progress:
+                    progress(shown, layer)
+                options = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
+                maps = method(model, inputs, targets, layer=layer, info=info,
+                              batch_size=batch_size, **options, **switched_on).detach()
+                maps = maps.flatten(0, 1)  # (N * T, H, W), image-major
+                explained = explained_probabilities(model, repeated, targets.flatten(),
+                                                    maps, info, batch_size)
+                maps = shrink(maps.float().cpu()[:, None], stored_side(maps.shape[-1]))[:, 0]
+                stored = signed_bytes(maps) if method.signed else to_bytes(normalize_maps(maps))
+                results.append((shown, layer, stored.view(count, slots, *maps.shape[1:]),
+                                explained.float().cpu().view(count, slots)))
     return results
 
 
@@ -116,7 +139,7 @@ class GallerySurvey:
 
 
 def survey_gallery(model, info, test_set, predictions, device, *, count=None, seed=0,
-                   progress=None):
+                   progress=None, options=None):
     """Every method's maps of ``count`` seeded test images (right and wrong decisions, as the
     report's gallery; default 16, 4 above 64 px, where Score-CAM's and Ablation-CAM's passes
     per map grow with the channels), for each image's :func:`explorer_targets`.
@@ -125,6 +148,7 @@ def survey_gallery(model, info, test_set, predictions, device, *, count=None, se
         predictions: the model's predictions on ``test_set``
             (``model.data.sampling.test_predictions``).
         progress: called with each (method, layer) before it is computed, if given.
+        options: on/off options of the CAM methods (:func:`explorer_maps`).
     Returns:
         a :class:`GallerySurvey`.
     """
@@ -138,6 +162,6 @@ def survey_gallery(model, info, test_set, predictions, device, *, count=None, se
     labels = test_set.labels[indices]
     targets = explorer_targets(labels, probabilities)
     maps = explorer_maps(model, inputs, targets, conv_layer_names(model), info,
-                         progress=progress)
+                         progress=progress, options=options)
     return GallerySurvey(images, labels, probabilities, targets, maps,
                          [f"test_{index}" for index in indices.tolist()])
