@@ -46,6 +46,7 @@ from model.cli.method_inputs import (
 )
 from model.cli.running import run
 from model.data.datasets import PHOTO_DATASETS
+from model.data.folders import class_mapping, folder_classes
 from model.errors import UserError
 from model.figures.heatmaps import show_image
 from model.figures.plotting import Figure, write_figure
@@ -124,7 +125,9 @@ def get_args_parser():
     parser = ArgumentParser(description=__doc__.split("\n")[0],
                             parents=[checkpoint_parser("gradient_ascent")])
     parser.add_argument("--classes", nargs="+", default=None,
-                        help="classes to visualize, names, indices or ranges (default: all)")
+                        help="classes to visualize, names, indices or ranges (default: all; "
+                             "of a model with more than 10, the classes of --data-dir's "
+                             "folders, or 10 spread over the indices)")
     parser.add_argument("--layer", default=None,
                         help="maximize channels of this conv layer instead of classes")
     parser.add_argument("--filters", nargs="+", default=None,
@@ -172,12 +175,29 @@ def get_args_parser():
     return parser
 
 
-def default_classes(count):
-    """Every class of a small dataset; of more than ``MAX_DEFAULT_CLASSES`` (ImageNet's 1000),
-    that many spread evenly over the class indices."""
+def default_classes(count, folder_indices=None):
+    """Every class of a small dataset. Of more than ``MAX_DEFAULT_CLASSES`` (ImageNet's 1000):
+    the classes of the user's folders (``folder_indices``, the model's indices of
+    ``--data-dir``'s class folders: ImageNet weights on Imagenette draw tench, church, ...,
+    not classes 0, 100, 200), up to that many; without folders, that many spread evenly over
+    the class indices."""
     if count <= MAX_DEFAULT_CLASSES:
         return list(range(count))
+    if folder_indices:
+        return list(folder_indices)[:MAX_DEFAULT_CLASSES]
     return torch.linspace(0, count - 1, MAX_DEFAULT_CLASSES).round().long().tolist()
+
+
+def folder_class_indices(args, info):
+    """The model's indices of the classes in ``--data-dir``'s class folders, for
+    ``--dataset imagefolder``; None without readable folders or a match by name."""
+    if info.name != "imagefolder":
+        return None
+    try:
+        names = folder_classes(args.data_dir)
+        return class_mapping(names, info.classes, args.data_dir)
+    except (UserError, OSError):
+        return None
 
 
 def class_probabilities(model, info, images, classes, device):
@@ -195,7 +215,8 @@ def visualize_classes(args, model, info, rules, options, device):
     """
     out = Path(args.out)
     classes = torch.tensor(parse_classes(args.classes, info.classes) if args.classes
-                           else default_classes(len(info.classes)))
+                           else default_classes(len(info.classes),
+                                                folder_class_indices(args, info)))
     images, _ = gradient_ascent(model, info, classes, param=args.param, regularizers=rules,
                                 progress=True, **options)
     probabilities = class_probabilities(model, info, images, classes, device)

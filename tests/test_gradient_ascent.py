@@ -1,10 +1,13 @@
 """gradient_ascent.py: batch independence, the objective rising, parameterizations, CLI."""
+from argparse import Namespace
+
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
 import gradient_ascent as ga
-from model.data.datasets import DATASET_INFO
+from model.data.datasets import DATASET_INFO, folder_info
 from model.errors import UserError
 from model.nets.architectures import build_model
 from model.units import ascent
@@ -155,3 +158,21 @@ def test_main_reports_every_file_it_wrote(trained_shapes_checkpoint, tmp_path, a
                     "--out", str(tmp_path), *argv], written) == 0
     assert written == [tmp_path / name for name in names]
     assert set(written) == {*tmp_path.glob("*.png"), *tmp_path.glob("*.json")}
+
+
+def test_class_models_of_a_many_class_net_default_to_the_folders_classes(tmp_path):
+    """ImageNet weights on a folder of a few ImageNet classes: the class models are drawn for
+    the folder's classes (by name), not for classes 0, 100, 200, ..."""
+    names = [f"class{index}" for index in range(40)]
+    for split in ("train", "val"):
+        for name in ("class31", "class7"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / name / "a.png")
+    info = folder_info(tmp_path, classes=names)
+    indices = ga.folder_class_indices(Namespace(data_dir=str(tmp_path)), info)
+    assert sorted(indices) == [7, 31]
+    assert ga.default_classes(40, indices) == indices
+    spread = ga.default_classes(40)
+    assert len(spread) == ga.MAX_DEFAULT_CLASSES and spread[0] == 0
+    assert ga.folder_class_indices(
+        Namespace(data_dir=str(tmp_path / "missing")), info) is None
