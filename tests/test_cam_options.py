@@ -145,10 +145,12 @@ def test_method_variants_switch_options_on_or_say_which_exist():
 
 def test_the_explorer_smooths_the_cam_methods_alone():
     """explorer_maps(options={"aug_smooth": True}): the CAM methods' stored maps are their
-    aug-smoothed maps (and so are their counterfactual ones); saliency is left as it is."""
+    aug-smoothed maps (and so are their counterfactual ones); occlusion and saliency are left
+    as they are. Occlusion comes first, as in the registry: its own options must not replace
+    the ones asked for."""
     model = vgg_with_statistics(8)
     inputs, targets = torch.randn(2, 3, 16, 16), torch.tensor([[0, 1], [2, 3]])
-    chosen = {name: METHODS[name] for name in ("gradcam", "saliency")}
+    chosen = {name: METHODS[name] for name in ("occlusion", "gradcam", "saliency")}
     original = survey.METHODS
     survey.METHODS = chosen
     try:
@@ -157,7 +159,7 @@ def test_the_explorer_smooths_the_cam_methods_alone():
     finally:
         survey.METHODS = original
     stored = {name: (bytes_, explained) for name, _, bytes_, explained in maps}
-    assert set(stored) == {"gradcam", "gradcam:counterfactual", "saliency"}
+    assert set(stored) == {"occlusion", "gradcam", "gradcam:counterfactual", "saliency"}
     for name, options in (("gradcam", {"aug_smooth": True}), ("saliency", {}),
                           ("gradcam:counterfactual", {"aug_smooth": True,
                                                       "counterfactual": True})):

@@ -107,9 +107,9 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
             for shown, switched_on in variants.items():
                 if progress:
                     progress(shown, layer)
-                options = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
+                geometry = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
                 maps = method(model, inputs, targets, layer=layer, info=info,
-                              batch_size=batch_size, **options, **switched_on).detach()
+                              batch_size=batch_size, **geometry, **switched_on).detach()
                 maps = maps.flatten(0, 1)  # (N * T, H, W), image-major
                 explained = explained_probabilities(model, repeated, targets.flatten(),
                                                     maps, info, batch_size)
