@@ -52,7 +52,13 @@ from model.attribution.cam import cam_layer_applies
 from model.attribution.maps import normalize_maps
 from model.attribution.occlusion import SURVEY_STRIDE, occlusion_geometry
 from model.attribution.registry import VARIANT_SEPARATOR, method_variant
-from model.cli.arguments import ArgumentParser, method_name, positive_int, smoothing_parser
+from model.cli.arguments import (
+    ArgumentParser,
+    method_name,
+    positive_int,
+    smoothing_options,
+    smoothing_parser,
+)
 from model.cli.method_inputs import checkpoint_parser, load_method_model, load_split
 from model.cli.running import run
 from model.data.sampling import sample_test_images
@@ -474,8 +480,7 @@ def prepare_evaluation(args, model, info, device):
     test_set = load_split(info, "test", args)
     probe = info.normalize(test_set.images[:2].to(device))
     methods = with_smoothing(args.methods or available_methods(model, layer, probe),
-                             [flag for flag in ("aug-smooth", "eigen-smooth")
-                              if getattr(args, flag.replace("-", "_"))])
+                             smoothing_options(args))
     needs_gap = [m for m in methods if "gap-linear" in method_variant(m)[0].needs]
     if needs_gap and not cam_layer_applies(model, layer, probe):
         raise UserError(f"{needs_gap[0]} needs the layer to feed global average pooling and "

@@ -40,7 +40,13 @@ import max_activation_search
 import occlusion_sensitivity
 import train_cnn
 from model.attribution.registry import VARIANT_SEPARATOR
-from model.cli.arguments import ArgumentParser, common_parser, positive_int, smoothing_parser
+from model.cli.arguments import (
+    ArgumentParser,
+    common_parser,
+    positive_int,
+    smoothing_options,
+    smoothing_parser,
+)
 from model.cli.method_inputs import (
     DEFAULT_ARCH,
     DEFAULT_DATASET,
@@ -389,17 +395,17 @@ def build_report(args):
             started = time.perf_counter()
             with distributed.alone():
                 arch = checkpoint["arch"] if checkpoint else args.arch
+                smoothing = smoothing_options(args)
                 survey = survey_gallery(model, info, test_set, predictions, device,
                                         count=args.explorer_images, seed=args.seed,
-                                        options={"aug_smooth": args.aug_smooth,
-                                                 "eigen_smooth": args.eigen_smooth},
+                                        options={option.replace("-", "_"): True
+                                                 for option in smoothing},
                                         progress=lambda method, layer: progress.set_postfix_str(
                                             f"explorer: {method}"
                                             + (f" at {layer}" if layer else "")))
                 evaluated = out / "evaluation" / "evaluation.json"  # this run's, if it ran
                 scores = (read_json(evaluated)["scores"] if "evaluation" in times
                           and evaluated.is_file() else {})
-                smoothing = [flag[2:] for flag in smoothing_flags(args)]
                 # the explorer's CAM maps are smoothed as the evaluation's rows are
                 scores = {VARIANT_SEPARATOR.join(part for part in name.split(VARIANT_SEPARATOR)
                                                  if part not in smoothing): row
@@ -440,8 +446,7 @@ def build_report(args):
 
 def smoothing_flags(args):
     """The CAM options the report passes on to the CAM section and the evaluation."""
-    return [flag for flag, on in (("--aug-smooth", args.aug_smooth),
-                                  ("--eigen-smooth", args.eigen_smooth)) if on]
+    return [f"--{option}" for option in smoothing_options(args)]
 
 
 def share_report_work(args, sections, out):

@@ -104,11 +104,6 @@ def weighted_terms(weights, activations):
     return weights[:, :, None, None] * activations
 
 
-def weighted_sum(weights, activations):
-    """ReLU(sum_k w_k A_k): (N, K) weights -> (N, h, w); (N, T, K) weights -> (N, T, h, w)."""
-    return combine_terms(weighted_terms(weights, activations))
-
-
 def combine_terms(terms, eigen_smooth=False):
     """A map from its per-channel terms T_k (..., K, h, w), such as w_k A_k: ReLU(sum_k T_k),
     or with ``eigen_smooth`` ReLU of the terms' projection on their first principal

@@ -120,6 +120,15 @@ def common_parser():
     return parser
 
 
+SMOOTHING = ("aug-smooth", "eigen-smooth")  # the CAM family's smoothing options
+
+
+def smoothing_options(args):
+    """The smoothing options switched on by :func:`smoothing_parser`'s flags, as the
+    registry's variants name them: ``["aug-smooth"]`` for ``--aug-smooth``."""
+    return [option for option in SMOOTHING if getattr(args, option.replace("-", "_"))]
+
+
 def smoothing_parser():
     """Parent parser with the CAM family's smoothing switches (``model.attribution.cam``):
     ``--aug-smooth`` and ``--eigen-smooth``, for the scripts that run the CAM methods."""

@@ -29,7 +29,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENET_SIZE = 224
 
 
-
 def residual_blocks():
     """torchvision's residual blocks (ResNet's ``BasicBlock`` and ``Bottleneck``), as a tuple
     for ``isinstance``.
