@@ -41,6 +41,7 @@ from model.cli.arguments import (
     ArgumentParser,
     non_negative_int,
     positive_int,
+    smoothing_options,
     smoothing_parser,
 )
 from model.cli.method_inputs import (
@@ -107,6 +108,14 @@ def counterfactual_columns(methods):
     return [column for method in methods for column in (
         [method, f"{method}{VARIANT_SEPARATOR}counterfactual"] if method in having
         else [method])]
+
+
+def column_title(column, smoothing):
+    """A grid column's title: the method (or ``gradcam:counterfactual``) and, a line each, the
+    smoothing its map had (the saved arrays keep the method's name)."""
+    method = METHODS[column.partition(VARIANT_SEPARATOR)[0]]
+    used = [option for option in smoothing if option.replace("-", "_") in method.defaults]
+    return "\n".join([column, *used])
 
 
 def gallery_selection(model, test_set, device, per_group, batch_size):
@@ -182,7 +191,8 @@ def explain(args):
                                                  predictions, probabilities)]
     out = Path(args.out)
     raw_maps = {method: raw_maps_for(selection.inputs, targets, method) for method in columns}
-    maps = {method: normalize_maps(method_maps) for method, method_maps in raw_maps.items()}
+    maps = {column_title(column, smoothing_options(args)): normalize_maps(method_maps)
+            for column, method_maps in raw_maps.items()}
     written = [write_figure(plot_overlay_grid(images, maps, titles),
                             out / f"cam_{layer}_grid.png")]
     if args.save_maps:

@@ -167,3 +167,11 @@ def test_the_explorer_smooths_the_cam_methods_alone():
         expected = method(model, inputs, targets, layer="conv4", info=INFO, **options)
         expected = survey.to_bytes(normalize_maps(expected.flatten(0, 1).detach()))
         assert (stored[name][0].flatten(0, 1).int() - expected.int()).abs().max() <= 1, name
+
+
+def test_grid_columns_name_the_smoothing_each_map_had():
+    import class_activation_maps as script
+
+    assert script.column_title("gradcam:counterfactual", ["aug-smooth", "eigen-smooth"]) == \
+        "gradcam:counterfactual\naug-smooth\neigen-smooth"
+    assert script.column_title("saliency", ["aug-smooth"]) == "saliency"  # not a CAM method
