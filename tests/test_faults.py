@@ -6,6 +6,7 @@ leaves the user's files as they were.
 Helpers: ``cli`` runs a script in-process and returns (exit code, stderr lines);
 ``assert_refused`` checks the one-line contract and the words the user must see.
 """
+import argparse
 import copy
 import dataclasses
 import errno
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import pickle
+import signal
 import stat
 import struct
 import subprocess
@@ -736,6 +738,58 @@ def test_sigterm_while_saving_cleans_up_like_ctrl_c(tmp_path):
                          "--resume (terminated by SIGTERM)")
     assert load_checkpoint(out)["epoch"] == 1
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+class SignalledWhileFinalized:
+    """An object whose finalizer receives ``number``: Python runs the handler inside
+    ``__del__``, where an exception cannot propagate."""
+
+    def __init__(self, number):
+        self.number = number
+
+    def __del__(self):
+        os.kill(os.getpid(), self.number)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # the handler runs here, between two bytecodes
+            pass
+
+
+@pytest.mark.parametrize("work_after_s", [5.0, 0.0], ids=["still-working", "block-ends"])
+@pytest.mark.parametrize("number, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_interruption_inside_a_finalizer_still_stops_the_command_without_a_traceback(
+        number, code, work_after_s, capsys):
+    """Seen under torchrun: the SIGTERM that stopped the surviving process landed in a WeakSet
+    callback, and Python printed "Exception ignored in ..." with a traceback and went on. The
+    interruption must stop the command all the same (raised again once the finalizer returned,
+    or when the command ends first), with the one line of any interruption, and no signal may
+    arrive after ``run`` returned."""
+    def command(args):
+        SignalledWhileFinalized(number)  # dropped at once: its __del__ runs here
+        time.sleep(work_after_s)  # a signal ends the sleep (PEP 475) when its handler raises
+        return []
+
+    late = []
+
+    def record(*_):
+        late.append(number)
+
+    # Ctrl-C's own handler raises KeyboardInterrupt; SIGTERM's default would end this process
+    previous = signal.signal(number, record if number == signal.SIGTERM
+                             else signal.default_int_handler)
+    try:
+        started = time.monotonic()
+        result = model.cli.running.run(command, argparse.Namespace(debug=False))
+        took = time.monotonic() - started
+        signal.signal(number, record)
+        time.sleep(0.3)  # longer than the delay before the signal is sent again
+    finally:
+        signal.signal(number, previous)
+    errors = capsys.readouterr().err
+    assert result == code and took < 3, errors
+    assert "Exception ignored" not in errors and "Traceback" not in errors, errors
+    assert [line for line in errors.splitlines() if line.strip()] == [
+        "interrupted (terminated by SIGTERM)" if number == signal.SIGTERM else "interrupted"]
+    assert late == []
 
 
 def test_resume_continues_with_the_stored_settings(straight_run, tmp_path, capsys):

@@ -32,7 +32,16 @@ class Terminated(KeyboardInterrupt):
 
 @contextmanager
 def terminate_like_ctrl_c():
-    """While the block runs, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread."""
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread.
+
+    Python runs a signal handler between any two bytecodes, also inside a finalizer (a
+    ``__del__``, a weakref callback run by the garbage collector), where an exception cannot
+    propagate: Python would print it as "Exception ignored in ..." with a traceback and go on as
+    if no signal had come. So while the block runs, an interruption (Ctrl-C too) that lands in
+    a finalizer is kept without a word and raised again a moment later, once the finalizer has
+    returned, or when the block ends, whichever comes first (seen under torchrun: the SIGTERM
+    that stops the other processes when one died landed in a WeakSet callback).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -42,11 +51,55 @@ def terminate_like_ctrl_c():
 
     numbers = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
     previous = {number: signal.signal(number, stop) for number in numbers}
+    later = _InterruptionRaisedLater(sys.unraisablehook)
+    sys.unraisablehook = later.hook
     try:
         yield
     finally:
+        sys.unraisablehook = later.other_hook
+        pending = later.take()
         for number, handler in previous.items():
             signal.signal(number, handler)
+        if pending == "SIGINT":
+            raise KeyboardInterrupt
+        if pending:
+            raise Terminated(pending)
+
+
+class _InterruptionRaisedLater:
+    """A ``sys.unraisablehook`` that keeps an interruption raised where it could not propagate
+    (see :func:`terminate_like_ctrl_c`) and sends its signal again after ``delay_s``; anything
+    else goes to ``other_hook``."""
+
+    def __init__(self, other_hook, delay_s=0.05):
+        self.other_hook, self.delay_s = other_hook, delay_s
+        self.lock = threading.Lock()
+        self.pending = self.timer = None
+
+    def hook(self, unraisable):
+        if unraisable.exc_type is None or not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            return self.other_hook(unraisable)
+        with self.lock:
+            if self.pending is None:
+                self.pending = getattr(unraisable.exc_value, "signal_name", "SIGINT")
+                self.timer = threading.Timer(self.delay_s, self._send_again)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _send_again(self):
+        with self.lock:
+            name, self.pending = self.pending, None
+        if name:
+            os.kill(os.getpid(), signal.Signals[name])
+
+    def take(self):
+        """The signal name of an interruption not sent again yet (None if none), which will
+        not be."""
+        with self.lock:
+            name, self.pending = self.pending, None
+        if self.timer is not None:
+            self.timer.cancel()
+        return name
 
 
 def run(command, args, interrupted=None, written=None, several_processes=False):
