@@ -368,7 +368,9 @@ def build_report(args):
             times["training"] = trained
         model, info, checkpoint, common = report_model(args, device)
         test_set = load_split(info, "test", args)
-        predictions = test_predictions(model, test_set, device)
+        predictions = test_predictions(
+            model, test_set, device, progress=lambda done, total: progress.set_postfix_str(
+                f"accuracy: {done}/{total} test images"))
         accuracy = (predictions == test_set.labels).double().mean().item()
         gallery, _ = sample_test_images(model, test_set, GALLERY_SIZE, args.seed, device,
                                         wrong_share=0.34, predictions=predictions)

@@ -12,6 +12,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Under pytest-xdist (the README's ``-n 2``) every worker, and every process its tests start,
 # computes with one thread: two workers keep the two cores busy between them, where two
 # threads each would make four threads wait for each other at every op.
+# float32 is the reference of every equality test: no bfloat16 where it would be fast, in the
+# tests' own code and in every script they start (tests/test_train_cli.py tests the switch).
+os.environ["CNN_VIZ_BFLOAT16"] = "off"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -114,3 +114,23 @@ def test_sample_test_images_mixes_wrong_and_right_decisions_and_every_class():
     assert set(labels[indices[:6]].tolist()) == set(range(6))  # every class among the wrong
     assert set(labels[indices[6:]].tolist()) == set(range(6))  # and among the right
     assert torch.equal(sample(0)[0], indices) and not torch.equal(sample(1)[0], indices)
+
+
+def test_test_predictions_are_every_images_argmax_with_progress_per_batch():
+    """Channels-last batches give the same predictions as the model on each image alone, and
+    the progress callback counts the images done after every batch."""
+    from model.data.datasets import DATASET_INFO, ImageDataset
+    from model.data.sampling import test_predictions
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    dataset = ImageDataset(DATASET_INFO["shapes"], images, torch.zeros(10, dtype=torch.int64))
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten())
+    expected = torch.stack([net(dataset.info.normalize(image[None])).argmax(1)[0]
+                            for image in images])
+    seen = []
+    predictions = test_predictions(net, dataset, "cpu", batch_size=4,
+                                   progress=lambda done, total: seen.append((done, total)))
+    assert torch.equal(predictions, expected)
+    assert seen == [(4, 10), (8, 10), (10, 10)]

@@ -1,7 +1,9 @@
 """train_cnn.py through its CLI: a short run, --resume after Ctrl-C, and bad input."""
 import dataclasses
+import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,12 +12,14 @@ import torch
 import model.attribution.batching
 import model.data.augmentation
 import model.data.datasets
+import model.runtime.calibration
 import model.runtime.device
 import model.training.loop
 import model.training.recipes
 import model.training.views
 import train_cnn
 from conftest import ROOT, stderr_lines
+from model.errors import UserError
 from model.nets.checkpoint import curve_path, load_checkpoint, load_model, snapshot_path
 
 QUICK = ["--dataset", "shapes", "--arch", "simple", "--max-train-images", "256",
@@ -177,16 +181,60 @@ def test_patch_whitening_decorrelates_the_patches_it_was_fitted_on():
     assert not stem.weight.requires_grad
 
 
-def test_bfloat16_is_used_only_where_the_device_computes_it_fast(monkeypatch):
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)  # an older torch
+def test_bfloat16_is_used_only_where_the_device_computes_it_fast(monkeypatch, tmp_path):
+    """CNN_VIZ_BFLOAT16=auto measures once per CPU and keeps the verdict; on and off decide."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calibration = model.runtime.calibration
+    measured = []
+
+    def measure(speedup):
+        def measure_speedup():
+            measured.append(speedup)
+            return speedup
+        return measure_speedup
+
+    monkeypatch.setenv("CNN_VIZ_BFLOAT16", "auto")
+    for speedup, fast in ((0.1, False), (1.7, True)):  # an AVX2 CPU, then an AVX512-BF16 one
+        calibration._measured_verdict.cache_clear()
+        (tmp_path / "cnn-viz" / "bfloat16.json").unlink(missing_ok=True)
+        monkeypatch.setattr(calibration, "measure_speedup", measure(speedup))
+        assert model.runtime.device.fast_bfloat16("cpu") is fast
+        dtype = torch.bfloat16 if fast else torch.float32
+        with model.runtime.device.autocast("cpu", bfloat16=True):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == dtype
+        with model.runtime.device.autocast("cpu", bfloat16=False):  # a recipe without it
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        calibration._measured_verdict.cache_clear()  # a new process: the cache file answers
+        assert model.runtime.device.fast_bfloat16("cpu") is fast
+    assert measured == [0.1, 1.7]
+    cached = json.loads((tmp_path / "cnn-viz" / "bfloat16.json").read_text())
+    assert list(cached) == [calibration.cpu_key()] and cached[calibration.cpu_key()][
+        "speedup"] == 1.7
+    monkeypatch.setenv("CNN_VIZ_BFLOAT16", "off")
     assert not model.runtime.device.fast_bfloat16("cpu")
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert not model.runtime.device.fast_bfloat16("cpu")  # AVX2 or AVX-512 without AMX
-    with model.runtime.device.autocast("cpu", bfloat16=True):
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    with model.runtime.device.autocast("cpu", bfloat16=True):
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setenv("CNN_VIZ_BFLOAT16", "on")
+    assert model.runtime.device.fast_bfloat16("cpu")
+    monkeypatch.setenv("CNN_VIZ_BFLOAT16", "sometimes")
+    with pytest.raises(UserError, match="CNN_VIZ_BFLOAT16"):
+        model.runtime.device.fast_bfloat16("cpu")
+    assert measured == [0.1, 1.7]
+
+
+def test_the_bfloat16_measurement_times_both_and_stops_early_when_bfloat16_is_slow(monkeypatch):
+    """float32 time / bfloat16 time of the same step: with bfloat16 made 10x slower the
+    ratio says so, after one timed bfloat16 step."""
+    real_autocast, steps = torch.autocast, []
+
+    def slow_autocast(device_type, dtype=None, enabled=True):
+        steps.append(enabled)
+        if enabled:
+            time.sleep(0.2)
+        return real_autocast(device_type, dtype=dtype, enabled=enabled)
+
+    monkeypatch.setattr(torch, "autocast", slow_autocast)
+    speedup = model.runtime.calibration.measure_speedup(repeats=3)
+    assert 0 < speedup < 0.5
+    assert steps == [False] * 4 + [True] * 2  # warm-up + 3 float32, warm-up + 1 bfloat16
 
 
 def test_the_cifar10_recipe_trains_resumes_and_explains_from_class_folders(tmp_path,

@@ -3,13 +3,26 @@ fixed sample that mixes right and wrong decisions and takes the classes in turn.
 import torch
 
 from model.data.batches import iterate_batches
+from model.runtime.device import fast_layout
 
 
 @torch.no_grad()
-def test_predictions(model, test_set, device, batch_size=512):
-    """The model's predicted class for every image of ``test_set``: (N,) int64 on the CPU."""
-    return torch.cat([model(inputs).argmax(1).cpu()
-                      for inputs, _ in iterate_batches(test_set, batch_size, device)])
+def test_predictions(model, test_set, device, batch_size=512, progress=None):
+    """The model's predicted class for every image of ``test_set``: (N,) int64 on the CPU.
+
+    On channels-last batches: 2x faster for MobileNetV2 at 224 px, 1.5x for the CIFAR-10 net
+    (2-core "AMD EPYC" Zen 5; ``inference_mode`` measured no faster than ``no_grad``). In
+    float32: bfloat16 was 3x faster still there, but its logits differed by up to 0.7 and it
+    flipped 1 prediction in 96 photos, so the accuracy and the report's gallery stay float32's.
+    ``progress(done, total)`` is called after each batch with the images done so far.
+    """
+    predictions, done = [], 0
+    for inputs, _ in iterate_batches(test_set, batch_size, device):
+        predictions.append(model(fast_layout(inputs)).argmax(1).cpu())
+        done += len(inputs)
+        if progress is not None:
+            progress(done, len(test_set))
+    return torch.cat(predictions)
 
 
 @torch.no_grad()

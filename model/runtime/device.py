@@ -7,18 +7,22 @@ import numpy as np
 import torch
 
 from model.errors import UserError
+from model.runtime.calibration import bfloat16_switch, cpu_bfloat16_is_fast
 from model.runtime.distributed import launched_by_torchrun, local_cuda_index
 
 
 def fast_bfloat16(device):
     """Whether ``device`` computes bfloat16 convolutions faster than float32: a CUDA GPU that
-    supports it, or a CPU with AMX tiles (Intel Sapphire Rapids and later; without AMX, bfloat16
-    runs slower than float32 on a CPU, so it is not used)."""
+    supports bfloat16, a CPU where it was measured faster (``model.runtime.calibration``: yes
+    with AMX or AVX512-BF16, no with AVX2). ``CNN_VIZ_BFLOAT16=on`` or ``off`` decides instead
+    of the measurement."""
     device = torch.device(device)
+    switch = bfloat16_switch()
+    if switch == "off":
+        return False
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())  # a torch without the probe stays in float32
+    return switch == "on" or cpu_bfloat16_is_fast()
 
 
 def autocast(device, bfloat16):

@@ -23,6 +23,7 @@ from model.data.batches import iterate_batches
 from model.errors import UserError
 from model.nets.layers import get_layer, layer_activations
 from model.runtime import distributed
+from model.runtime.device import fast_layout
 
 
 def parse_channels(tokens, count, flag="--channels"):
@@ -174,7 +175,7 @@ def search_top_activations(model, dataset, layer, k=9, score="max", batch_size=2
     for (first_index, _), (inputs, _) in tqdm(
             zip(mine, batches), total=len(mine), disable=not (progress and processes.main),
             desc=f"scanning {layer}", unit="batch"):
-        activations = function(inputs)
+        activations = function(fast_layout(inputs))
         if result is None:
             result = TopActivations.empty(activations.shape[1], k, activations.shape[-1],
                                           activations.device, activations.dtype)
