@@ -20,6 +20,7 @@ percentages 10, 20, ..., 90 that is the same set of masks, so the mean over perc
 the same; here the curve's x axis is the share *removed* in both orders.
 """
 import torch
+import torch.nn.functional as F
 
 from model.attribution.batching import variant_batch
 from model.evaluation.faithfulness import pixel_order
@@ -49,6 +50,16 @@ def neighbour_sum(values):
     return total.mul_(1 / 12).add_(values, alpha=-4 / 12)
 
 
+# Images from this side up are solved from the imputation at half their resolution
+# (:func:`coarse_guess`); below it conjugate gradients start from zero.
+COARSE_FROM_SIDE = 32
+# The coarse imputations are only a starting point: solved to this relative residual (the
+# final one is the caller's). Measured on two 224 px images with 9 MoRF (then LeRF) masks
+# each ("AMD EPYC" Zen 5, 2 threads): from zero 4.1 and 4.7 s, from the coarse start 2.7 and
+# 3.1 s (full-size steps 14,751 -> 9,269 and 16,663 -> 9,965).
+COARSE_TOLERANCE = 1e-3
+
+
 def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=None):
     """Fill the removed pixels by the weighted mean of their neighbours (ROAD's linear
     imputation, Rong et al. 2022, without the noise).
@@ -61,8 +72,14 @@ def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=None):
     is symmetric and positive definite when a pixel is kept, so each image and channel is
     solved by conjugate gradients, all at once: a system stops when its residual falls below
     ``tolerance`` times its right-hand side, and leaves the batch (``tests/
-    test_trust_metrics.py`` measures the distance to a dense solve). One hole over most of
-    the image takes about 3 H steps (32 px: ~100, 224 px: ~600); scattered holes a few dozen.
+    test_trust_metrics.py`` measures the distance to a dense solve).
+
+    From zero, one hole over most of the image takes about 3 H steps (224 px: ~600), since
+    each step carries information one pixel further. So images of ``COARSE_FROM_SIDE`` px and
+    more start from the same imputation at half the resolution, brought back up
+    (:func:`coarse_guess`, recursively: cascadic multigrid, Bornemann & Deuflhard 1996): the
+    smooth part of the answer is there from the start. The answer is the same (the same
+    equations, the same stopping rule); only the path to it is shorter.
 
     The imputation is linear and each row's weights sum to 1, so it commutes with a per-channel
     affine normalization: normalized inputs give the normalized imputation of the pixels.
@@ -81,6 +98,8 @@ def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=None):
     if removed.flatten(1).all(1).any():
         raise ValueError("linear imputation needs one kept pixel per image at least")
     max_iterations = max_iterations or 4 * (height + width)
+    guess = (coarse_guess(inputs, removed, tolerance)
+             if min(height, width) >= COARSE_FROM_SIDE else None)
     # One system per image and channel, each a channel of one image: (1, S, H, W), S = N * C,
     # stored channels-last: the shifts and the sums over pixels then run over contiguous
     # systems (several times faster on the CPU than one image per system).
@@ -101,10 +120,16 @@ def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=None):
 
     solution = torch.zeros_like(values)
     left = torch.arange(values.shape[1], device=inputs.device)  # the systems not yet solved
-    mask_left, x, residual = mask, torch.zeros_like(values), right.clone()
+    mask_left = mask
+    if guess is None:
+        x, residual = torch.zeros_like(values), right.clone()
+    else:
+        x = (guess.reshape(1, -1, height, width) * mask).contiguous(
+            memory_format=torch.channels_last)
+        residual = right - apply(x)
     direction = residual.clone()
     squared = dot(residual, residual)
-    enough = tolerance ** 2 * squared
+    enough = tolerance ** 2 * dot(right, right)
     for step in range(max_iterations):
         active = squared > enough  # a solved system takes no further step, in any batch
         if step % 8 == 0:  # drop the solved systems: the rest run on a smaller batch
@@ -125,6 +150,23 @@ def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=None):
         squared = torch.where(active, new_squared, squared)
     solution[:, left] = x
     return torch.where(mask.bool(), solution, values).reshape(count, channels, height, width)
+
+
+def coarse_guess(inputs, removed, tolerance):
+    """The imputation at half the resolution, brought back up to ``inputs``'s size: where
+    :func:`linear_imputation` starts on large images.
+
+    A coarse pixel (2 x 2 fine ones) is kept when any of its fine pixels is, with their mean
+    value; it is removed when all four are. Its imputation (recursively from a coarser one
+    still, each to the looser of ``tolerance`` and ``COARSE_TOLERANCE``) is upsampled
+    bilinearly. Only a starting point: the fine solve's stopping rule decides the answer.
+    """
+    kept = (~removed)[:, None].to(inputs.dtype)  # (N, 1, H, W)
+    weight = F.avg_pool2d(kept, 2, ceil_mode=True)  # the share of kept fine pixels
+    coarse_inputs = F.avg_pool2d(inputs * kept, 2, ceil_mode=True) / weight.clamp_min(1e-12)
+    coarse = linear_imputation(coarse_inputs, weight[:, 0] == 0,
+                               max(tolerance, COARSE_TOLERANCE))
+    return F.interpolate(coarse, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def removal_masks(maps, percentages, order, generator=None):
