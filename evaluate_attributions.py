@@ -67,6 +67,7 @@ from model.evaluation.cost import Cost, measure_cost
 from model.evaluation.faithfulness import (
     area_under_curve,
     average_drop,
+    RANDOMIZATION_POINTS,
     cascading_randomization,
     deletion_insertion_curves,
     explanation_map_probabilities,
@@ -231,7 +232,8 @@ def score_methods(model, inputs, targets, methods, settings, masks=None, steps=1
     few_inputs, few_targets = inputs[:sanity_images], targets[:sanity_images]
     stages, randomization = [], {method: [] for method in methods}
     cascade = {method: [maps[method][:sanity_images].cpu()] for method in methods}
-    for stage, randomized in cascading_randomization(model, settings.seed):
+    for stage, randomized in cascading_randomization(model, settings.seed,
+                                                     RANDOMIZATION_POINTS):
         stages.append(stage)
         for method in methods:
             changed = attribution_maps(method, randomized, few_inputs, few_targets, settings)

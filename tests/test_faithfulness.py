@@ -9,6 +9,7 @@ from model.evaluation.faithfulness import (
     area_under_curve,
     average_ranks,
     cascading_randomization,
+    evaluated_stages,
     deletion_insertion_curves,
     pixel_order,
     randomization_stages,
@@ -159,6 +160,24 @@ def test_cascading_randomization_goes_top_down_and_leaves_the_model_alone():
     again = [m for _, m in cascading_randomization(model, seed=3)][-1]
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
                                                  randomized.state_dict().values()))
+
+
+def test_a_capped_cascade_shows_spread_stages_of_the_same_cumulative_randomization():
+    """With ``points`` the cascade yields fewer stages, first and last among them, and each
+    is the model the full cascade has at that stage (the layers between randomized too)."""
+    assert evaluated_stages(5, 10) == [0, 1, 2, 3, 4]
+    spread = evaluated_stages(20, 10)
+    assert len(spread) == 10 and spread[0] == 0 and spread[-1] == 19
+    assert max(b - a for a, b in zip(spread, spread[1:])) == 3  # even: 19 / 9 steps of 2-3
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, 6, 16).eval()
+    full = list(cascading_randomization(model, seed=3))
+    capped = list(cascading_randomization(model, seed=3, points=3))
+    assert [name for name, _ in capped] == ["fc", "conv3", "conv1"]
+    for (name, randomized), index in zip(capped, (0, 2, 4)):
+        assert full[index][0] == name
+        assert all(torch.equal(a, b) for a, b in zip(randomized.state_dict().values(),
+                                                     full[index][1].state_dict().values()))
 
 
 def test_measure_cost_counts_passes_and_removes_its_hooks():
