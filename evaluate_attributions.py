@@ -65,9 +65,9 @@ from model.data.sampling import sample_test_images
 from model.errors import UserError
 from model.evaluation.cost import Cost, measure_cost
 from model.evaluation.faithfulness import (
+    RANDOMIZATION_POINTS,
     area_under_curve,
     average_drop,
-    RANDOMIZATION_POINTS,
     cascading_randomization,
     deletion_insertion_curves,
     explanation_map_probabilities,

@@ -113,7 +113,7 @@ def main(argv=None):
                         help="images per net (default: 8 for vgg, 1 for resnet18)")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="ablated or masked copies per pass (default: 256, at most "
-                             "model.attribution.batching.variant_batch's pixel budget)")
+                             "model.runtime.batching.variant_batch's pixel budget)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per measurement, the fastest shown (default: 5 for "
                              "vgg, 1 for resnet18)")

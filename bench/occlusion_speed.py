@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from train_speed import throughput  # noqa: E402
 
 from model.attribution import occlusion as occ  # noqa: E402
-from model.attribution.batching import variant_batch
 from model.attribution.incremental import IncrementalOcclusion  # noqa: E402
 from model.data.datasets import DATASET_INFO, DATASETS  # noqa: E402
 from model.nets.architectures import ARCHITECTURES, build_model  # noqa: E402
+from model.runtime.batching import variant_batch
 from model.runtime.device import keep_freed_memory, resolve_device  # noqa: E402
 from model.training.recipes import RECIPES  # noqa: E402
 
@@ -97,7 +97,7 @@ def main(argv=None):
                         help="projective-field thresholds TAU to time (default: 0.5)")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="plain occlusion: occluded images per forward pass (default: "
-                             "256, at most model.attribution.batching.variant_batch's pixel "
+                             "256, at most model.runtime.batching.variant_batch's pixel "
                              "budget)")
     parser.add_argument("--float64-check", action="store_true",
                         help="instead of timing: each float32 map's distance from the float64 "

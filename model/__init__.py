@@ -8,8 +8,8 @@ Folders:
                   set, batch streaming and augmentation, seeded samples of test images
     training/     recipes, the training loop, test-time views and accuracy, the optimizer
     attribution/  every attribution method in one registry (occlusion and its incremental
-                  form, the CAM family, gradient methods), map maths, the batching of
-                  perturbed copies, test-time augmentation of a map
+                  form, the CAM family, gradient methods), map maths, test-time
+                  augmentation of a map
     units/        what one unit of a layer responds to: the DeconvNet mirror, the top dataset
                   images per channel, gradient ascent (class models and channel images)
     evaluation/   how far to trust a map: deletion/insertion, ROAD, Average Drop, randomization,
@@ -17,7 +17,8 @@ Folders:
                   method, the explorer's survey of every method's maps
     figures/      drawing: matplotlib set up quietly, heatmaps, overlays, mosaics, curves
     report/       the report page and the explorer page: they read results, never compute them
-    runtime/      device, precision and memory, seeding, atomic files, several processes
+    runtime/      device, precision (bfloat16 where measured fast) and memory, images per
+                  batch, seeding, atomic files, several processes
     cli/          the command line: argument types and shared flags, one-line errors and
                   Ctrl-C, what a method script explains (model, images, targets, saved maps)
     errors.py     ``UserError``, the one exception the command line turns into a message

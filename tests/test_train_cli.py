@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import model.attribution.batching
 import model.data.augmentation
 import model.data.datasets
+import model.runtime.batching
 import model.runtime.calibration
 import model.runtime.device
 import model.training.loop
@@ -302,7 +302,7 @@ def test_cutout_zeroes_one_square_inside_each_image():
 
 
 def test_variant_batches_keep_small_images_and_cap_large_ones():
-    assert model.attribution.batching.variant_batch(256, torch.zeros(1, 3, 32, 32)) == 256
-    assert model.attribution.batching.variant_batch(256, torch.zeros(1, 3, 224, 224)) == 64
-    assert model.attribution.batching.variant_batch(16, torch.zeros(1, 3, 224, 224)) == 16
-    assert model.attribution.batching.variant_batch(256, torch.zeros(1, 3, 4000, 4000)) == 1
+    assert model.runtime.batching.variant_batch(256, torch.zeros(1, 3, 32, 32)) == 256
+    assert model.runtime.batching.variant_batch(256, torch.zeros(1, 3, 224, 224)) == 64
+    assert model.runtime.batching.variant_batch(16, torch.zeros(1, 3, 224, 224)) == 16
+    assert model.runtime.batching.variant_batch(256, torch.zeros(1, 3, 4000, 4000)) == 1

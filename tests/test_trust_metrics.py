@@ -138,8 +138,9 @@ def test_imputation_from_the_coarse_start_is_the_same_solve_in_fewer_full_size_s
     (road.coarse_guess). The answer is the dense solve's (40 px, float64, to 1e-10), and at
     96 px, float32 and the default tolerance, within 1e-3 of a tight solve (measured: 1.9e-4
     from the coarse start, 1.6e-4 from zero), in fewer steps at full size than from zero
-    (measured: 596 against 726 system-steps; 1,100 against 1,486 at 224 px). A guess that did not help, or was dropped, takes as many steps; a wrong one
-    still converges, but not sooner."""
+    (measured: 596 against 726 system-steps; 1,100 against 1,486 at 224 px). A guess that
+    did not help, or was dropped, takes as many steps; a wrong one still converges, but not
+    sooner."""
     def case(side, dtype):
         generator = torch.Generator().manual_seed(5)
         images = torch.rand(2, 3, side, side, generator=generator, dtype=dtype)

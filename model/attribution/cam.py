@@ -46,7 +46,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.attribution.batching import variant_batch
 from model.attribution.gradients import ONE_BACKWARD, input_gradient
 from model.attribution.maps import normalize_maps, resize_maps
 from model.attribution.registry import register
@@ -54,6 +53,7 @@ from model.attribution.test_time import test_time_augmented
 from model.errors import UserError
 from model.nets.graph_split import NotSplittable, split_after
 from model.nets.layers import as_feature_maps, block_end, recorded_output, replaced_output
+from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
 
 EPSILON = 1e-7

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from model.attribution.batching import variant_batch
 from model.attribution.registry import register
 from model.errors import UserError
+from model.runtime.batching import variant_batch
 
 RULES = ("saliency", "guided", "deconvnet")
 

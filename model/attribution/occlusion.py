@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from model.attribution.batching import variant_batch
 from model.attribution.blur import gaussian_blur
 from model.attribution.incremental import (
     DEFAULT_MAX_MEMORY_MB,
@@ -21,6 +20,7 @@ from model.attribution.incremental import (
 )
 from model.attribution.registry import register
 from model.errors import UserError
+from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
 
 
@@ -104,7 +104,7 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     x_ij = (1 - M_ij) * x + M_ij * fill, with M_ij the square's indicator, and
     p_ij = softmax(f(x_ij))[target]. The N * ny * nx variants are built on the fly and run in
     batches of ``batch_size``, so memory is bounded by the batch, not by the number of
-    positions (and by ``model.attribution.batching.variant_batch``'s pixel budget for large
+    positions (and by ``model.runtime.batching.variant_batch``'s pixel budget for large
     images).
 
     Args:

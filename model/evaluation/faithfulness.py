@@ -15,10 +15,10 @@ import copy
 import torch
 import torch.nn as nn
 
-from model.attribution.batching import variant_batch
 from model.attribution.blur import gaussian_blur
 from model.attribution.maps import normalize_maps, resize_maps
 from model.nets.zoo import inverted_residual_blocks, residual_blocks
+from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
 
 EPSILON = 1e-12

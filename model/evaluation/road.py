@@ -22,8 +22,8 @@ the same; here the curve's x axis is the share *removed* in both orders.
 import torch
 import torch.nn.functional as F
 
-from model.attribution.batching import variant_batch
 from model.evaluation.faithfulness import pixel_order
+from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
 
 ROAD_PERCENTAGES = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # as in the paper's figures

