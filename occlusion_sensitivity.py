@@ -5,7 +5,7 @@
     python occlusion_sensitivity.py --image cat.png --dataset cifar10 --baseline gray
     python occlusion_sensitivity.py --dataset shapes --index 0 1 --save-maps occlusion.npz
     python occlusion_sensitivity.py --arch vgg16 --weights vgg16.pth --image photo.jpg \
-        --patch 16 --stride 8 --incremental
+        --patch 16 --stride 8 --no-incremental
 
 A square patch (``--patch`` pixels, moved by ``--stride``) is slid over the image and filled with
 a baseline (gray, zero = black, the dataset's mean colour, a blurred copy of the image, or a
@@ -13,10 +13,12 @@ pixel value in [0, 1]). At every position the occluded image goes through the ne
 target class's softmax probability p(x) is recorded, with the drop p(image) - p(x) and the most
 probable class. If the network really uses the object, p falls when the patch covers it (the
 paper's Fig. 7b and 7e). All occluded variants go through the model in batches of
-``--batch-size``. With ``--incremental`` each layer recomputes only the box a patch changes
-(Krypton, Nakandala et al. 2019): the same maps, several times faster at 224 px;
+``--batch-size``. Above 64 px each layer recomputes only the box a patch changes (incremental
+occlusion: Krypton, Nakandala et al. 2019): the same maps, faster (``--no-incremental`` runs
+every occluded image whole, ``--incremental`` forces it at any size);
 ``--approximate TAU`` cuts each box to TAU of the map's side (faster, no longer exact).
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch
 
 from model.attribution import METHODS
 from model.attribution.occlusion import (
+    INCREMENTAL_ABOVE_SIDE,
     SMALL_IMAGE_GEOMETRY,
     baseline_images,
     compute_occlusion,
@@ -129,10 +132,12 @@ def get_args_parser():
                         help=f"patch fill: blur (the image blurred, sigma = patch/4), gray "
                              f"(the paper's), zero (black), mean (dataset mean colour), or a "
                              f"pixel value in [0, 1] (default: {DEFAULTS['baseline']})")
-    parser.add_argument("--incremental", action="store_true",
+    parser.add_argument("--incremental", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute only the box of each layer that a patch changes "
                              "(Krypton): the same maps, faster where the patch is small "
-                             "against the image (224 px); batches fill --max-memory")
+                             "against the image; batches fill --max-memory (default: on "
+                             f"above {INCREMENTAL_ABOVE_SIDE} px, where it was measured "
+                             "faster; --no-incremental runs every occluded image whole)")
     parser.add_argument("--approximate", type=positive_fraction, default=None, metavar="TAU",
                         help="incremental with Krypton's projective-field threshold: each "
                              "conv or pool box cut to TAU of its map's side, centred "

@@ -132,7 +132,8 @@ def test_incremental_maps_equal_plain_maps_in_float64(nets, arch, plan):
     net = nets(arch, plan, torch.float64)
     stride = STRIDES.get((arch, plan), STRIDE)
     inputs, fill = images(torch.float64)
-    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, stride)
+    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, stride,
+                              incremental=False)
     fast = compute_occlusion(net, inputs, TARGETS, fill, PATCH, stride, incremental=True)
     assert plain.tops[-1] == SIZE - PATCH and (SIZE - PATCH) % stride != 0  # moved flush
     assert plain.drop.abs().max() > 1e-3  # maps well above the rounding of probabilities
@@ -167,7 +168,7 @@ def test_incremental_maps_equal_plain_maps_in_float32(nets, arch, plan):
     """
     net = nets(arch, plan)
     inputs, fill = images(torch.float32)
-    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE)
+    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE, incremental=False)
     fast = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE, incremental=True)
     assert fast.probability.dtype == torch.float32
     assert plain.drop.abs().max() > 1e-2
@@ -369,7 +370,7 @@ def test_unknown_layer_falls_back_to_whole_maps_and_says_so_once(capsys):
     line = IncrementalOcclusion(net, inputs[:1], PATCH, tops, tops).describe_fallbacks()
     assert "roll" in line and "\n" not in line
 
-    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE)
+    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE, incremental=False)
     capsys.readouterr()
     fast = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE, incremental=True)
     assert stderr_lines(capsys.readouterr()) == [line]
@@ -408,7 +409,7 @@ def test_own_forward_and_broadcast_parameters_keep_the_maps(first):
     net = nn.Sequential(stem, nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.MaxPool2d(2),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval().double()
     inputs, fill = images(torch.float64)
-    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE)
+    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE, incremental=False)
     fast = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE, incremental=True)
     assert relative_error(fast.pixel_drop, plain.pixel_drop) <= 1e-10
 
@@ -427,7 +428,30 @@ def test_an_interval_one_row_short_is_caught(nets, monkeypatch, side):
 
     net = nets("vgg", "small", torch.float64)
     inputs, fill = images(torch.float64)
-    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE)
+    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE, incremental=False)
     monkeypatch.setattr(incremental, "changed_interval", one_row_short)
     mutant = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE, incremental=True)
     assert relative_error(mutant.pixel_drop, plain.pixel_drop) > 1e-3
+
+
+def test_occlusion_goes_incremental_by_itself_above_64_px_with_the_same_maps(monkeypatch):
+    """Without ``incremental`` (None) the plan is built above INCREMENTAL_ABOVE_SIDE px only,
+    where it was measured faster, and the maps are the plain ones (float64)."""
+    import model.attribution.occlusion as occlusion
+
+    built, real_plan = [], occlusion.incremental_plan
+
+    def recording_plan(model, example, *args):
+        built.append(example.shape[-1])
+        return real_plan(model, example, *args)
+
+    monkeypatch.setattr(occlusion, "incremental_plan", recording_plan)
+    for side in (occlusion.INCREMENTAL_ABOVE_SIDE, occlusion.INCREMENTAL_ABOVE_SIDE + 8):
+        torch.manual_seed(0)
+        net = build_model("vgg", 3, 5, side).double().eval()
+        inputs = torch.randn(2, 3, side, side, dtype=torch.float64)
+        fill = torch.zeros_like(inputs)
+        chosen = compute_occlusion(net, inputs, TARGETS, fill, 16, 8)
+        plain = compute_occlusion(net, inputs, TARGETS, fill, 16, 8, incremental=False)
+        assert torch.allclose(chosen.pixel_drop, plain.pixel_drop, atol=1e-12, rtol=0)
+    assert built == [occlusion.INCREMENTAL_ABOVE_SIDE + 8]

@@ -95,9 +95,23 @@ def _covered(starts, patch, size):
     return (pixels >= starts[:, None]) & (pixels < starts[:, None] + patch)
 
 
+# Incremental occlusion is used above this image side unless asked for or against: there it
+# gives the same maps sooner (see incremental_pays); at and below it, no faster.
+INCREMENTAL_ABOVE_SIDE = 64
+
+
+def incremental_pays(height, width):
+    """Whether incremental occlusion is faster than running every occluded image whole, for
+    images of ``height`` x ``width``: above ``INCREMENTAL_ABOVE_SIDE`` px. Measured with the
+    default geometry (``occlusion_geometry``) on a 2-core "AMD EPYC" (Zen 5), float32: the
+    vgg at 32 px (patch 4, stride 2) 0.017 s per image either way; the trained MobileNetV2 at
+    224 px (patch 32, stride 16, photos) 0.82 s against 1.24 s."""
+    return min(height, width) > INCREMENTAL_ABOVE_SIDE
+
+
 @torch.no_grad()
 def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=256,
-                      incremental=False, approximate=None, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
+                      incremental=None, approximate=None, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
     """Occlusion sensitivity of a batch of images (Zeiler & Fergus 2014, sec. 4.2).
 
     For every patch position (i, j) the image x is replaced inside the square by ``fill``:
@@ -116,7 +130,8 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
         patch, stride: square side and step in pixels.
         incremental: compute f(x_ij) layer by layer on the changed boxes only
             (``model.attribution.incremental``, Krypton): the same logits, less work; batches of
-            positions then fill ``max_memory_mb`` instead of ``batch_size``.
+            positions then fill ``max_memory_mb`` instead of ``batch_size``. None (the
+            default): where it pays (:func:`incremental_pays`).
         approximate: Krypton's projective-field threshold tau in (0, 1] (implies
             ``incremental``): faster, no longer exact.
 
@@ -138,6 +153,8 @@ def compute_occlusion(model, inputs, targets, fill, patch, stride, batch_size=25
     probability = torch.empty(count * positions, slots, dtype=base.dtype, device=inputs.device)
     top_class = torch.empty(count * positions, dtype=torch.int64, device=inputs.device)
     plan = None
+    if incremental is None:
+        incremental = incremental_pays(height, width)
     if incremental or approximate is not None:
         plan = incremental_plan(model, inputs[:1], patch, tops, lefts, approximate)
     if plan is None:
@@ -220,7 +237,7 @@ def occlusion_geometry(image_size, patch=None, stride=None):
           display="mean drop over the patch positions covering each pixel (negative: "
                   "covering it helps)",
           defaults={"patch": None, "stride": None, "baseline": "blur", "batch_size": 256,
-                    "incremental": False, "approximate": None,
+                    "incremental": None, "approximate": None,
                     "max_memory_mb": DEFAULT_MAX_MEMORY_MB},
           needs={"info"}, shares_passes=True)
 def occlusion_map(model, inputs, targets, *, info, patch, stride, baseline, batch_size,
