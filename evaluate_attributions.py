@@ -72,6 +72,7 @@ from model.evaluation.faithfulness import (
     deletion_insertion_curves,
     explanation_map_probabilities,
     increase_in_confidence,
+    randomization_stages,
     spearman,
 )
 from model.evaluation.ground_truth import mass_inside, pointing_hits
@@ -232,8 +233,10 @@ def score_methods(model, inputs, targets, methods, settings, masks=None, steps=1
     few_inputs, few_targets = inputs[:sanity_images], targets[:sanity_images]
     stages, randomization = [], {method: [] for method in methods}
     cascade = {method: [maps[method][:sanity_images].cpu()] for method in methods}
-    for stage, randomized in cascading_randomization(model, settings.seed,
-                                                     RANDOMIZATION_POINTS):
+    cascade_stages = cascading_randomization(model, settings.seed, RANDOMIZATION_POINTS)
+    for stage, randomized in tqdm(cascade_stages, disable=not progress, desc="randomization",
+                                  total=min(len(randomization_stages(model)),
+                                            RANDOMIZATION_POINTS), unit="stage"):
         stages.append(stage)
         for method in methods:
             changed = attribution_maps(method, randomized, few_inputs, few_targets, settings)
