@@ -38,12 +38,17 @@ from model.cli.running import run
 from model.errors import UserError
 from model.figures.heatmaps import frame, show_image, signed_display
 from model.figures.plotting import Figure, Rectangle, write_figure
-from model.nets.layers import conv_layer_names, get_layer
+from model.nets.layers import clipped_activation, conv_layer_names, get_layer
 from model.nets.receptive_field import layer_receptive_field
 from model.runtime import distributed
 from model.runtime.device import seed_everything
 from model.runtime.files import save_json
-from model.units.activation_search import layer_function, parse_channels, search_top_activations
+from model.units.activation_search import (
+    layer_function,
+    parse_channels,
+    ranks_before_clip,
+    search_top_activations,
+)
 from model.units.mirror import compute_projections, projection_path
 
 MAX_SHOWN = 16  # images per channel in the figures: a figure of k subplots grows with k
@@ -168,6 +173,10 @@ def search(args):
     if not distributed.current().main:
         return []  # rank 0 writes the same result
     channel_count = result.values.shape[0]
+    measure = args.score  # the clipped maximum is ranked by its pre-activation (ReLU6)
+    if ranks_before_clip(model, layer, args.score):
+        clip = get_layer(model, clipped_activation(model, layer))
+        measure = f"max before {type(clip).__name__}"
     is_classes = isinstance(get_layer(model, layer), nn.Linear)
     field = None if is_classes else layer_receptive_field(model, layer)
     labels = (list(info.classes) if is_classes
@@ -179,7 +188,7 @@ def search(args):
 
     report = {"checkpoint": args.weights or str(checkpoint_path(args)), "layer": layer,
               "split": args.split,
-              "k": args.k, "score": args.score, "images_scanned": len(dataset),
+              "k": args.k, "score": measure, "images_scanned": len(dataset),
               "receptive_field": None if field is None else field.size,
               "dead_channels": result.dead_channels(),
               "channels": {labels[c]: {"indices": result.indices[c].tolist(),
@@ -198,7 +207,7 @@ def search(args):
     images_of = lambda c: top_images[c].float() / 255  # noqa: E731
     crops = [[image[:, t:b, l:r] for image, (t, l, b, r) in zip(images_of(c), boxes[c])]
              for c in chosen]
-    title = f"{info.name} {layer}: top {args.k} {args.split} images per channel ({args.score})"
+    title = f"{info.name} {layer}: top {args.k} {args.split} images per channel ({measure})"
     paths.append(write_figure(plot_overview(crops, [labels[c] for c in chosen], title),
                               out / f"{stem}_overview.png"))
 
@@ -215,7 +224,7 @@ def search(args):
         figure = plot_channel(images_of(c), result.values[c].tolist(),
                               result.indices[c].tolist(), boxes[c],
                               f"{info.name} {layer} {labels[c]}: top {args.k} {args.split} "
-                              f"images", projections)
+                              f"images ({measure})", projections)
         paths.append(write_figure(figure, out / f"{stem}_channel{c:03d}.png"))
     return paths
 

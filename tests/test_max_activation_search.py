@@ -150,3 +150,45 @@ def test_the_default_overview_of_a_wide_layer_shows_its_strongest_channels(capsy
     assert "the overview shows the 32 of the 40 channels" in capsys.readouterr().err
     narrow = TopActivations.empty(32, 3, 4, "cpu")
     assert mas.overview_channels(narrow) == list(range(32))
+
+
+def clipped_net():
+    """conv -> BatchNorm -> ReLU6 as torchvision's Conv2dNormActivation nests them, its weights
+    large enough that most images drive every unit past the cap of 6."""
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU6())
+    with torch.no_grad():
+        block[0].weight.mul_(40)
+    return torch.nn.Sequential(block, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 3)).double().eval()
+
+
+def test_a_clipped_layer_is_ranked_by_its_pre_activation_where_relu6_ties():
+    """MobileNetV2's ReLU6 caps a unit at 6: ranked by the clipped maximum, the top images tie
+    at 6.00 in index order. The scan ranks them by the maximum of the pre-activation (the
+    ReLU6's input, brute force here), which keeps the clipped order wherever it is not tied;
+    the mean, and an unclipped layer, are ranked as before."""
+    from model.nets.layers import clipped_activation
+
+    net = clipped_net()
+    assert clipped_activation(net, "0") == "0.2"
+    assert clipped_activation(build_model("vgg", 3, 5, 16), "conv2") is None  # plain ReLU
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (40, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    dataset = ImageDataset(DATASET_INFO["shapes"], images, torch.zeros(40, dtype=torch.int64))
+    result = search_top_activations(net, dataset, "0", k=9, batch_size=16)
+    with torch.no_grad():
+        before = net[0][:2](dataset.info.normalize(images).double())  # conv + BatchNorm
+    peaks = before.flatten(2).amax(2).T  # (K, N)
+    expected = torch.sort(peaks, dim=1, descending=True, stable=True)
+    assert torch.equal(result.indices, expected.indices[:, :9])
+    assert torch.allclose(result.values, expected.values[:, :9], atol=1e-12, rtol=0)
+    clipped = peaks.clamp(0, 6)
+    assert (clipped.gather(1, result.indices) == 6).sum() >= 20  # the ties it breaks
+    kept = clipped.gather(1, result.indices)
+    assert (kept[:, :-1] >= kept[:, 1:]).all()  # never against the clipped order
+    mean = search_top_activations(net, dataset, "0", k=9, score="mean", batch_size=16)
+    clipped_mean = before.clamp(0, 6).flatten(2).mean(2).T
+    assert torch.allclose(mean.values, torch.sort(clipped_mean, 1, descending=True).values[:, :9],
+                          atol=1e-12, rtol=0)

@@ -95,6 +95,19 @@ def block_end(model, name):
     return f"{parent_name}.{names[end]}" if parent_name else names[end]
 
 
+def clipped_activation(model, name):
+    """The name of the clipped activation (``nn.ReLU6``, ``nn.Hardtanh``: min(max(x, lo), hi))
+    whose output layer ``name`` stands for (:func:`block_end`; the last module of a block
+    such as torchvision's ``Conv2dNormActivation``), or None when its output is not clipped
+    from above."""
+    end = block_end(model, name)
+    module = model.get_submodule(end)
+    while isinstance(module, nn.Sequential) and len(module):
+        child, module = list(module.named_children())[-1]
+        end = f"{end}.{child}"
+    return end if isinstance(module, nn.Hardtanh) else None  # nn.ReLU6 is an nn.Hardtanh
+
+
 def split_at(model, layer):
     """Split a net at a layer of its convolutional part: (body, head), body(x) = A, head(A) =
     logits.
