@@ -206,3 +206,31 @@ def test_cli_bad_input_exits_2_with_one_line(trained_shapes_checkpoint, tmp_path
     assert code == 2
     lines = stderr_lines(capsys.readouterr())
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_scorecam_runs_one_pass_per_image_for_all_its_dead_channels():
+    """Every map that is zero everywhere masks the image to zeros: the weights are those of
+    one pass per channel (the per-channel loop's), from one pass per image for the dead ones."""
+    model = vgg_with_statistics(2).double()
+    inputs, targets = torch.randn(2, 3, 16, 16).double(), torch.tensor([[2, 4], [0, 1]])
+    body, _ = split_at(model, "conv3")
+    with torch.no_grad():
+        activations = body(inputs)
+        activations[0, [1, 4, 7]] = 0  # dead on the first image
+        activations[1, [2, 4]] = 0  # and on the second
+        live = int((activations[1].flatten(1) != 0).sum(1).argmax())
+        activations[1, live, 0, 0] = 0  # a zero in a live map is no dead map
+        channels = activations.shape[1]
+        seen = []
+        handle = model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+        weights = cams.score_weights(model, inputs, activations, targets, batch_size=5)
+        handle.remove()
+        dead = (activations.flatten(2) == 0).all(2)  # ours and the net's own
+        assert dead[0, [1, 4, 7]].all() and not dead[1, live]
+        assert sum(seen) == int((~dead).sum() + dead.any(1).sum())
+        for n in range(2):
+            for k in range(channels):
+                mask = cams.normalize_maps(cams.resize_maps(activations[n, k][None], 16))
+                probability = torch.softmax(model(inputs[n:n + 1] * mask[:, None]), 1)[0]
+                assert torch.allclose(weights[n, :, k], probability[targets[n]], atol=1e-12)
+        assert torch.equal(weights[0, :, 1], weights[0, :, 7])
