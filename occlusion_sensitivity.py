@@ -30,6 +30,7 @@ from model.attribution.occlusion import (
     SMALL_IMAGE_GEOMETRY,
     baseline_images,
     compute_occlusion,
+    incremental_pays,
     occlusion_geometry,
 )
 from model.cli.arguments import ArgumentParser, positive_fraction, positive_int
@@ -157,6 +158,8 @@ def explain(args):
     targets = resolve_targets(args.target, info, logits, selection.labels)
     args.patch, args.stride = occlusion_geometry(info.image_size, args.patch, args.stride)
     fill = baseline_images(selection.inputs, info, args.baseline, args.patch)
+    if args.incremental is None:  # the choice made is saved with the maps
+        args.incremental = incremental_pays(info.image_size, info.image_size)
     result = compute_occlusion(model, selection.inputs, targets, fill, args.patch, args.stride,
                                args.batch_size, args.incremental, args.approximate,
                                args.max_memory)

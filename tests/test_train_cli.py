@@ -3,7 +3,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -221,20 +220,26 @@ def test_bfloat16_is_used_only_where_the_device_computes_it_fast(monkeypatch, tm
 
 
 def test_the_bfloat16_measurement_times_both_and_stops_early_when_bfloat16_is_slow(monkeypatch):
-    """float32 time / bfloat16 time of the same step: with bfloat16 made 10x slower the
-    ratio says so, after one timed bfloat16 step."""
-    real_autocast, steps = torch.autocast, []
+    """float32 time / bfloat16 time of the same step: on a clock where a bfloat16 step takes
+    10 and a float32 one 1, the ratio is 0.1, after one timed bfloat16 step; where bfloat16
+    takes 0.5, 2.0 after three. (A clock of its own: real timings on a loaded CPU vary.)"""
+    real_autocast, steps, clock = torch.autocast, [], [0.0]
 
-    def slow_autocast(device_type, dtype=None, enabled=True):
-        steps.append(enabled)
-        if enabled:
-            time.sleep(0.2)
-        return real_autocast(device_type, dtype=dtype, enabled=enabled)
+    def timed_autocast(step_seconds):
+        def autocast(device_type, dtype=None, enabled=True):
+            steps.append(enabled)
+            clock[0] += step_seconds if enabled else 1.0
+            return real_autocast(device_type, dtype=dtype, enabled=enabled)
+        return autocast
 
-    monkeypatch.setattr(torch, "autocast", slow_autocast)
-    speedup = model.runtime.calibration.measure_speedup(repeats=3)
-    assert 0 < speedup < 0.5
+    monkeypatch.setattr(model.runtime.calibration.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(torch, "autocast", timed_autocast(10.0))
+    assert model.runtime.calibration.measure_speedup(repeats=3) == pytest.approx(0.1)
     assert steps == [False] * 4 + [True] * 2  # warm-up + 3 float32, warm-up + 1 bfloat16
+    steps.clear()
+    monkeypatch.setattr(torch, "autocast", timed_autocast(0.5))
+    assert model.runtime.calibration.measure_speedup(repeats=3) == pytest.approx(2.0)
+    assert steps == [False] * 4 + [True] * 4
 
 
 def test_the_cifar10_recipe_trains_resumes_and_explains_from_class_folders(tmp_path,
