@@ -70,6 +70,7 @@ from model.evaluation.faithfulness import (
     average_drop,
     cascading_randomization,
     deletion_insertion_curves,
+    evaluated_stages,
     explanation_map_probabilities,
     increase_in_confidence,
     randomization_stages,
@@ -234,9 +235,9 @@ def score_methods(model, inputs, targets, methods, settings, masks=None, steps=1
     stages, randomization = [], {method: [] for method in methods}
     cascade = {method: [maps[method][:sanity_images].cpu()] for method in methods}
     cascade_stages = cascading_randomization(model, settings.seed, RANDOMIZATION_POINTS)
+    shown = evaluated_stages(len(randomization_stages(model)), RANDOMIZATION_POINTS)
     for stage, randomized in tqdm(cascade_stages, disable=not progress, desc="randomization",
-                                  total=min(len(randomization_stages(model)),
-                                            RANDOMIZATION_POINTS), unit="stage"):
+                                  total=len(shown), unit="stage"):
         stages.append(stage)
         for method in methods:
             changed = attribution_maps(method, randomized, few_inputs, few_targets, settings)

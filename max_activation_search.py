@@ -38,7 +38,7 @@ from model.cli.running import run
 from model.errors import UserError
 from model.figures.heatmaps import frame, show_image, signed_display
 from model.figures.plotting import Figure, Rectangle, write_figure
-from model.nets.layers import clipped_activation, conv_layer_names, get_layer
+from model.nets.layers import conv_layer_names, get_layer
 from model.nets.receptive_field import layer_receptive_field
 from model.runtime import distributed
 from model.runtime.device import seed_everything
@@ -46,7 +46,7 @@ from model.runtime.files import save_json
 from model.units.activation_search import (
     layer_function,
     parse_channels,
-    ranks_before_clip,
+    ranking_clip,
     search_top_activations,
 )
 from model.units.mirror import compute_projections, projection_path
@@ -173,10 +173,8 @@ def search(args):
     if not distributed.current().main:
         return []  # rank 0 writes the same result
     channel_count = result.values.shape[0]
-    measure = args.score  # the clipped maximum is ranked by its pre-activation (ReLU6)
-    if ranks_before_clip(model, layer, args.score):
-        clip = get_layer(model, clipped_activation(model, layer))
-        measure = f"max before {type(clip).__name__}"
+    clip = ranking_clip(model, layer, args.score)  # ReLU6: ranked by its pre-activation
+    measure = args.score if clip is None else f"max before {type(get_layer(model, clip)).__name__}"
     is_classes = isinstance(get_layer(model, layer), nn.Linear)
     field = None if is_classes else layer_receptive_field(model, layer)
     labels = (list(info.classes) if is_classes

@@ -27,6 +27,7 @@ from model.data.datasets import DatasetInfo, load_dataset  # noqa: E402
 from model.evaluation.faithfulness import (  # noqa: E402
     RANDOMIZATION_POINTS,
     deletion_insertion_curves,
+    evaluated_stages,
     explanation_map_probabilities,
     randomization_stages,
 )
@@ -93,7 +94,7 @@ def main(argv=None):
     usable = cam_layer_applies(model, layer, inputs[:1])
     methods = args.methods or [name for name, method in METHODS.items() if method.evaluated
                                and ("gap-linear" not in method.needs or usable)]
-    stages = min(len(randomization_stages(model)), RANDOMIZATION_POINTS)
+    stages = len(evaluated_stages(len(randomization_stages(model)), RANDOMIZATION_POINTS))
     count = len(inputs)
     print(f"{args.arch}, {'trained' if args.weights else 'random'} weights, layer {layer}, "
           f"{count} images timed, {stages} randomization stages with maps, "

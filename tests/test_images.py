@@ -125,8 +125,12 @@ def test_test_predictions_are_every_images_argmax_with_progress_per_batch():
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (10, 3, 8, 8), generator=generator, dtype=torch.uint8)
     dataset = ImageDataset(DATASET_INFO["shapes"], images, torch.zeros(10, dtype=torch.int64))
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.ReLU(),
-                              torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten())
+    layers = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.ReLU(),
+                                 torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten()).double()
+
+    def net(inputs):  # float64: an argmax must not flip with the batch's rounding
+        return layers(inputs.double())
+
     expected = torch.stack([net(dataset.info.normalize(image[None])).argmax(1)[0]
                             for image in images])
     seen = []

@@ -138,14 +138,14 @@ class TopActivations:
         return (self.channel_max <= 0).nonzero()[:, 0].tolist()
 
 
-def layer_function(model, layer, before_clip=False):
+def layer_function(model, layer, before=None):
     """The function from inputs to the layer's activations as (N, K, h, w).
 
     The last Linear layer (``fc``, AlexNet's ``classifier.6``) gives the class scores as
     (N, classes, 1, 1). The inputs are cast to the model's dtype (normalized images are
-    float32; a test net may be float64). With ``before_clip``, a layer whose output is clipped
-    from above (MobileNet's ReLU6: :func:`~model.nets.layers.clipped_activation`) gives the
-    input of that clip instead, its pre-activation.
+    float32; a test net may be float64). With ``before``, the name of the clip that ends the
+    layer (:func:`ranking_clip`), the function gives that clip's input instead, the layer's
+    pre-activation.
     """
     dtype = next(model.parameters()).dtype
     if isinstance(get_layer(model, layer), nn.Linear):
@@ -154,24 +154,25 @@ def layer_function(model, layer, before_clip=False):
             raise UserError(f"--layer {layer}: only the final Linear layer (the classes) or a "
                             "layer of the convolutional part can be searched")
         return lambda inputs: model(inputs.to(dtype))[:, :, None, None]
-    clip = clipped_activation(model, layer) if before_clip else None
-    if clip is not None:
+    if before is not None:
         return lambda inputs: as_feature_maps(
-            layer_output(model, clip, inputs.to(dtype), before=True), model, layer)
+            layer_output(model, before, inputs.to(dtype), before=True), model, layer)
     return lambda inputs: layer_activations(model, inputs.to(dtype), [layer])[layer]
 
 
-def ranks_before_clip(model, layer, score):
-    """Whether the scan ranks ``layer``'s images by the pre-activation: for ``score`` max on a
-    layer clipped from above. ReLU6 caps a unit at 6, and a trained MobileNetV2 drives its
-    strongest units there on many images (all 1,280 channels of ``features.18``: the top 9
-    all at 6.00, in an arbitrary order). min(max(z, 0), 6) never reverses the order of two
-    values z, so ranking by z keeps every order the clipped maximum gives where it is not tied
-    and breaks the ties at the cap by how far past it the image drives the unit. The mean
-    over positions is left on the clipped maps: it averages 49 or more of them and is rarely
-    tied."""
-    return score == "max" and not isinstance(get_layer(model, layer), nn.Linear) and \
-        clipped_activation(model, layer) is not None
+def ranking_clip(model, layer, score):
+    """The clip (``nn.ReLU6``, ``nn.Hardtanh``) whose input the scan ranks ``layer``'s images
+    by, or None: for ``score`` max on a layer clipped from above
+    (:func:`~model.nets.layers.clipped_activation`). ReLU6 caps a unit at 6, and a trained
+    MobileNetV2 drives its strongest units there on many images (all 1,280 channels of
+    ``features.18``: the top 9 all at 6.00, in an arbitrary order). min(max(z, 0), 6) never
+    reverses the order of two values z, so ranking by z keeps every order the clipped maximum
+    gives where it is not tied and breaks the ties at the cap by how far past it the image
+    drives the unit. The mean over positions is left on the clipped maps: it averages 49 or
+    more of them and is rarely tied."""
+    if score != "max" or isinstance(get_layer(model, layer), nn.Linear):
+        return None
+    return clipped_activation(model, layer)
 
 
 @torch.no_grad()
@@ -185,7 +186,7 @@ def search_top_activations(model, dataset, layer, k=9, score="max", batch_size=2
         layer: a conv-part layer name, or the final Linear layer's name for classes.
         k: images kept per channel; score: ``max`` or ``mean`` over positions. ``max`` of a
             layer clipped from above (ReLU6) is the maximum of its pre-activation
-            (:func:`ranks_before_clip`).
+            (:func:`ranking_clip`).
 
     Under torchrun each process scans whole batches (``Processes.my_batches``) and every
     process gets the processes' results combined (:meth:`TopActivations.combine`): the same
@@ -194,7 +195,7 @@ def search_top_activations(model, dataset, layer, k=9, score="max", batch_size=2
     Returns:
         :class:`TopActivations`; memory stays O(channels x k) whatever ``len(dataset)``.
     """
-    function = layer_function(model, layer, before_clip=ranks_before_clip(model, layer, score))
+    function = layer_function(model, layer, before=ranking_clip(model, layer, score))
     processes = distributed.current()
     # Channels-last batches of at most images_per_batch images: 512 photos through the trained
     # MobileNetV2 to features.18 in 4.3 s, against 6.8 s in batches of 256 and 6.5 s in
