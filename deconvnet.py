@@ -36,6 +36,7 @@ from model.units.mirror import (
     compute_projections,
     layer_activation,
     projection_path,
+    projection_rule,
     strongest_channels,
 )
 
@@ -148,6 +149,11 @@ def explain(args):
         paths.setdefault(projection_path(model, layer), []).append(layer)
     for path, named in paths.items():
         print(f"note: projections of {', '.join(named)} by {path}")
+    unpooled = [layer for layer in layers if projection_rule(model, layer) != "deconvnet"]
+    if args.rule == "deconvnet" and unpooled:
+        print(f"note: no max pooling below {', '.join(unpooled)}: without switches their "
+              "DeconvNet projections are the same for every image (up to scale); --rule "
+              "guided shows what the image drives (Springenberg et al. 2015)")
     for number, layer in enumerate(layers):
         field = layer_receptive_field(model, layer)
         if args.all_channels:

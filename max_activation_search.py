@@ -49,10 +49,20 @@ from model.units.activation_search import (
     ranking_clip,
     search_top_activations,
 )
-from model.units.mirror import compute_projections, projection_path
+from model.units.mirror import compute_projections, projection_path, projection_rule
 
 MAX_SHOWN = 16  # images per channel in the figures: a figure of k subplots grows with k
 MAX_OVERVIEW = 32  # channels in the default overview: 512 rows would be 55,000 px tall
+# How --project sends a unit down (model.units.mirror.projection_rule), for the note and the
+# figure's row label.
+RULE_NOTES = {"deconvnet": "the DeconvNet rule (Zeiler & Fergus 2014)",
+              "guided": "guided backpropagation (Springenberg et al. 2015): there is no max "
+                        "pooling below it, and without switches the DeconvNet rule would "
+                        "send every image to the same pattern"}
+RULE_LABELS = {"deconvnet": "DeconvNet projection", "guided": "guided backprop"}
+# A projection's few strongest pixels would leave the rest mid-grey at full scale; the display
+# saturates the top 0.5% instead.
+PROJECTION_QUANTILE = 0.995
 
 
 def unit_boxes(result, channels, field, image_size):
@@ -63,9 +73,11 @@ def unit_boxes(result, channels, field, image_size):
             for c in channels]
 
 
-def plot_channel(images, values, indices, boxes, title, projections=None):
+def plot_channel(images, values, indices, boxes, title, projections=None,
+                 projection_label="projection"):
     """One channel: the k images with the receptive field boxed, then the k crops (and the
-    DeconvNet projections of the same activations); at most ``MAX_SHOWN`` of them."""
+    projections of the same activations, rows labelled ``projection_label``); at most
+    ``MAX_SHOWN`` of them."""
     k = min(len(images), MAX_SHOWN)
     rows = 2 if projections is None else 3
     figure = Figure(figsize=(1.45 * k, 1.6 * rows + 0.5))
@@ -81,7 +93,7 @@ def plot_channel(images, values, indices, boxes, title, projections=None):
     axes[0, 0].set_ylabel("image", fontsize=9)
     axes[1, 0].set_ylabel("receptive field", fontsize=9)
     if projections is not None:
-        axes[2, 0].set_ylabel("projection", fontsize=9)
+        axes[2, 0].set_ylabel(projection_label, fontsize=9)
     figure.suptitle(title)
     figure.tight_layout()
     return figure
@@ -210,19 +222,23 @@ def search(args):
                               out / f"{stem}_overview.png"))
 
     detailed = chosen if args.channels or channel_count <= 16 else []
-    if args.project and detailed and not is_classes:
-        print(f"note: projections of {layer} by {projection_path(model, layer)}")
+    projecting = args.project and not is_classes
+    rule = projection_rule(model, layer) if projecting else None
+    if projecting and detailed:
+        print(f"note: projections of {layer} by {projection_path(model, layer)}, "
+              f"{RULE_NOTES[rule]}")
     for c in detailed:
         projections = None
-        if args.project and not is_classes:
+        if projecting:
             inputs = info.normalize(top_images[c].to(device))
             channel = torch.full((args.k, 1), c, device=device)
-            projections = compute_projections(model, inputs, layer, channel)[0][:, 0]
-            projections = torch.stack([signed_display(p) for p in projections]).cpu()
+            projections = compute_projections(model, inputs, layer, channel, rule)[0][:, 0]
+            projections = torch.stack([signed_display(p, PROJECTION_QUANTILE)
+                                       for p in projections]).cpu()
         figure = plot_channel(images_of(c), result.values[c].tolist(),
                               result.indices[c].tolist(), boxes[c],
                               f"{info.name} {layer} {labels[c]}: top {args.k} {args.split} "
-                              f"images ({measure})", projections)
+                              f"images ({measure})", projections, RULE_LABELS.get(rule))
         paths.append(write_figure(figure, out / f"{stem}_channel{c:03d}.png"))
     return paths
 

@@ -7,6 +7,8 @@
     python train_cnn.py --dataset cifar10 --recipe long       # 92%, about an hour on a CPU
     python train_cnn.py --dataset imagefolder --data-dir photos --arch resnet18  # your images
     torchrun --nproc_per_node 2 train_cnn.py --dataset shapes  # 2 processes (or GPUs), DDP
+    python train_cnn.py --evaluate-only --dataset imagefolder --data-dir photos \
+        --arch mobilenet_v2 --weights weights.pth   # top-1/top-5 of a trained net, no training
 
 Every epoch ends with the checkpoint rewritten atomically
 (``outputs/checkpoints/<dataset>_<arch>.pt`` by default) and a training-curve PNG beside it,
@@ -31,6 +33,12 @@ from model.cli.arguments import (
     positive_float,
     positive_int,
 )
+from model.cli.method_inputs import (
+    add_weights_flags,
+    check_weights_flags,
+    load_split,
+    weights_model,
+)
 from model.cli.running import run
 from model.data.datasets import load_dataset
 from model.errors import UserError
@@ -52,6 +60,7 @@ from model.runtime.files import check_name_length, check_writable_file
 from model.training.loop import TrainingDivergedError, fit, prepare_model
 from model.training.optim import make_optimizer
 from model.training.recipes import DEFAULT_RECIPE, recipe_for
+from model.training.views import top_k_accuracies
 
 
 def get_args_parser():
@@ -84,6 +93,16 @@ def get_args_parser():
     parser.add_argument("--max-train-images", type=positive_int, default=None,
                         help="train on the first N training images only (quick runs)")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
+    evaluation = parser.add_argument_group(
+        "evaluating a trained net instead of training one")
+    evaluation.add_argument("--evaluate-only", action="store_true",
+                            help="print the top-1 and top-5 test accuracy of a trained net (and "
+                                 "among the folder's classes when it has fewer than the net), "
+                                 "then stop: the checkpoint at --checkpoint, or --weights")
+    evaluation.add_argument("--checkpoint", default=None,
+                            help="with --evaluate-only: the checkpoint to evaluate (default: "
+                                 "--out's path)")
+    add_weights_flags(evaluation)
     parser.set_defaults(seed=None)  # 0, or the resumed checkpoint's seed (apply_recipe)
     return parser
 
@@ -134,6 +153,51 @@ def restore(checkpoint, args, model_args, model, optimizer):
     model.load_state_dict(checkpoint["model_state"])
     optimizer.load_state_dict(checkpoint["optimizer_state"])
     return checkpoint["history"], checkpoint["epoch"]
+
+
+def evaluate(args):
+    """``--evaluate-only``: print the accuracies of a trained net on its test split."""
+    device = resolve_device(args.device)
+    if args.weights:
+        if args.dataset is None:
+            raise UserError("--evaluate-only --weights needs --dataset: the test images to "
+                            "classify (imagefolder with --data-dir for a folder of photos)")
+        model, info = weights_model(args, device)
+        source, arch = args.weights, args.arch
+    else:
+        # A --checkpoint says what it is: --dataset and --arch (default shapes, vgg) name only
+        # the default path.
+        source = (args.checkpoint or args.out or
+                  default_checkpoint_path(args.dataset, args.arch))
+        model, info, checkpoint = load_model(source, device)
+        arch = checkpoint["arch"]
+    test_set = load_split(info, "test", args)
+    with tqdm(total=len(test_set), unit="image", desc="test", leave=False,
+              disable=args.no_progress) as bar:
+        scores = top_k_accuracies(model, test_set, device,
+                                  progress=lambda done, _: bar.update(done - bar.n))
+    accuracies = [f"top-{k} {100 * value:.2f}%" for k, value in scores["top_k"].items()]
+    if scores["among_accuracy"] is not None:
+        accuracies.append(f"among the {scores['among_classes']} classes of the test images "
+                          f"{100 * scores['among_accuracy']:.2f}%")
+    print(f"{arch} ({source}) on {scores['images']} {info.name} test images: "
+          f"{', '.join(accuracies)}")
+    return []
+
+
+def check_evaluation_flags(args):
+    """Refuse the flags of ``--evaluate-only`` without it, before any work."""
+    for flag in ("checkpoint", "weights", "class_names"):
+        if getattr(args, flag) and not args.evaluate_only:
+            raise UserError(f"--{flag.replace('_', '-')} is for --evaluate-only; training "
+                            "writes the checkpoint at --out")
+    if args.evaluate_only:
+        check_weights_flags(args)
+
+
+def train_or_evaluate(args):
+    check_evaluation_flags(args)
+    return evaluate(args) if args.evaluate_only else train(args)
 
 
 def train(args):
@@ -224,7 +288,7 @@ def interrupted_note(args):
 
 def main(argv=None, written=None):
     args = get_args_parser().parse_args(argv)
-    return run(train, args, interrupted=lambda: interrupted_note(args), written=written,
+    return run(train_or_evaluate, args, interrupted=lambda: interrupted_note(args), written=written,
                several_processes=True)
 
 

@@ -226,3 +226,101 @@ def test_the_mirror_undoes_a_whitening_stem_by_colouring_each_patch():
         covers = torch.nn.grad.conv2d_input((1, 1, 6, 6), torch.ones(1, 1, 2, 2).double(),
                                             torch.ones(1, 1, 5, 5, dtype=torch.float64))
     assert torch.allclose(back, images * covers, atol=1e-9)
+
+
+def linear_head_net(activation, seed=0):
+    """conv -> ``activation`` -> flatten -> linear, float64: the signal a rule sends down to
+    the activation is the head's weights, whatever the input."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), activation, nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 5)).double().eval()
+
+
+@pytest.mark.parametrize("clip", [nn.ReLU6(inplace=True), nn.Hardtanh(-1.0, 1.0)],
+                         ids=["relu6", "hardtanh"])
+def test_clipped_activations_pass_the_signal_as_relus_gated_by_their_lower_clip(clip):
+    """Zeiler & Fergus's and Springenberg et al.'s rules at a clipped activation, written out:
+    DeconvNet relu(R), guided relu(R) [f > lo] (a unit driven past the upper clip, as the top
+    units of a ReLU6 layer are, still passes the signal), saliency the gradient
+    R [lo < f < hi]; each then sent through the conv's adjoint."""
+    net = linear_head_net(clip)
+    conv, head = net[0], net[3]
+    inputs = 8 * torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    targets = torch.tensor([0, 3])
+    with torch.no_grad():
+        pre = conv(inputs)
+    low, high = clip.min_val, clip.max_val
+    assert (pre > high).float().mean() > 0.05 and (pre < low).float().mean() > 0.05
+    signal = head.weight[targets].view(2, 4, 6, 6)
+    passing = (pre > low) & (pre < high)
+
+    def down(values):
+        return torch.nn.grad.conv2d_input(inputs.shape, conv.weight, values)
+
+    expected = {"deconvnet": down(signal.clamp(min=0)),
+                "guided": down(signal.clamp(min=0) * (pre > low)),
+                "saliency": down(signal * passing)}
+    for rule, want in expected.items():
+        got = gradients.input_gradient(net, inputs, targets, rule)
+        assert torch.allclose(got, want, rtol=0, atol=1e-12), rule
+    # The upper clip's mask would change the guided map here.
+    assert not torch.allclose(expected["guided"], down(signal.clamp(min=0) * passing))
+    assert clip.inplace == isinstance(clip, nn.ReLU6)  # restored
+    assert "guided_gates" not in clip.__dict__
+
+
+class SharedClip(nn.Module):
+    """Two convs through one Hardtanh module, called twice."""
+
+    def __init__(self, separate=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+        self.first = nn.Hardtanh(-0.5, 0.5)
+        self.second = nn.Hardtanh(-0.5, 0.5) if separate else self.first
+        self.head = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, inputs):
+        hidden = self.second(self.conv2(self.first(self.conv1(inputs))))
+        return self.head(hidden.flatten(1))
+
+
+def test_a_clipped_activation_called_twice_gates_each_call_by_its_own_input():
+    inputs = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    targets = torch.tensor([0, 2])
+    shared, separate = SharedClip().double(), SharedClip(separate=True).double()
+    for rule in ("guided", "deconvnet", "saliency"):
+        assert torch.allclose(gradients.input_gradient(shared, inputs, targets, rule),
+                              gradients.input_gradient(separate, inputs, targets, rule),
+                              rtol=0, atol=1e-12), rule
+
+
+def test_projections_without_max_pools_are_guided_as_the_deconvnet_loses_the_image():
+    """Without switches the DeconvNet sends a unit down to the same pattern for every image
+    (its ReLU ignores the forward pass): shown on a pool-free net, where the guided rule's
+    projections differ. ``projection_rule`` picks guided there, the DeconvNet where a max
+    pool runs below the layer or only one ReLU does."""
+    torch.manual_seed(0)
+    free = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).double().eval()
+    inputs = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    with torch.no_grad():
+        active = (free(inputs) > 0).all(0)  # (4, 10, 10): units both images drive
+    unit = active.flatten().nonzero()[0]
+    signal = torch.zeros(2, 4 * 10 * 10, dtype=torch.float64)
+    signal[:, unit] = 1.0  # one unit at one position, for both images
+    signal = signal.view(2, 4, 10, 10)
+
+    def projection(rule):
+        with gradients.relu_rule(free, rule), torch.enable_grad():
+            pixels = inputs.clone().requires_grad_(True)
+            return torch.autograd.grad(free(pixels), pixels, signal)[0]
+
+    deconv, guided = projection("deconvnet"), projection("guided")
+    assert torch.allclose(deconv[0], deconv[1], rtol=0, atol=1e-12)
+    assert not torch.allclose(guided[0], guided[1], atol=1e-3)
+    mobilenet = build_model("mobilenet_v2", 3, 10, 64)
+    assert mirror.projection_rule(mobilenet, "features.18") == "guided"
+    assert mirror.projection_rule(mobilenet, "features.0") == "deconvnet"  # one ReLU6 below
+    for arch, layer in (("alexnet", "features.10"), ("resnet18", "layer4"), ("vgg", "conv4")):
+        assert mirror.projection_rule(build_model(arch, 3, 10, 64), layer) == "deconvnet"

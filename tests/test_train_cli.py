@@ -311,3 +311,68 @@ def test_variant_batches_keep_small_images_and_cap_large_ones():
     assert model.runtime.batching.variant_batch(256, torch.zeros(1, 3, 224, 224)) == 64
     assert model.runtime.batching.variant_batch(16, torch.zeros(1, 3, 224, 224)) == 16
     assert model.runtime.batching.variant_batch(256, torch.zeros(1, 3, 4000, 4000)) == 1
+
+
+class _Float64(torch.nn.Module):
+    """A net run in float64 on float32 inputs: top-k hits cannot flip on a near-tie."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net.double()
+
+    def forward(self, inputs):
+        return self.net(inputs.double())
+
+
+def test_top_k_accuracies_equal_a_brute_force_ranking_of_every_logit():
+    torch.manual_seed(0)
+    info = model.data.datasets.DatasetInfo("toy", tuple("abcdefgh"), 3, 12, (0.5,) * 3,
+                                           (0.25,) * 3)
+    labels = torch.tensor([1, 4, 6] * 30)  # 3 of the net's 8 classes, as a photo folder
+    images = torch.randint(0, 256, (len(labels), 3, 12, 12), dtype=torch.uint8)
+    dataset = model.data.datasets.ImageDataset(info, images, labels)
+    net = _Float64(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+                                       torch.nn.Flatten(), torch.nn.Linear(400, 8))).eval()
+    scores = model.training.views.top_k_accuracies(net, dataset, "cpu", ks=(1, 5, 8))
+    with torch.no_grad():
+        logits = net(info.normalize(images))
+    ranking = logits.argsort(1, descending=True)
+    for k in (1, 5):
+        expected = (ranking[:, :k] == labels[:, None]).any(1).double().mean().item()
+        assert scores["top_k"][k] == pytest.approx(expected, abs=1e-12)
+    assert 8 not in scores["top_k"]  # every class: always a hit, not reported
+    present = torch.tensor([1, 4, 6])
+    among = (present[logits[:, present].argmax(1)] == labels).double().mean().item()
+    assert scores["among_classes"] == 3
+    assert scores["among_accuracy"] == pytest.approx(among, abs=1e-12)
+    # The three differ here, so a mix-up of them fails.
+    assert len({scores["top_k"][1], scores["top_k"][5], among}) == 3, scores
+
+
+def test_evaluate_only_prints_the_checkpoints_accuracy_and_trains_nothing(tmp_path, capsys):
+    code, out = train(tmp_path, "run", "--epochs", "1")
+    assert code == 0
+    stored = load_checkpoint(out)["test_accuracy"]
+    capsys.readouterr()
+    before = out.stat().st_mtime_ns
+    assert train_cnn.main(["--evaluate-only", "--checkpoint", str(out), "--no-progress"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"simple ({out}) on 2000 shapes test images: top-1 ")
+    top1 = float(line.split("top-1 ")[1].split("%")[0])
+    assert top1 == pytest.approx(100 * stored, abs=0.051)  # a near-tie may flip one image
+    assert "top-5 " in line and "among" not in line  # shapes: 6 classes, every one present
+    assert out.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint", "x.pt"], "--checkpoint is for --evaluate-only"),
+    (["--weights", "x.pth", "--arch", "alexnet"], "--weights is for --evaluate-only"),
+    (["--evaluate-only", "--weights", "x.pth"], "--weights loads torchvision"),
+    (["--evaluate-only", "--checkpoint", "missing.pt"], "missing.pt"),
+])
+def test_evaluation_flags_are_refused_in_one_line(argv, message, capsys, tmp_path,
+                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train_cnn.main(argv) == 2
+    lines = stderr_lines(capsys.readouterr())
+    assert len(lines) == 1 and message in lines[0], lines

@@ -6,10 +6,15 @@ The rules differ only in how a ReLU passes the signal down (Springenberg et al. 
     guided     R_l = relu(R_{l+1}) * [f_l > 0]    guided backpropagation (Springenberg et al. 2015)
     deconvnet  R_l = relu(R_{l+1})                the DeconvNet's ReLU (Zeiler & Fergus 2014)
 
-Here every ``nn.ReLU`` (and MobileNet's ``nn.ReLU6``) of the model gets a backward hook that
-applies the rule, so the rules work on any network built from ReLU modules (a ReLU called as a
-function is not seen). They
-equal the explicit mirror of ``model.units.mirror`` on the project's nets (tested).
+Here every ``nn.ReLU`` of the model gets a backward hook that applies the rule, so the rules work
+on any network built from ReLU modules (a ReLU called as a function is not seen). They equal
+the explicit mirror of ``model.units.mirror`` on the project's nets (tested).
+
+A clipped activation (``nn.Hardtanh``: min(max(f, lo), hi), MobileNet's ``nn.ReLU6`` with lo = 0
+and hi = 6) is handled as the ReLU it extends: the DeconvNet and guided rules gate by its
+lower clip, [f > lo], and ignore the upper one. Its gradient is zero where f > hi, so by the
+gradient's own mask a unit driven past 6 (the very units a top-activation search finds) would
+send nothing down; saliency keeps that true gradient.
 
 Integrated Gradients (Sundararajan et al. 2017, Eq. 1) and Input x Gradient (Shrikumar et al.
 2017) build on the plain gradient.
@@ -26,6 +31,9 @@ from model.runtime.batching import variant_batch
 RULES = ("saliency", "guided", "deconvnet")
 
 
+RECTIFYING = (nn.ReLU, nn.Hardtanh)  # nn.ReLU6 is an nn.Hardtanh
+
+
 def _guided(module, grad_input, grad_output):
     return (grad_input[0].clamp(min=0),)  # autograd already masked by [f > 0]
 
@@ -34,31 +42,48 @@ def _deconvnet(module, grad_input, grad_output):
     return (grad_output[0].clamp(min=0),)  # ignores the forward mask
 
 
+def _keep_gate(module, inputs):
+    """Forward pre-hook of a clipped activation: keep [f > lo] for the guided rule, one per
+    call (a module called twice is sent back through its later call first)."""
+    module.__dict__.setdefault("guided_gates", []).append(inputs[0] > module.min_val)
+
+
+def _guided_clipped(module, grad_input, grad_output):
+    gate = module.guided_gates.pop()
+    return (grad_output[0].clamp(min=0) * gate,)  # [f > lo], not the gradient's [lo < f < hi]
+
+
 @contextmanager
 def relu_rule(model, rule):
-    """While the block runs, every ``nn.ReLU`` and ``nn.ReLU6`` of ``model`` passes gradients
-    by ``rule``.
+    """While the block runs, every ``nn.ReLU`` and clipped activation (``nn.Hardtanh``,
+    ``nn.ReLU6``) of ``model`` passes gradients by ``rule``.
 
-    In-place ReLUs (torchvision's) are made out-of-place meanwhile, since backward hooks need
-    their input; everything is restored when the block ends, also when it raises.
+    In-place activations (torchvision's) are made out-of-place meanwhile, since backward hooks
+    need their input; everything is restored when the block ends, also when it raises.
     """
     if rule not in RULES:
         raise UserError(f"unknown rule '{rule}'; choose from {', '.join(RULES)}")
-    relus = [module for module in model.modules() if isinstance(module, (nn.ReLU, nn.ReLU6))]
+    relus = [module for module in model.modules() if isinstance(module, RECTIFYING)]
     was_inplace = [relu.inplace for relu in relus]
-    hook = {"guided": _guided, "deconvnet": _deconvnet}.get(rule)
     handles = []
     try:
         for relu in relus:
             relu.inplace = False
-            if hook is not None:
-                handles.append(relu.register_full_backward_hook(hook))
+            clipped = isinstance(relu, nn.Hardtanh)
+            if rule == "guided" and clipped:
+                handles.append(relu.register_forward_pre_hook(_keep_gate))
+                handles.append(relu.register_full_backward_hook(_guided_clipped))
+            elif rule == "guided":
+                handles.append(relu.register_full_backward_hook(_guided))
+            elif rule == "deconvnet":
+                handles.append(relu.register_full_backward_hook(_deconvnet))
         yield
     finally:
         for handle in handles:
             handle.remove()
         for relu, inplace in zip(relus, was_inplace):
             relu.inplace = inplace
+            relu.__dict__.pop("guided_gates", None)
 
 
 def input_gradient(model, inputs, targets, rule="saliency", counterfactual=False):

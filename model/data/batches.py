@@ -6,7 +6,8 @@ from model.data.folders import FolderDataset, visiting_order
 
 
 def iterate_batches(dataset, batch_size, device, generator=None, augment=False, padding=4,
-                    reflect=False, flips=None, cutout_size=0, indices=None, part=None):
+                    reflect=False, flips=None, cutout_size=0, indices=None, part=None,
+                    min_crop_area=0.08):
     """Yield normalized (inputs, labels) batches on ``device``.
 
     Args:
@@ -19,13 +20,16 @@ def iterate_batches(dataset, batch_size, device, generator=None, augment=False, 
         flips: optional (len(dataset),) bool tensor, which images to mirror (else at random).
         cutout_size: with ``augment``, the side of :func:`cutout`'s square (0: none).
         indices: the images to yield, in this order (default: all).
+        min_crop_area: a FolderDataset's random resized crops cover this fraction of the
+            image's area or more.
         part: maps a batch's size to the slice of it to yield (this process's part of a
             global batch, ``model.distributed.Processes.part``); its random augmentation is
             the whole batch's, so that the parts of all processes make up the one-process
             batch.
     """
     if isinstance(dataset, FolderDataset):
-        yield from dataset.batches(batch_size, device, generator, augment, indices, part)
+        yield from dataset.batches(batch_size, device, generator, augment, indices, part,
+                                   min_crop_area)
         return
     order = visiting_order(len(dataset), generator, indices)
     for start in range(0, len(order), batch_size):

@@ -10,7 +10,7 @@ evaluated with memory that does not grow with the folder.
 Preprocessing is torchvision's ImageNet recipe at ``--image-size`` S (default 224): for
 evaluation the shorter side resized to S * 256 / 224 and the central S x S crop
 (``model.data.image_files``, also used for ``--image`` files); for training a random resized crop
-(8-100% of the area, aspect 3/4-4/3, Szegedy et al. 2015) and a random horizontal flip.
+(8-100% of the area by default, aspect 3/4-4/3, Szegedy et al. 2015) and a random horizontal flip.
 """
 import traceback
 from pathlib import Path
@@ -98,9 +98,10 @@ class FolderDataset(torch.utils.data.Dataset):
         """(normalized image (C, S, S), label) like any torchvision dataset."""
         return self.info.normalize(self.load(index)[None])[0], int(self.labels[index])
 
-    def load(self, index, seed=None):
+    def load(self, index, seed=None, min_crop_area=0.08):
         """Image ``index`` as uint8 (C, S, S): evaluation preprocessing, or with ``seed`` the
-        training augmentation drawn from that seed (the same seed, the same crop)."""
+        training augmentation drawn from that seed (the same seed, the same crop): a random
+        crop of ``min_crop_area`` to all of the image's area, resized, and a random flip."""
         path = self.samples[index][0]
         size = self.info.image_size
         if seed is None:
@@ -114,7 +115,7 @@ class FolderDataset(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
             torch.manual_seed(seed)
             top, left, height, width = RandomResizedCrop.get_params(
-                image, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+                image, scale=(min_crop_area, 1.0), ratio=(3 / 4, 4 / 3))
             flip = bool(torch.rand(()) < 0.5)
         image = resized_crop(image, top, left, height, width, [size, size], antialias=True)
         return pil_to_uint8(horizontal_flip(image) if flip else image)
@@ -133,7 +134,7 @@ class FolderDataset(torch.utils.data.Dataset):
         return FolderDataset(self.info, self.samples[::len(self) // count], self.workers)
 
     def batches(self, batch_size, device, generator=None, augment=False, indices=None,
-                part=None):
+                part=None, min_crop_area=0.08):
         """Yield normalized (inputs, labels) batches on ``device``, decoded by a DataLoader.
 
         Args:
@@ -142,6 +143,7 @@ class FolderDataset(torch.utils.data.Dataset):
             indices: the images to yield, in this order (default: all).
             part: maps a batch's size to the slice of it to yield (this process's part of a
                 global batch); only that part is decoded, with the whole batch's seeds.
+            min_crop_area: the smallest fraction of an image's area a random crop covers.
         """
         order = visiting_order(len(self), generator, indices)
         seeds = (torch.randint(2**62, (len(order),), generator=generator) if augment
@@ -152,7 +154,7 @@ class FolderDataset(torch.utils.data.Dataset):
         # A process's part of the last batch can be empty; a DataLoader cannot load that.
         empty_last = bool(positions) and len(positions[-1]) == 0
         loader = torch.utils.data.DataLoader(
-            _Ordered(self, order, seeds),
+            _Ordered(self, order, seeds, min_crop_area),
             batch_sampler=[p.tolist() for p in positions[:len(positions) - empty_last]],
             num_workers=self.workers, pin_memory=torch.device(device).type == "cuda")
         iterator = iter(loader)
@@ -181,8 +183,9 @@ class FolderDataset(torch.utils.data.Dataset):
 class _Ordered(torch.utils.data.Dataset):
     """The images of a FolderDataset in a given order, each with its augmentation seed."""
 
-    def __init__(self, folder, order, seeds):
+    def __init__(self, folder, order, seeds, min_crop_area):
         self.folder, self.order, self.seeds = folder, order.tolist(), seeds
+        self.min_crop_area = min_crop_area
 
     def __len__(self):
         return len(self.order)
@@ -190,7 +193,7 @@ class _Ordered(torch.utils.data.Dataset):
     def __getitem__(self, position):
         index = self.order[position]
         seed = None if self.seeds is None else int(self.seeds[position])
-        return self.folder.load(index, seed), self.folder.labels[index]
+        return self.folder.load(index, seed, self.min_crop_area), self.folder.labels[index]
 
 
 class _DecodedImages:

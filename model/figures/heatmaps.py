@@ -10,13 +10,19 @@ HEATMAP_CMAP = "inferno"  # perceptually uniform: equal steps of value look like
 DIVERGING_CMAP = "RdBu_r"
 
 
-def signed_display(values):
+def signed_display(values, quantile=None):
     """Signed values (a projection, conv weights) for display as the Zeiler-Fergus figures
-    show them: zero is mid-gray, scaled by the largest magnitude.
+    show them: zero is mid-gray, scaled by the largest magnitude, or with ``quantile`` by that
+    quantile of the non-zero magnitudes (the larger ones saturate; a projection is zero
+    outside its receptive field).
 
     Any shape -> the same shape in [0, 1]; all zeros stay uniformly gray.
     """
-    return (0.5 + 0.5 * values / values.abs().max().clamp_min(1e-12)).clamp(0.0, 1.0)
+    magnitude = values.abs()
+    nonzero = magnitude[magnitude > 0].float()
+    scale = (magnitude.max() if quantile is None or not len(nonzero)
+             else torch.quantile(nonzero[:2**24 - 1], quantile).to(values.dtype))
+    return (0.5 + 0.5 * values / scale.clamp_min(1e-12)).clamp(0.0, 1.0)
 
 
 def colour_table(name):

@@ -40,7 +40,7 @@ VGG_PLANS = {
     "deep": ("W", (128, "M"), 128, 128, (384, "M"), 384, 384, (512, "M"), 512, 512),
 }
 
-RECTIFIERS = (nn.ReLU, nn.ReLU6)
+RECTIFIERS = (nn.ReLU, nn.Hardtanh)  # nn.ReLU6 is an nn.Hardtanh
 
 WHITENING_CHANNELS = 24  # +/- the 12 eigenvectors of the 2x2x3 patch covariance
 

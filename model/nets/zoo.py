@@ -106,7 +106,7 @@ def build_torchvision(arch, in_channels, num_classes, image_size, small_stem=Non
         _replace(model, first_conv, nn.Conv2d(in_channels, conv.out_channels, kernel, stride,
                                                padding, bias=conv.bias is not None))
     for module in model.modules():
-        if isinstance(module, (nn.ReLU, nn.ReLU6)):
+        if isinstance(module, (nn.ReLU, nn.Hardtanh)):  # nn.ReLU6 is an nn.Hardtanh
             module.inplace = False
     return model
 

@@ -1,5 +1,5 @@
-"""The optimizer side of training: the one-cycle learning-rate schedule and SGD with
-per-group learning-rate scales.
+"""The optimizer side of training: the one-cycle learning-rate schedule and SGD (or AdamW)
+with per-group learning-rate scales.
 
 The CIFAR-10 recipe takes one trick from Jordan's airbench (2024) that lives here: BatchNorm
 biases that learn 64 times faster than the weights.
@@ -30,8 +30,9 @@ def learning_rate_at(step, total_steps, peak_lr, warmup_fraction=0.15, schedule=
 
 
 def make_optimizer(model, lr, weight_decay, recipe=None):
-    """SGD with Nesterov momentum over the trainable parameters, in groups whose ``lr_scale``
-    multiplies the schedule's learning rate.
+    """SGD with Nesterov momentum (or, where ``recipe.optimizer`` says so, AdamW: Loshchilov &
+    Hutter 2019, weight decay decoupled from the gradient's scaling) over the trainable
+    parameters, in groups whose ``lr_scale`` multiplies the schedule's learning rate.
 
     - conv and Linear weights: ``lr``, ``weight_decay``;
     - other biases and BatchNorm parameters: ``lr``, no weight decay;
@@ -50,10 +51,12 @@ def make_optimizer(model, lr, weight_decay, recipe=None):
         else:
             role = ("no_decay", 1.0, 0.0)
         groups.setdefault(role, []).append(parameter)
-    return torch.optim.SGD(
-        [{"params": params, "lr": lr * scale, "lr_scale": scale, "weight_decay": decay}
-         for (_, scale, decay), params in groups.items()],
-        lr=lr, momentum=recipe.momentum if recipe else 0.9, nesterov=True)
+    param_groups = [{"params": params, "lr": lr * scale, "lr_scale": scale, "weight_decay": decay}
+                    for (_, scale, decay), params in groups.items()]
+    if recipe is not None and recipe.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr)
+    return torch.optim.SGD(param_groups, lr=lr, momentum=recipe.momentum if recipe else 0.9,
+                           nesterov=True)
 
 
 def set_learning_rate(optimizer, lr):

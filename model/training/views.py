@@ -1,9 +1,10 @@
 """The test accuracy and loss of a model, on the image alone or averaged over test-time views
-(mirror, translations)."""
+(mirror, translations), and its top-k accuracies (``train_cnn.py --evaluate-only``)."""
 import torch
 import torch.nn.functional as F
 
 from model.data.batches import iterate_batches
+from model.data.sampling import test_logits
 from model.runtime import distributed
 from model.runtime.device import autocast, fast_layout
 
@@ -68,3 +69,38 @@ def loss_and_accuracy(model, dataset, device, batch_size=512, views="image", bfl
                              (logits.argmax(1) == labels).sum().double()])
     loss_sum, correct = distributed.sum_over_processes(sums).tolist()
     return {"test_loss": loss_sum / len(dataset), "test_accuracy": correct / len(dataset)}
+
+
+@torch.no_grad()
+def top_k_accuracies(model, dataset, device, ks=(1, 5), progress=None):
+    """Top-k accuracies of ``model`` on ``dataset``, and its accuracy when it may only choose
+    among the classes the dataset holds (an ImageNet net on a folder of ten of its classes).
+
+    A top-k hit: the true class is among the k highest logits (ties by ``torch.topk``'s
+    order). Only the ``k`` below the model's class count are reported; the restricted
+    accuracy only when the dataset holds fewer classes than the model has.
+
+    Returns:
+        dict with ``images``, ``top_k`` ({k: fraction}) and ``among_classes`` (the number of
+        classes present) with ``among_accuracy`` (None when that is every class).
+    """
+    model.eval()
+    present = torch.unique(dataset.labels).to(device)
+    classes = None
+    hits = {}
+    among = torch.zeros((), dtype=torch.float64, device=device)
+    for logits, labels in test_logits(model, dataset, device, progress=progress):
+        classes = logits.shape[1]
+        ks_here = [k for k in ks if k < classes]
+        best = logits.topk(max(ks_here, default=1), dim=1).indices
+        for k in ks_here:
+            found = (best[:, :k] == labels[:, None]).any(1).sum().double()
+            hits[k] = hits.get(k, 0) + found
+        choice = present[logits[:, present].argmax(1)]
+        among += (choice == labels).sum().double()
+    count = len(dataset)
+    restricted = classes is not None and len(present) < classes
+    return {"images": count,
+            "top_k": {k: (hit / count).item() for k, hit in hits.items()},
+            "among_classes": len(present),
+            "among_accuracy": (among / count).item() if restricted else None}

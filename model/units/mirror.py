@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from model.attribution.gradients import relu_rule
 from model.errors import UserError
-from model.nets.architectures import PatchWhitening
+from model.nets.architectures import RECTIFIERS, PatchWhitening
 from model.nets.layers import (
     as_feature_maps,
     block_end,
@@ -150,6 +150,34 @@ def project_down(stack, records, signal, rule):
             signal = torch.nn.grad.conv2d_input(record, module.weight, signal, module.stride,
                                                 module.padding, module.dilation, module.groups)
     return signal
+
+
+def modules_below(model, layer):
+    """The modules that run before the output ``layer`` stands for (those registered before
+    its block ends, which is the forward order of every net here), the block's own included."""
+    end = block_end(model, layer)
+    below, reached = [], False
+    for name, module in model.named_modules():  # pre-order: a block, then its modules
+        within = name == end or name.startswith(end + ".")
+        if reached and not within:
+            break
+        reached = reached or within
+        below.append(module)
+    return below
+
+
+def projection_rule(model, layer):
+    """The rule a figure of top activations projects ``layer``'s units by: the DeconvNet's
+    (Zeiler & Fergus 2014), unless no max pool runs below the layer and more than one ReLU
+    does: then guided backpropagation, which Springenberg et al. 2015 proposed for nets without
+    max pooling. The DeconvNet's ReLU ignores the forward pass, so the max-pool switches are
+    all that ties its projection to the image: without them every image's unit goes down to
+    the same pattern (on MobileNetV2 the projections of one unit on different photos were
+    equal up to scale). Below a single ReLU both rules give the unit's filter."""
+    below = modules_below(model, layer)
+    pools = any(isinstance(module, nn.MaxPool2d) for module in below)
+    rectifiers = sum(isinstance(module, RECTIFIERS) for module in below)
+    return "deconvnet" if pools or rectifiers <= 1 else "guided"
 
 
 def projection_path(model, layer):
