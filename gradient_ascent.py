@@ -59,12 +59,12 @@ MAX_DEFAULT_CLASSES = 10  # class images drawn when --classes is not given
 
 
 def plot_grid(images, titles, title, columns=8):
-    """Optimized images in a grid, each with its title (class and probability, or filter and
-    activation)."""
+    """Optimized images in a grid of at most ``columns`` a row, each with its title (class and
+    probability, or filter and activation)."""
     count = len(images)
-    columns = min(columns, count)
     rows = -(-count // columns)
-    figure = Figure(figsize=(1.7 * columns, 1.9 * rows + 0.5))
+    columns = -(-count // rows)  # rows as full as they can be: 10 images in 2 rows of 5
+    figure = Figure(figsize=(1.7 * columns, 2.15 * rows + 0.5))  # two title lines per image
     axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
@@ -139,8 +139,9 @@ def get_args_parser():
                              "64 px images, fft beyond, as Olah et al. 2017 do at 224 px)")
     parser.add_argument("--steps", type=positive_int, default=256,
                         help="ascent steps (default: 256)")
-    parser.add_argument("--lr", type=positive_float, default=0.05,
-                        help="Adam step size (default: 0.05)")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="Adam step size (default: 0.05 for pixels, 0.2 for fft, whose "
+                             "steps move a spectrum that the sigmoid squashes)")
     parser.add_argument("--polish", type=fraction, default=0.25,
                         help="last fraction of the steps without jitter, so that the image is "
                              "optimized unshifted, as it is scored (default: 0.25)")
@@ -148,7 +149,8 @@ def get_args_parser():
                         help="start image: zero (the mean image), noise (std 0.01) or random "
                              "(std 0.5) (default: zero for classes, random for filters)")
     parser.add_argument("--l2", type=non_negative_float, default=None,
-                        help="L2 decay lambda (default: 0.001 for classes, 0 for filters)")
+                        help="L2 decay lambda (default: 0.001 for classes in pixels, 0 for "
+                             "filters and fft, whose sigmoid bounds the pixels)")
     parser.add_argument("--jitter", type=non_negative_int, default=None,
                         help="random shift in pixels each step (default: 2, or 1/16 of the "
                              "side beyond 64 px; 0 with --neuron, whose one unit sits at a "
@@ -207,6 +209,16 @@ def class_probabilities(model, info, images, classes, device):
     return scores.gather(1, classes[:, None].to(device))[:, 0].tolist()
 
 
+# Adam's step size per parameterization when --lr is not given: a Fourier image's steps move a
+# spectrum that the sigmoid squashes; 0.2 measured on the trained MobileNetV2 (docs/methods.md).
+DEFAULT_LR = {"pixel": 0.05, "fft": 0.2}
+
+
+def step_size(args, param):
+    """``--lr``, or the default step size of ``param``."""
+    return args.lr if args.lr is not None else DEFAULT_LR[param]
+
+
 def visualize_classes(args, model, info, rules, options, device):
     """Class model visualization: one image per class of ``--classes`` (and the ablation).
 
@@ -218,7 +230,7 @@ def visualize_classes(args, model, info, rules, options, device):
                            else default_classes(len(info.classes),
                                                 folder_class_indices(args, info)))
     images, _ = gradient_ascent(model, info, classes, param=args.param, regularizers=rules,
-                                progress=True, **options)
+                                lr=step_size(args, args.param), progress=True, **options)
     probabilities = class_probabilities(model, info, images, classes, device)
     titles = [f"{info.classes[c]}\np = {p:.3f}" for c, p in zip(classes.tolist(), probabilities)]
     figure = plot_grid(images.cpu(), titles, f"class model visualization ({args.param}, "
@@ -230,10 +242,10 @@ def visualize_classes(args, model, info, rules, options, device):
         rows = {}
         for name, make in ABLATION.items():
             images, _ = gradient_ascent(model, info, classes, regularizers=make(rules),
-                                        **options)
+                                        lr=step_size(args, "pixel"), **options)
             rows[name] = (images.cpu(), class_probabilities(model, info, images, classes, device))
         images, _ = gradient_ascent(model, info, classes, param="fft", regularizers=rules,
-                                    **options)
+                                    lr=step_size(args, "fft"), **options)
         rows["fft"] = (images.cpu(), class_probabilities(model, info, images, classes, device))
         names = [info.classes[c] for c in classes.tolist()]
         figure = plot_ablation(rows, names, "the same classes and seed under each "
@@ -258,7 +270,8 @@ def visualize_channels(args, model, info, rules, options, device):
                          else range(count))
     images, reached = gradient_ascent(model, info, units, layer=args.layer,
                                       neuron=args.neuron, param=args.param,
-                                      regularizers=rules, progress=True, **options)
+                                      regularizers=rules, lr=step_size(args, args.param),
+                                      progress=True, **options)
     kind = "centre unit" if args.neuron else "mean activation"
     titles = [f"filter {int(u)}\n{float(v):.2f}" for u, v in zip(units, reached)]
     figure = plot_grid(images.cpu(), titles, f"{args.layer}: images maximizing each "
@@ -304,8 +317,6 @@ def visualize(args):
     if not filters and (args.filters or args.neuron):
         raise UserError("--filters and --neuron need --layer, the conv layer whose channels "
                         "to maximize")
-    if args.l2 is None:
-        args.l2 = 0.0 if filters else 1e-3
     if args.blur_every is None:
         args.blur_every = 0 if filters else 4
     if args.init is None:
@@ -313,6 +324,8 @@ def visualize(args):
     large = info.image_size > 64  # photos at ImageNet's size (Olah et al. 2017's setting)
     if args.param is None:
         args.param = "fft" if large else "pixel"
+    if args.l2 is None:
+        args.l2 = 0.0 if filters or args.param == "fft" else 1e-3
     if args.jitter is None:
         args.jitter = 0 if args.neuron else (info.image_size // 16 if large else 2)
     natural = (info.name in PHOTO_DATASETS or large) and not filters
@@ -323,8 +336,7 @@ def visualize(args):
     rules = Regularizers(l2=args.l2, jitter=args.jitter, blur_every=args.blur_every,
                          blur_sigma=args.blur_sigma, tv=args.tv, clip=not args.no_clip,
                          scale=args.scale, rotate=args.rotate)
-    options = dict(steps=args.steps, lr=args.lr, polish=args.polish, init=args.init,
-                   seed=args.seed)
+    options = dict(steps=args.steps, polish=args.polish, init=args.init, seed=args.seed)
     if filters:
         return visualize_channels(args, model, info, rules, options, device)
     return visualize_classes(args, model, info, rules, options, device)

@@ -231,6 +231,25 @@ def test_augmentation_is_fixed_by_its_seed_and_the_same_with_workers(train_set,
     assert torch.equal(plain[0][0], train_set.info.normalize(train_set.images[:5]))
 
 
+def test_random_crops_cover_at_least_the_recipes_share_of_the_image(tmp_path):
+    """A square photo, black left half and white right half: a crop of all of it (the least
+    share 1.0) keeps both halves equal, mirrored or not; crops down to 8% do not."""
+    pixels = np.zeros((64, 64, 3), dtype=np.uint8)
+    pixels[:, 32:] = 255
+    folder = tmp_path / "train" / "a"
+    folder.mkdir(parents=True)
+    Image.fromarray(pixels).save(folder / "half.png")
+    dataset = load_dataset("imagefolder", "train", tmp_path, image_size=SIZE, workers=0)
+    whole = [dataset.load(0, seed, min_crop_area=1.0).float().mean().item() for seed in range(20)]
+    assert all(abs(mean - 127.5) < 1 for mean in whole), whole
+    small = [dataset.load(0, seed).float().mean().item() for seed in range(20)]
+    assert max(abs(mean - 127.5) for mean in small) > 40, small
+    generator = torch.Generator().manual_seed(0)
+    inputs, _ = next(iterate_batches(dataset, 1, "cpu", generator, augment=True,
+                                     min_crop_area=1.0))
+    assert dataset.info.denormalize(inputs).mean().item() * 255 == pytest.approx(127.5, abs=1)
+
+
 # 4. Folder classes to model classes.
 
 def test_class_mapping_by_name_then_by_position_else_an_error(tmp_path):

@@ -1,4 +1,5 @@
 """gradient_ascent.py: batch independence, the objective rising, parameterizations, CLI."""
+import dataclasses
 from argparse import Namespace
 
 import pytest
@@ -176,3 +177,23 @@ def test_class_models_of_a_many_class_net_default_to_the_folders_classes(tmp_pat
     assert len(spread) == ga.MAX_DEFAULT_CLASSES and spread[0] == 0
     assert ga.folder_class_indices(
         Namespace(data_dir=str(tmp_path / "missing")), info) is None
+
+
+def test_fourier_image_amplitudes_fall_as_the_frequency_to_the_decay():
+    """One spectrum coefficient at horizontal frequency k gives a cosine whose amplitude
+    falls as (1 / k)^FOURIER_DECAY (Olah et al. 2017's 1/f scaling, steeper), read back
+    through the sigmoid (a grey one-channel image: no colour mixing)."""
+    gray = dataclasses.replace(INFO, channels=1, mean=(0.5,), std=(0.25,))
+    fourier = ascent.FourierImage(1, gray, "zero", None, "cpu", dtype=torch.float64)
+    amplitudes = {}
+    for k in (1, 4):
+        fourier.parameters[0].data.zero_()
+        fourier.parameters[0].data[0, 0, 0, k, 0] = 0.1
+        pixels = gray.denormalize(fourier.image().detach())[0, 0]
+        wave = torch.logit(pixels)  # the spectrum's image before the sigmoid
+        assert torch.allclose(wave, wave[:1].expand_as(wave))  # constant down each column
+        amplitudes[k] = wave.abs().max().item()
+    size = gray.image_size
+    # irfft2 (orthonormal) of c at (0, 1): 2 c cos(2 pi x / N) / N, scaled by N / 4.
+    assert amplitudes[1] == pytest.approx(2 * 0.1 / size * size / ascent.FOURIER_DIVISOR)
+    assert amplitudes[1] / amplitudes[4] == pytest.approx(4 ** ascent.FOURIER_DECAY)

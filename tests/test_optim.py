@@ -147,3 +147,42 @@ def test_warm_up_can_start_above_zero():
     rates = [learning_rate_at(step, 100, 1.5, 0.23, "linear", 0.2) for step in range(100)]
     assert rates[0] == pytest.approx(1.5 * (0.2 + 0.8 / 23))
     assert rates[22] == pytest.approx(1.5) and max(rates) == pytest.approx(1.5)
+
+
+ALEXNET_PHOTOS = RECIPES[("imagefolder", "alexnet")]
+
+
+def test_he_initialization_keeps_a_relu_layers_variance_and_starts_from_small_logits():
+    """He et al. 2015, eq. 10: Var w = 2 / fan-in, so E[y^2] of a conv's output equals E[x^2]
+    of its ReLU-ed input; checked on AlexNet's drawn weights and one layer's signal."""
+    net = build_model("alexnet", 3, 10, 64)
+    prepare_model(net, dataclasses.replace(ALEXNET_PHOTOS, channels_last=False), None, "cpu")
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for layer in layers[:-1]:
+        fan_in = layer.weight[0].numel()
+        assert layer.weight.var().item() == pytest.approx(2 / fan_in, rel=0.1)
+        assert not layer.bias.any()
+    assert layers[-1].weight.std().item() == pytest.approx(0.01, rel=0.1)
+    conv = layers[2]  # 192 -> 384 channels, 3x3
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.relu(torch.randn(8, conv.in_channels, 12, 12, generator=generator))
+    with torch.no_grad():
+        outputs = F.conv2d(inputs, conv.weight, padding=1)[..., 1:-1, 1:-1]  # no border
+    # E[y^2] = fan-in Var w E[x^2] = 2 E[x^2], E[x^2] = 1/2 for a rectified N(0, 1)
+    assert outputs.pow(2).mean().item() == pytest.approx(1.0, rel=0.1)
+
+
+def test_adamw_decays_only_the_weights_decoupled_from_the_gradient():
+    """AdamW (Loshchilov & Hutter 2019, Alg. 2 line 12): with a zero gradient a weight
+    shrinks by exactly lr x decay per step; biases do not decay."""
+    net = tiny_net()
+    optimizer = make_optimizer(net, 0.1, 0.05, dataclasses.replace(CIFAR, optimizer="adamw",
+                                                                 norm_bias_lr_scale=1.0))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    before = [p.detach().clone() for p in net.parameters()]
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for (name, p), old in zip(net.named_parameters(), before):
+        factor = 1 - 0.1 * 0.05 if p.ndim > 1 else 1.0
+        assert torch.allclose(p, old * factor, rtol=0, atol=1e-15), name

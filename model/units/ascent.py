@@ -82,17 +82,28 @@ class PixelImage:
         self.parameters[0].copy_(gaussian_blur(self.parameters[0], sigma))
 
 
-class FourierImage:
-    """Olah et al. 2017: a Fourier spectrum scaled by 1/f, colours decorrelated, a sigmoid
-    keeping pixels in (0, 1). Blur and clipping are unnecessary and do nothing."""
+# The Fourier image's spectrum falls as 1 / f^FOURIER_DECAY. Lucid (Olah et al. 2017's code)
+# uses 1; on the trained ImageNet MobileNetV2 at 224 px that left class models of
+# high-frequency texture (tench, golf ball: p = 1.000 either way), and 1.5 shows the fish and
+# the balls (docs/methods.md, "Class models on a trained ImageNet net").
+FOURIER_DECAY = 1.5
+FOURIER_DIVISOR = 4.0  # lucid's "magic" 4: the spectrum's image divided by it before the sigmoid
 
-    def __init__(self, count, info, init, generator, device, dtype=torch.float32, decay=1.0):
+
+class FourierImage:
+    """Olah et al. 2017: a Fourier spectrum scaled by 1/f^decay (times the side, so that the
+    lowest frequency keeps scale 1 for any decay), colours decorrelated, a sigmoid keeping
+    pixels in (0, 1). Blur and clipping are unnecessary and do nothing."""
+
+    def __init__(self, count, info, init, generator, device, dtype=torch.float32,
+                 decay=FOURIER_DECAY):
         size = info.image_size
         fy = torch.fft.fftfreq(size)[:, None]
         fx = torch.fft.rfftfreq(size)[None, :]
         frequency = torch.sqrt(fx ** 2 + fy ** 2)
         floor = torch.tensor(1.0 / size)  # the constant term gets the lowest frequency's scale
-        self.scale = (1.0 / torch.maximum(frequency, floor) ** decay).to(device, dtype)
+        scale = (floor / torch.maximum(frequency, floor)) ** decay * size / FOURIER_DIVISOR
+        self.scale = scale.to(device, dtype)
         shape = (count, info.channels, size, size // 2 + 1, 2)
         # A zero spectrum is a mid-gray image.
         spectrum = _random_start(shape, init, generator)
