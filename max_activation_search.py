@@ -15,9 +15,10 @@ broken by the lower image index (a stable merge), exactly as a full sort would. 
 and the top-k are merged exactly: the same JSON and figures as one process.
 
 The receptive field of the maximum is computed from the layer stack
-(``model.nets.receptive_field``) and drawn as a box; ``--project`` adds the DeconvNet projection
-of each top activation
-(``model.units.mirror``). A JSON file lists image indices, values, positions and the dead channels
+(``model.nets.receptive_field``) and drawn as a box; ``--project`` adds the projection of each
+top activation to the overview (a row per unit: its projections, then its image patches, as
+Zeiler & Fergus's Fig. 2) and to the channel figures: by the DeconvNet, or by guided
+backpropagation where no max pool lies below the layer (``model.units.mirror``). A JSON file lists image indices, values, positions and the dead channels
 (never positive on the scan).
 """
 import sys
@@ -99,20 +100,43 @@ def plot_channel(images, values, indices, boxes, title, projections=None,
     return figure
 
 
-def plot_overview(crops, channel_labels, title):
-    """A row per channel of its top-k receptive-field crops ([channel][rank] -> (C, h, w))."""
+def plot_overview(crops, channel_labels, title, projection_crops=None,
+                  projection_label="projections"):
+    """A row per channel of its top-k receptive-field crops ([channel][rank] -> (C, h, w));
+    with ``projection_crops`` (the same layout) each row starts with the projections of the
+    same activations: Zeiler & Fergus 2014's Fig. 2, a unit a row instead of a 3 x 3 block."""
     rows, k = len(crops), min(len(crops[0]), MAX_SHOWN)
-    figure = Figure(figsize=(0.9 * k + 1.2, 0.9 * rows + 0.6))
-    axes = figure.subplots(rows, k, squeeze=False)
+    blocks = [crops] if projection_crops is None else [projection_crops, crops]
+    columns = len(blocks) * k + len(blocks) - 1  # an empty column between the blocks
+    figure = Figure(figsize=(0.9 * columns + 1.2, 0.9 * rows + 0.8))
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for number, block in enumerate(blocks):
+        first = number * (k + 1)
+        for row in range(rows):
+            for rank in range(k):
+                axes[row, first + rank].axis("on")
+                show_image(axes[row, first + rank], block[row][rank])
+        if len(blocks) > 1:
+            axes[0, first + k // 2].set_title(projection_label if number == 0 else "images",
+                                              fontsize=9)
     for row in range(rows):
-        for rank in range(k):
-            show_image(axes[row, rank], crops[row][rank])
         frame(axes[row, 0])
         axes[row, 0].set_ylabel(channel_labels[row], fontsize=8, rotation=0, ha="right",
                                 va="center")
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def project_top(model, info, layer, channel, images, rule, device):
+    """The projections (k, C, H, W) in [0, 1] of ``channel``'s top activation in each of its
+    top images (uint8 (k, C, H, W)), sent down by ``rule`` and shown signed."""
+    inputs = info.normalize(images.to(device))
+    channels = torch.full((len(images), 1), channel, device=device)
+    projections = compute_projections(model, inputs, layer, channels, rule)[0][:, 0]
+    return torch.stack([signed_display(p, PROJECTION_QUANTILE) for p in projections]).cpu()
 
 
 def get_args_parser():
@@ -132,7 +156,10 @@ def get_args_parser():
     parser.add_argument("--split", choices=("test", "train"), default="test",
                         help="split to scan (default: test)")
     parser.add_argument("--project", action="store_true",
-                        help="add the DeconvNet projection of each top activation")
+                        help="add the projection of each top activation to the overview "
+                             "(Zeiler & Fergus's Fig. 2) and the channel figures: by the "
+                             "DeconvNet, or by guided backpropagation where no max pool lies "
+                             "below the layer")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per forward pass (default: 256)")
     return parser
@@ -217,28 +244,27 @@ def search(args):
     images_of = lambda c: top_images[c].float() / 255  # noqa: E731
     crops = [[image[:, t:b, l:r] for image, (t, l, b, r) in zip(images_of(c), boxes[c])]
              for c in chosen]
+    projecting = args.project and not is_classes
+    rule = projection_rule(model, layer) if projecting else None
+    if projecting:
+        print(f"note: projections of {layer} by {projection_path(model, layer)}, "
+              f"{RULE_NOTES[rule]}")
+    # Each chosen channel's top activations sent down, shown over their receptive field.
+    projections = {c: project_top(model, info, layer, c, top_images[c], rule, device)
+                   for c in chosen} if projecting else {}
+    projection_crops = [[p[:, t:b, l:r] for p, (t, l, b, r) in zip(projections[c], boxes[c])]
+                        for c in chosen] if projecting else None
     title = f"{info.name} {layer}: top {args.k} {args.split} images per channel ({measure})"
-    paths.append(write_figure(plot_overview(crops, [labels[c] for c in chosen], title),
+    paths.append(write_figure(plot_overview(crops, [labels[c] for c in chosen], title,
+                                            projection_crops, RULE_LABELS.get(rule)),
                               out / f"{stem}_overview.png"))
 
     detailed = chosen if args.channels or channel_count <= 16 else []
-    projecting = args.project and not is_classes
-    rule = projection_rule(model, layer) if projecting else None
-    if projecting and detailed:
-        print(f"note: projections of {layer} by {projection_path(model, layer)}, "
-              f"{RULE_NOTES[rule]}")
     for c in detailed:
-        projections = None
-        if projecting:
-            inputs = info.normalize(top_images[c].to(device))
-            channel = torch.full((args.k, 1), c, device=device)
-            projections = compute_projections(model, inputs, layer, channel, rule)[0][:, 0]
-            projections = torch.stack([signed_display(p, PROJECTION_QUANTILE)
-                                       for p in projections]).cpu()
         figure = plot_channel(images_of(c), result.values[c].tolist(),
                               result.indices[c].tolist(), boxes[c],
                               f"{info.name} {layer} {labels[c]}: top {args.k} {args.split} "
-                              f"images ({measure})", projections, RULE_LABELS.get(rule))
+                              f"images ({measure})", projections.get(c), RULE_LABELS.get(rule))
         paths.append(write_figure(figure, out / f"{stem}_channel{c:03d}.png"))
     return paths
 

@@ -6,9 +6,11 @@ import torch
 
 import max_activation_search as mas
 from conftest import stderr_lines
-from model.data.datasets import DATASET_INFO, ImageDataset
+from model.data.datasets import DATASET_INFO, ImageDataset, load_dataset
 from model.errors import UserError
+from model.figures.heatmaps import signed_display
 from model.nets.architectures import build_model
+from model.nets.checkpoint import load_model
 from model.nets.layers import split_at
 from model.nets.receptive_field import receptive_field
 from model.units.activation_search import (
@@ -17,6 +19,7 @@ from model.units.activation_search import (
     parse_channels,
     search_top_activations,
 )
+from model.units.mirror import compute_projections
 
 
 def dataset_with_duplicates():
@@ -119,6 +122,38 @@ def test_cli_writes_json_overview_and_channel_figures(trained_shapes_checkpoint,
                      "--k", "3", "--out", str(tmp_path)]) == 0
     classes = json.loads((tmp_path / "shapes_fc_top3.json").read_text())["channels"]
     assert list(classes) == list(DATASET_INFO["shapes"].classes)
+
+
+def test_the_overview_puts_each_units_projections_beside_its_patches(
+        trained_shapes_checkpoint, tmp_path, monkeypatch):
+    """Zeiler & Fergus's Fig. 2 as rows: each unit's top activations projected (here by the
+    DeconvNet: the simple net has max pools) and cropped to the same receptive-field boxes as its
+    patches; one projection checked against a direct DeconvNet projection of that image."""
+    drawn = {}
+    real = mas.plot_overview
+
+    def keep(crops, labels, title, projection_crops=None, projection_label="projections"):
+        drawn.update(crops=crops, projections=projection_crops, label=projection_label)
+        return real(crops, labels, title, projection_crops, projection_label)
+
+    monkeypatch.setattr(mas, "plot_overview", keep)
+    assert mas.main(["--checkpoint", str(trained_shapes_checkpoint), "--layer", "conv2",
+                     "--channels", "2", "5", "--k", "3", "--project",
+                     "--out", str(tmp_path)]) == 0
+    assert drawn["label"] == "DeconvNet projection"
+    assert [[c.shape for c in row] for row in drawn["projections"]] == \
+        [[c.shape for c in row] for row in drawn["crops"]]
+    report = json.loads((tmp_path / "shapes_conv2_top3.json").read_text())
+    model, info, _ = load_model(trained_shapes_checkpoint)
+    image = load_dataset("shapes", "test").images[report["channels"]["ch 5"]["indices"][1]]
+    projection = compute_projections(model, info.normalize(image[None]), "conv2",
+                                     torch.tensor([[5]]))[0][0, 0]
+    shown = signed_display(projection, mas.PROJECTION_QUANTILE)
+    row, col = report["channels"]["ch 5"]["positions"][1]
+    top, left, bottom, right = receptive_field(
+        split_at(model, "conv2")[0]).box(row, col, info.image_size)
+    assert torch.allclose(drawn["projections"][1][1], shown[:, top:bottom, left:right],
+                          atol=1e-5)
 
 
 def test_main_reports_every_file_it_wrote(trained_shapes_checkpoint, tmp_path):
