@@ -12,11 +12,21 @@ the layer's output (``whole_net=True``), and the largest difference of the two w
 (target at 224 px on ResNet-18 layer4: >= 3x). Second table: occlusion, Score-CAM and
 Ablation-CAM maps through the registry with 1 and with 4 targets per image (targets (N, 4),
 read from the same passes; target: <= 1.3x the one-target time). Repeating each image per
-target, as the explorer did before, costs 4x by construction.
+target, as the explorer did before, costs 4x by construction. Third table, where the
+``grad-cam`` package (pytorch-grad-cam) can be imported: Ablation-CAM maps through the registry
+against its ``AblationCAM`` on the same images, layer and targets, ms per image, and the
+largest difference of the two maps once each is min-max scaled per image (its maps are
+rectified, scaled to [0, 1] and resized by OpenCV; the registry's bilinearly): an independent
+implementation of Desai & Ramaswamy's Eq. 3. Not a requirement of cnn-viz; in a separate
+folder, e.g. ``pip install --target /tmp/gradcam --no-deps grad-cam ttach
+opencv-python-headless scipy scikit-learn joblib threadpoolctl cloudpickle narwhals`` and
+``PYTHONPATH=/tmp/gradcam``.
 """
 import argparse
+import contextlib
 import dataclasses
 import functools
+import io
 import platform
 import subprocess
 import sys
@@ -31,8 +41,10 @@ from model.attribution import (
     METHODS,  # noqa: E402
     cam as cams,  # noqa: E402
 )
+from model.attribution.maps import normalize_maps  # noqa: E402
 from model.data.datasets import DATASET_INFO  # noqa: E402
 from model.nets.architectures import build_model  # noqa: E402
+from model.nets.layers import block_end  # noqa: E402
 from model.runtime.device import keep_freed_memory, resolve_device  # noqa: E402
 
 # name -> (arch, image side, layer, classes, default images, timed runs: the best is shown)
@@ -105,6 +117,30 @@ def target_rows(name, model, layer, inputs, targets, batch_size, device, repeats
         print(f"| {name} | {method} | {one:,.1f} | {four:,.1f} | {four / one:.2f}x |")
 
 
+def grad_cam_rows(name, model, layer, inputs, targets, batch_size, device, repeats):
+    """Ablation-CAM maps through the registry against pytorch-grad-cam's: one table row."""
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    theirs = AblationCAM(model=model, target_layers=[model.get_submodule(block_end(model,
+                                                                                  layer))])
+    classes = [ClassifierOutputTarget(int(c)) for c in targets]
+
+    def their_maps():
+        with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar per image
+            return torch.from_numpy(theirs(input_tensor=inputs, targets=classes))
+
+    timed = fastest(repeats, device, {
+        "ours": functools.partial(METHODS["ablationcam"], model, inputs, targets, layer=layer,
+                                  batch_size=batch_size),
+        "theirs": their_maps})
+    ours, other = (1000 * timed[key][0] / len(inputs) for key in ("ours", "theirs"))
+    difference = (normalize_maps(timed["ours"][1].cpu().double())
+                  - normalize_maps(timed["theirs"][1].double())).abs().max().item()
+    print(f"| {name} | {layer} | {ours:,.1f} | {other:,.1f} | {other / ours:.1f}x | "
+          f"{difference:.3f} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS),
@@ -146,6 +182,19 @@ def main(argv=None):
     print("|---|---|---|---|---|")
     for name, (model, layer, inputs, targets, repeats) in setups.items():
         target_rows(name, model, layer, inputs, targets, args.batch_size, device, repeats)
+
+    try:
+        import pytorch_grad_cam  # noqa: F401
+    except ImportError:
+        print("\npytorch-grad-cam is not importable: its comparison is left out (see --help)")
+        return 0
+    print("\nAblation-CAM maps, ms per image: the registry against pytorch-grad-cam\n")
+    print("| net | layer | cnn-viz | pytorch-grad-cam | speed-up | max difference, min-max "
+          "scaled |")
+    print("|---|---|---|---|---|---|")
+    for name, (model, layer, inputs, targets, repeats) in setups.items():
+        grad_cam_rows(name, model, layer, inputs, targets[:, 0], args.batch_size, device,
+                      repeats)
     return 0
 
 
