@@ -42,15 +42,23 @@ def _deconvnet(module, grad_input, grad_output):
     return (grad_output[0].clamp(min=0),)  # ignores the forward mask
 
 
-def _keep_gate(module, inputs):
-    """Forward pre-hook of a clipped activation: keep [f > lo] for the guided rule, one per
-    call (a module called twice is sent back through its later call first)."""
-    module.__dict__.setdefault("guided_gates", []).append(inputs[0] > module.min_val)
+class _GuidedClip(torch.autograd.Function):
+    """A clipped activation's output f' = min(max(f, lo), hi), sent back by the guided rule:
+    relu(R) [f > lo] straight to its input f (its own gradient, [lo < f < hi], is skipped)."""
+
+    @staticmethod
+    def forward(ctx, inputs, outputs, low):
+        ctx.save_for_backward(inputs > low)
+        return outputs.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, = ctx.saved_tensors
+        return grad.clamp(min=0) * gate, None, None
 
 
-def _guided_clipped(module, grad_input, grad_output):
-    gate = module.guided_gates.pop()
-    return (grad_output[0].clamp(min=0) * gate,)  # [f > lo], not the gradient's [lo < f < hi]
+def _guided_clipped(module, inputs, output):
+    return _GuidedClip.apply(inputs[0], output, module.min_val)
 
 
 @contextmanager
@@ -70,9 +78,8 @@ def relu_rule(model, rule):
         for relu in relus:
             relu.inplace = False
             clipped = isinstance(relu, nn.Hardtanh)
-            if rule == "guided" and clipped:
-                handles.append(relu.register_forward_pre_hook(_keep_gate))
-                handles.append(relu.register_full_backward_hook(_guided_clipped))
+            if rule == "guided" and clipped:  # its output rerouted: a forward hook
+                handles.append(relu.register_forward_hook(_guided_clipped))
             elif rule == "guided":
                 handles.append(relu.register_full_backward_hook(_guided))
             elif rule == "deconvnet":
@@ -83,7 +90,6 @@ def relu_rule(model, rule):
             handle.remove()
         for relu, inplace in zip(relus, was_inplace):
             relu.inplace = inplace
-            relu.__dict__.pop("guided_gates", None)
 
 
 def input_gradient(model, inputs, targets, rule="saliency", counterfactual=False):
