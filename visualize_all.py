@@ -159,7 +159,8 @@ SECTIONS = (
             "the projection shows which pixels made the unit fire.", _deconvnet),
     Section("max_activation", "Top activating test images", "Zeiler & Fergus 2014, Fig. 2",
             "For channels of the last conv layer, the nine test images that excite each most, "
-            "cropped to the receptive field of the maximum, with DeconvNet projections.",
+            "cropped to the receptive field of the maximum, beside their projections (the "
+            "DeconvNet's; guided backprop where no max pool lies below the layer).",
             "A channel whose nine crops share one pattern has learned that pattern; mixed "
             "crops suggest a unit that answers to several things.", _max_activation),
     Section("feature_maps", "Filters, feature maps, dead filters and training evolution",

@@ -84,7 +84,9 @@ def fastest(repeats, device, calls):
 
 
 def ablation_rows(name, model, layer, inputs, targets, batch_size, device, repeats):
-    """Ablation-CAM's weights from the head and from the whole net: one table row."""
+    """Ablation-CAM's weights from the head and from the whole net, for each image's first
+    target: one table row."""
+    targets = targets[:, 0]
     with torch.no_grad():
         activations, _, logits = cams.activations_and_gradients(model, layer, inputs, None,
                                                                 need_gradients=False)
@@ -118,7 +120,9 @@ def target_rows(name, model, layer, inputs, targets, batch_size, device, repeats
 
 
 def grad_cam_rows(name, model, layer, inputs, targets, batch_size, device, repeats):
-    """Ablation-CAM maps through the registry against pytorch-grad-cam's: one table row."""
+    """Ablation-CAM maps through the registry against pytorch-grad-cam's, for each image's
+    first target: one table row."""
+    targets = targets[:, 0]
     from pytorch_grad_cam import AblationCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -169,33 +173,30 @@ def main(argv=None):
             targets = model(inputs).topk(TARGETS, dim=1).indices  # (N, T): top classes
         setups[name] = (model, layer, inputs, targets, args.repeats or repeats)
 
-    print("\nAblation-CAM weights, ms per image (one target)\n")
-    print("| net | layer | channels | head after the layer | whole net | speed-up | "
-          "max weight difference |")
-    print("|---|---|---|---|---|---|---|")
-    for name, (model, layer, inputs, targets, repeats) in setups.items():
-        ablation_rows(name, model, layer, inputs, targets[:, 0], args.batch_size, device,
-                      repeats)
-
-    print(f"\nMaps through the registry, ms per image: 1 target against {TARGETS}\n")
-    print(f"| net | method | 1 target | {TARGETS} targets | ratio |")
-    print("|---|---|---|---|---|")
-    for name, (model, layer, inputs, targets, repeats) in setups.items():
-        target_rows(name, model, layer, inputs, targets, args.batch_size, device, repeats)
-
+    table("Ablation-CAM weights, ms per image (one target)",
+          ["net", "layer", "channels", "head after the layer", "whole net", "speed-up",
+           "max weight difference"], ablation_rows, setups, args.batch_size, device)
+    table(f"Maps through the registry, ms per image: 1 target against {TARGETS}",
+          ["net", "method", "1 target", f"{TARGETS} targets", "ratio"], target_rows, setups,
+          args.batch_size, device)
     try:
         import pytorch_grad_cam  # noqa: F401
     except ImportError:
         print("\npytorch-grad-cam is not importable: its comparison is left out (see --help)")
         return 0
-    print("\nAblation-CAM maps, ms per image: the registry against pytorch-grad-cam\n")
-    print("| net | layer | cnn-viz | pytorch-grad-cam | speed-up | max difference, min-max "
-          "scaled |")
-    print("|---|---|---|---|---|---|")
-    for name, (model, layer, inputs, targets, repeats) in setups.items():
-        grad_cam_rows(name, model, layer, inputs, targets[:, 0], args.batch_size, device,
-                      repeats)
+    table("Ablation-CAM maps, ms per image: the registry against pytorch-grad-cam",
+          ["net", "layer", "cnn-viz", "pytorch-grad-cam", "speed-up",
+           "max difference, min-max scaled"], grad_cam_rows, setups, args.batch_size, device)
     return 0
+
+
+def table(title, header, rows, setups, batch_size, device):
+    """Print a markdown table: ``header``, then ``rows(...)``'s rows for every net."""
+    print(f"\n{title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, (model, layer, inputs, targets, repeats) in setups.items():
+        rows(name, model, layer, inputs, targets, batch_size, device, repeats)
 
 
 if __name__ == "__main__":
