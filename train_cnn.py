@@ -159,9 +159,6 @@ def evaluate(args):
     """``--evaluate-only``: print the accuracies of a trained net on its test split."""
     device = resolve_device(args.device)
     if args.weights:
-        if args.dataset is None:
-            raise UserError("--evaluate-only --weights needs --dataset: the test images to "
-                            "classify (imagefolder with --data-dir for a folder of photos)")
         model, info = weights_model(args, device)
         source, arch = args.weights, args.arch
     else:
