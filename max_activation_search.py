@@ -18,7 +18,8 @@ The receptive field of the maximum is computed from the layer stack
 (``model.nets.receptive_field``) and drawn as a box; ``--project`` adds the projection of each
 top activation to the overview (a row per unit: its projections, then its image patches, as
 Zeiler & Fergus's Fig. 2) and to the channel figures: by the DeconvNet, or by guided
-backpropagation where no max pool lies below the layer (``model.units.mirror``). A JSON file lists image indices, values, positions and the dead channels
+backpropagation where no max pool lies below the layer (``model.units.mirror``). A JSON file
+lists image indices, values, positions and the dead channels
 (never positive on the scan).
 """
 import sys
