@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from model.data.augmentation import alternating_flips
 from model.nets.architectures import build_model
 from model.nets.layers import block_end
-from model.training.loop import identity_init, prepare_model
+from model.data.datasets import load_dataset
+from model.training.loop import identity_init, prepare_model, renormalize_filters, train_one_epoch
 from model.training.optim import learning_rate_at, make_optimizer, set_learning_rate
 from model.training.recipes import RECIPES, Recipe
 from model.training.views import view_logits
@@ -158,7 +159,9 @@ def test_he_initialization_keeps_a_relu_layers_variance_and_starts_from_small_lo
     net = build_model("alexnet", 3, 10, 64)
     prepare_model(net, dataclasses.replace(ALEXNET_PHOTOS, channels_last=False), None, "cpu")
     layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for layer in layers[:-1]:
+    # conv1 starts at Zeiler & Fergus's 1e-2 instead (the recipe's first_conv_std)
+    assert layers[0].weight.std().item() == pytest.approx(0.01, rel=0.1)
+    for layer in layers[1:-1]:
         fan_in = layer.weight[0].numel()
         assert layer.weight.var().item() == pytest.approx(2 / fan_in, rel=0.1)
         assert not layer.bias.any()
@@ -186,3 +189,50 @@ def test_adamw_decays_only_the_weights_decoupled_from_the_gradient():
     for (name, p), old in zip(net.named_parameters(), before):
         factor = 1 - 0.1 * 0.05 if p.ndim > 1 else 1.0
         assert torch.allclose(p, old * factor, rtol=0, atol=1e-15), name
+
+
+def test_filters_above_the_radius_are_scaled_onto_it_and_the_rest_left_alone():
+    """Zeiler & Fergus 2014, sec. 3: a conv filter whose RMS exceeds the radius is rescaled to
+    RMS = radius (its direction kept); smaller filters and linear layers are untouched."""
+    generator = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.randn(4, 3, 3, 3, generator=generator, dtype=torch.float64)
+                            * torch.tensor([0.02, 0.05, 0.3, 1.0]).view(4, 1, 1, 1))
+        net[3].weight.mul_(100)
+    net = net.double()
+    before = net[0].weight.detach().clone()
+    linear = net[3].weight.detach().clone()
+    rms = before.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    renormalize_filters(net, 0.1)
+    after = net[0].weight.detach()
+    after_rms = after.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    for unit in range(4):
+        if rms[unit] > 0.1:
+            assert after_rms[unit].item() == pytest.approx(0.1, rel=1e-12)
+            cosine = F.cosine_similarity(after[unit].flatten(), before[unit].flatten(), dim=0)
+            assert cosine.item() == pytest.approx(1.0, rel=1e-12)
+        else:
+            assert torch.equal(after[unit], before[unit])
+    assert (rms > 0.1).sum() >= 2 and (rms < 0.1).sum() >= 1  # both cases were exercised
+    assert torch.equal(net[3].weight, linear)
+
+
+def test_every_training_step_ends_with_the_filters_inside_the_radius():
+    """The recipe's ``filter_rms_radius`` is applied after each optimizer step, as Zeiler &
+    Fergus do: after an epoch of a large learning rate no conv filter's RMS exceeds it, while
+    without the radius some do."""
+    train_set = load_dataset("shapes", "train").subset(64)
+
+    def largest_filter_rms(radius):
+        torch.manual_seed(0)
+        recipe = dataclasses.replace(RECIPES[("shapes", "simple")], filter_rms_radius=radius)
+        net = build_model("simple", 3, 10, 32)
+        optimizer = make_optimizer(net, 0.5, 0.0, recipe)
+        train_one_epoch(net, optimizer, train_set, epoch=1, epochs=1, seed=0, batch_size=32,
+                        peak_lr=0.5, device="cpu", progress=False, recipe=recipe)
+        return max(m.weight.detach().pow(2).mean(dim=(1, 2, 3)).sqrt().max().item()
+                   for m in net.modules() if isinstance(m, nn.Conv2d))
+
+    radius = 0.9 * largest_filter_rms(None)
+    assert largest_filter_rms(radius) <= radius * (1 + 1e-6)

@@ -46,6 +46,9 @@ def prepare_model(model, recipe, train_set, device):
             identity_init(module)
     if recipe.he_init:
         he_init(model)
+    if recipe.first_conv_std is not None:
+        first_conv = next(module for module in model.modules() if isinstance(module, nn.Conv2d))
+        nn.init.normal_(first_conv.weight, std=recipe.first_conv_std)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
 
@@ -65,6 +68,18 @@ def he_init(model):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
+
+
+@torch.no_grad()
+def renormalize_filters(model, radius):
+    """Zeiler & Fergus 2014, sec. 3: "renormalize each filter in the convolutional layers whose
+    RMS value exceeds a fixed radius of 10^-1 to this fixed radius". Without it a few first-layer
+    filters grow to dominate (their Fig. 6 (c)); filters below the radius are left as they are."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            weight = module.weight
+            rms = weight.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+            weight.mul_((radius / rms).clamp(max=1.0))
 
 
 def identity_init(conv):
@@ -125,6 +140,8 @@ def train_one_epoch(model, optimizer, dataset, *, epoch, epochs, seed, batch_siz
         optimizer.zero_grad(set_to_none=True)
         (loss_sum * (processes.size / global_count)).backward()
         optimizer.step()
+        if recipe.filter_rms_radius is not None:
+            renormalize_filters(model, recipe.filter_rms_radius)
         step += 1
         sums += torch.stack([loss_sum.detach().double(),
                              (logits.argmax(1) == labels).sum().double()])

@@ -36,6 +36,8 @@ class Recipe:
     norm_bias_lr_scale: float = 1.0  # BatchNorm biases learn this much faster (airbench: 64)
     identity_init: bool = False  # 3x3 convs start as identity on their first channels (Dirac)
     he_init: bool = False  # convs and hidden linear layers drawn as He et al. 2015 (no BatchNorm)
+    first_conv_std: float = None  # the first conv drawn from N(0, std^2) (Zeiler & Fergus: 1e-2)
+    filter_rms_radius: float = None  # conv filters renormalized to this RMS after each step (Z&F)
     bfloat16: bool = False  # autocast to bfloat16 where the device computes it fast
     channels_last: bool = False  # batches in channels-last memory order (faster with bfloat16)
     test_views: str = "image"  # the final test accuracy's views: see TEST_VIEWS
@@ -85,11 +87,14 @@ RECIPES.update({
 # epochs at lr 0.01 and 0.02; He et al.'s initialization and AdamW learn from the first epoch.
 # Crops of 35-100% of the area, as fastai's Imagenette baselines use (8% leaves too little of
 # a 128-px photo), label smoothing 0.1, bfloat16 where measured fast, and each epoch before
-# the last tested on 1,000 photos.
+# the last tested on 1,000 photos. conv1 starts at Zeiler & Fergus's std 1e-2 and filters are
+# capped at their RMS 0.1: from He et al.'s draws (std 0.074) AdamW's 2,370 steps left conv1
+# mostly its random start, and its DeconvNet projections colour noise.
 RECIPES[("imagefolder", "alexnet")] = replace(
     RECIPES[("imagefolder", "alexnet")], epochs=30, lr=5e-4, weight_decay=0.05,
-    optimizer="adamw", he_init=True, warmup=0.1, min_crop_area=0.35, label_smoothing=0.1,
-    bfloat16=True, channels_last=True, epoch_test_images=1000)
+    optimizer="adamw", he_init=True, first_conv_std=0.01, filter_rms_radius=0.1, warmup=0.1,
+    min_crop_area=0.35, label_smoothing=0.1, bfloat16=True, channels_last=True,
+    epoch_test_images=1000)
 
 
 # Named alternatives (train_cnn.py --recipe NAME), keyed by (dataset, arch, name). "long" is
