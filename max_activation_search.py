@@ -119,15 +119,22 @@ def plot_overview(crops, channel_labels, title, projection_crops=None,
             for rank in range(k):
                 axes[row, first + rank].axis("on")
                 show_image(axes[row, first + rank], block[row][rank])
-        if len(blocks) > 1:
-            axes[0, first + k // 2].set_title(projection_label if number == 0 else "images",
-                                              fontsize=9)
     for row in range(rows):
         frame(axes[row, 0])
         axes[row, 0].set_ylabel(channel_labels[row], fontsize=8, rotation=0, ha="right",
                                 va="center")
     figure.suptitle(title)
-    figure.tight_layout()
+    header = 0.3 / figure.get_figheight()  # room for the blocks' headers, in figure heights
+    figure.tight_layout(rect=(0, 0, 1, 1 - header) if len(blocks) > 1 else None)
+    if len(blocks) > 1:
+        # Above the blocks' cells, not over one crop: a crop narrower than its cell shrinks its
+        # axes, and an axes title would sit low, over the taller crops beside it.
+        top = max(axis.get_position(original=True).y1 for axis in axes[0])
+        for number, label in enumerate([projection_label, "images"]):
+            left = axes[0, number * (k + 1)].get_position(original=True).x0
+            right = axes[0, number * (k + 1) + k - 1].get_position(original=True).x1
+            figure.text((left + right) / 2, top + header / 4, label, ha="center", va="bottom",
+                        fontsize=9)
     return figure
 
 

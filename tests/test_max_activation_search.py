@@ -156,6 +156,27 @@ def test_the_overview_puts_each_units_projections_beside_its_patches(
                           atol=1e-5)
 
 
+def test_the_overview_headers_sit_above_every_crop_of_the_first_row():
+    """A crop narrower than its cell shrinks its axes; a header drawn as that axes' title sat
+    low, over the taller crops beside it (seen on AlexNet's conv2)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    generator = torch.Generator().manual_seed(0)
+    crops = [[torch.rand(3, 25 if rank == 4 else 40, 40, generator=generator)
+              for rank in range(9)] for _ in range(3)]
+    figure = mas.plot_overview(crops, ["ch 0", "ch 1", "ch 2"], "title", crops, "projections")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()  # places the crops' axes by their aspect, and the titles with them
+    renderer = canvas.get_renderer()
+    texts = [*figure.texts, *(axis.title for axis in figure.axes)]
+    headers = {text.get_text(): text.get_window_extent(renderer) for text in texts
+               if text.get_text() in ("projections", "images")}
+    assert len(headers) == 2
+    first_row = [axis for axis in figure.axes if axis.get_visible() and axis.axison
+                 and axis.get_subplotspec().rowspan.start == 0]
+    crop_tops = max(axis.get_window_extent(renderer).y1 for axis in first_row)
+    assert all(box.y0 >= crop_tops for box in headers.values())
+
+
 def test_main_reports_every_file_it_wrote(trained_shapes_checkpoint, tmp_path):
     written = []
     assert mas.main(["--checkpoint", str(trained_shapes_checkpoint), "--out", str(tmp_path),
