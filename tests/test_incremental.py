@@ -34,10 +34,12 @@ SIZE = 64
 # Patch 9 at stride 27: tops 0, 27, 54 and 55, the last moved flush to the border (27 does not
 # divide 55); odd and even tops meet the stride-2 layers at both phases.
 PATCH, STRIDE = 9, 27
-ARCHITECTURES = [("simple", None), ("vgg", "small"), ("vgg", "fast"), ("vgg", "deep"),
+# vgg's "deep" plan is left out: it has fast's kinds of layers (whitening, conv-pool-BN-ReLU,
+# conv), only wider and two more, and in float64 it cost the suite 23 s.
+ARCHITECTURES = [("simple", None), ("vgg", "small"), ("vgg", "fast"),
                  ("resnet18", None), ("alexnet", None), ("vgg16", None), ("mobilenet_v2", None)]
-# The heaviest nets in float64 get tops 0, 30, 55 (stride 30 does not divide 55 either).
-STRIDES = {("vgg", "deep"): 30, ("vgg16", None): 30}
+# The heaviest net in float64 gets tops 0, 30, 55 (stride 30 does not divide 55 either).
+STRIDES = {("vgg16", None): 30}
 TARGETS = torch.tensor([1, 3])  # a different target per image
 
 
