@@ -4,6 +4,8 @@ import time
 import torch
 import torch.nn as nn
 
+from model.attribution import METHODS
+from model.data.datasets import DATASET_INFO
 from model.evaluation.cost import measure_cost
 from model.evaluation.faithfulness import (
     area_under_curve,
@@ -194,6 +196,29 @@ def test_measure_cost_counts_passes_and_removes_its_hooks():
     summary = cost.per_image(5)
     assert summary["forward_passes_per_image"] == 12 / 5
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_measure_cost_counts_the_passes_that_skip_the_first_layer():
+    """Incremental occlusion recomputes only each patch's box (no call of the first layer as a
+    module) and Ablation-CAM runs only the layers after its layer: each of their passes is
+    counted all the same, as the plain form's (the images reaching the output layer)."""
+    torch.manual_seed(1)
+    model = build_model("vgg", 3, 6, 16).eval()
+    inputs, targets = torch.randn(2, 3, 16, 16), torch.tensor([1, 4])
+    counted = {}
+    for incremental in (False, True):
+        with measure_cost(model, "cpu") as cost:
+            METHODS["occlusion"](model, inputs, targets, info=DATASET_INFO["shapes"], patch=4,
+                                 stride=4, incremental=incremental)
+        counted[incremental] = cost.forward_images
+    assert counted[False] == 2 * (1 + 16), counted  # unoccluded + 4 x 4 positions
+    # the same, plus the plan's pass that finds every layer's shape and the unoccluded pass
+    # per image whose layer outputs it keeps (the hook on the first layer counted 2 in all)
+    assert counted[True] == 2 * (1 + 16) + 1 + 2, counted
+    with measure_cost(model, "cpu") as cost:
+        METHODS["ablationcam"](model, inputs, targets, layer="conv4")
+    channels = model.get_submodule("conv4").out_channels
+    assert cost.forward_images == 2 * (1 + channels)  # the whole pass, one per channel
 
 
 def test_measure_cost_sees_memory_freed_before_the_block_ends():

@@ -308,7 +308,7 @@ def test_cutout_zeroes_one_square_inside_each_image():
 
 def test_variant_batches_keep_small_images_and_cap_large_ones():
     assert model.runtime.batching.variant_batch(256, torch.zeros(1, 3, 32, 32)) == 256
-    assert model.runtime.batching.variant_batch(256, torch.zeros(1, 3, 224, 224)) == 64
+    assert model.runtime.batching.variant_batch(256, torch.zeros(1, 3, 224, 224)) == 32
     assert model.runtime.batching.variant_batch(16, torch.zeros(1, 3, 224, 224)) == 16
     assert model.runtime.batching.variant_batch(256, torch.zeros(1, 3, 4000, 4000)) == 1
 

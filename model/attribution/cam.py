@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.attribution import shared_passes
 from model.attribution.gradients import ONE_BACKWARD, input_gradient
 from model.attribution.maps import normalize_maps, resize_maps
 from model.attribution.registry import register
@@ -78,11 +79,17 @@ def activations_and_gradients(model, layer, inputs, targets, need_gradients=True
     """A = the layer's maps (N, K, h, w), dy^c/dA (N, K, h, w) or None, and the logits.
 
     One forward pass with a hook on ``layer``; without ``need_gradients`` (CAM, Score-CAM,
-    Ablation-CAM, Eigen-CAM) nothing is backpropagated. With ``counterfactual`` the gradients
+    Ablation-CAM, Eigen-CAM) nothing is backpropagated. Inside
+    ``model.attribution.shared_passes.shared_passes`` of these inputs and targets, the values
+    come from the one pass it shares. With ``counterfactual`` the gradients
     are those of -y^c (Selvaraju et al. 2017, sec. 3, "Counterfactual Explanations"): what
     speaks against the class.
     """
-    if need_gradients:  # a graph down to the layer even where the weights need no gradient
+    if need_gradients:
+        passes = shared_passes.lookup(model, inputs, targets, layer)
+        if passes is not None:  # one pass of the batch already serves every layer
+            return passes.activations_and_gradients(layer, counterfactual)
+        # a graph down to the layer even where the weights need no gradient
         inputs = inputs.detach().requires_grad_(True)
     with recorded_output(model, layer) as record, torch.set_grad_enabled(need_gradients):
         logits = model(inputs)

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
+from model.attribution import shared_passes
 from model.attribution.registry import register
 from model.errors import UserError
 from model.runtime.batching import variant_batch
@@ -97,8 +98,18 @@ def input_gradient(model, inputs, targets, rule="saliency", counterfactual=False
     with ``counterfactual``, that of -y^c (Selvaraju et al. 2017, sec. 3).
 
     Images are independent, so the scores of the batch are summed and one backward pass
-    gives every image's gradient.
+    gives every image's gradient. Inside ``model.attribution.shared_passes.shared_passes`` of
+    these inputs and targets, the pass is shared with every other method that needs it.
     """
+    passes = shared_passes.lookup(model, inputs, targets)
+    if passes is not None:
+        return passes.input_gradient(rule, counterfactual, lambda: _rule_gradient(
+            model, inputs, targets, rule, counterfactual))
+    return _rule_gradient(model, inputs, targets, rule, counterfactual)
+
+
+def _rule_gradient(model, inputs, targets, rule, counterfactual):
+    """:func:`input_gradient`'s own forward and backward pass."""
     with relu_rule(model, rule), torch.enable_grad():
         pixels = inputs.detach().requires_grad_(True)
         score = model(pixels).gather(1, targets[:, None]).sum()
@@ -115,13 +126,17 @@ def integrated_gradients(model, inputs, targets, baseline, steps=64, batch_size=
     ``batch_size`` at a time). Completeness: sum_i IG_i = F(x) - F(x') up to the rule's error,
     which falls as 1/steps on a ReLU net (its gradient jumps along the path): at 64 steps
     about 0.5% of |F(x) - F(x')| on average over images, up to 2.5% for one image (measured
-    on shapes nets; tests/test_attribution.py).
+    on shapes nets; tests/test_attribution.py). Several targets of an image share the forward
+    passes along its path (:func:`target_gradients`).
 
     Args:
+        targets: (N,) one class per image, or (N, T) several.
         baseline: (N, C, H, W) or (1, C, H, W) reference input x'.
     Returns:
-        (N, C, H, W) attributions.
+        (N, C, H, W) attributions, or (N, T, C, H, W) for targets (N, T).
     """
+    several = targets.dim() == 2
+    targets = targets if several else targets[:, None]  # (N, T)
     count = len(inputs)
     baseline = baseline.expand_as(inputs)
     alphas = torch.linspace(0, 1, steps + 1, dtype=inputs.dtype, device=inputs.device)
@@ -130,7 +145,7 @@ def integrated_gradients(model, inputs, targets, baseline, steps=64, batch_size=
     # Every (image, alpha) pair, image-major: (N * (steps + 1), C, H, W) in chunks.
     image_index = torch.arange(count, device=inputs.device).repeat_interleave(steps + 1)
     alpha_index = torch.arange(steps + 1, device=inputs.device).repeat(count)
-    total = torch.zeros_like(inputs)
+    total = inputs.new_zeros(count, targets.shape[1], *inputs.shape[1:])  # (N, T, C, H, W)
     # At most VARIANT_PIXELS pixels a batch, as the perturbation methods: 256 interpolated
     # 224-px images with their backward graph filled the 24 GB of a 2-core machine.
     batch_size = variant_batch(batch_size, inputs)
@@ -139,9 +154,23 @@ def integrated_gradients(model, inputs, targets, baseline, steps=64, batch_size=
         images, points = image_index[part], alpha_index[part]
         alpha = alphas[points][:, None, None, None]
         path = baseline[images] + alpha * (inputs[images] - baseline[images])
-        gradient = input_gradient(model, path, targets[images])
-        total.index_add_(0, images, weights[points][:, None, None, None] * gradient)
-    return (inputs - baseline) * total
+        gradients = target_gradients(model, path, targets[images])  # (B, T, C, H, W)
+        total.index_add_(0, images, weights[points][:, None, None, None, None] * gradients)
+    attributions = (inputs - baseline)[:, None] * total
+    return attributions if several else attributions[:, 0]
+
+
+def target_gradients(model, inputs, targets):
+    """dy^c/dx for several targets of each image: (B, T, C, H, W) for targets (B, T), from one
+    forward pass and one backward pass per target (the plain gradient, as
+    :func:`input_gradient` with the saliency rule)."""
+    with torch.enable_grad():
+        pixels = inputs.detach().requires_grad_(True)
+        logits = model(pixels)
+        slots = targets.shape[1]
+        return torch.stack([torch.autograd.grad(logits.gather(1, targets[:, [slot]]).sum(),
+                                                pixels, retain_graph=slot < slots - 1)[0]
+                            for slot in range(slots)], 1)
 
 
 def input_times_gradient(model, inputs, targets):
@@ -182,17 +211,18 @@ def deconvnet_map(model, inputs, targets):
           equation="Eq. 1: (x - x') * integral_0^1 dF(x' + a (x - x'))/dx da",
           family="gradient", cost="steps + 1 forward + steps + 1 backward", signed=True,
           display=CHANNEL_SUM, defaults={"steps": 64, "baseline": "black", "batch_size": 256},
-          needs={"gradients", "info"})
+          needs={"gradients", "info"}, shares_passes=True)
 def integrated_gradients_map(model, inputs, targets, *, info, steps, baseline, batch_size):
     """IG from a flat reference image: ``black`` (Sundararajan et al.'s choice for images) or
-    ``gray``, in pixel values; F is the class score y^c before the softmax."""
+    ``gray``, in pixel values; F is the class score y^c before the softmax. Targets (N, T)
+    share the forward passes along each image's path."""
     if baseline not in PIXEL_BASELINES:
         raise UserError(f"integrated-gradients baseline '{baseline}': choose from "
                         f"{', '.join(PIXEL_BASELINES)}")
     pixels = torch.full((1, info.channels, 1, 1), PIXEL_BASELINES[baseline],
                         dtype=inputs.dtype, device=inputs.device)
     reference = info.normalize(pixels).expand_as(inputs)
-    return integrated_gradients(model, inputs, targets, reference, steps, batch_size).sum(1)
+    return integrated_gradients(model, inputs, targets, reference, steps, batch_size).sum(-3)
 
 
 @register("input-x-gradient", paper="Shrikumar et al. 2017",

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
+from model.attribution.cam import final_linear
+
 
 @dataclass
 class Cost:
     """What one method call cost: passes through the net, seconds and memory."""
 
-    forward_images: int = 0  # images sent through the first layer, in any batch
+    forward_images: int = 0  # images whose pass reached the output layer, in any batch
     backward_images: int = 0  # images whose gradient reached the output layer
     seconds: float = 0.0
     peak_bytes: int = 0  # peak memory above the level at the start
@@ -78,27 +80,27 @@ def _resident_bytes():
 def measure_cost(model, device):
     """Count passes and measure time and peak memory of the code inside the block.
 
-    A forward pass is counted per image entering the model's first layer (a masked copy in
-    Score-CAM or an occluded copy counts as one); a backward pass per image whose gradient
-    flows into the output layer's result. Peak memory is the CUDA allocator's peak on a GPU;
-    on the CPU it is the C heap's bytes in use (tensors live there), sampled every
-    millisecond by a thread, so a peak shorter than that can be missed.
+    A forward pass is counted per image reaching the output layer (the last ``nn.Linear``, or
+    else the model's last child): a masked copy in Score-CAM or an occluded copy counts as one,
+    and so do the passes that do not start at the first layer, Ablation-CAM's through the
+    layers after its layer and incremental occlusion's, which recompute only a patch's box;
+    a backward pass per image whose gradient flows into the output layer's result. Peak
+    memory is the CUDA allocator's peak on a GPU; on the CPU it is the C heap's bytes in use
+    (tensors live there), sampled every millisecond by a thread, so a peak shorter than that
+    can be missed.
 
     Yields:
         a :class:`Cost`, filled in when the block ends.
     """
     cost = Cost()
-    children = list(model.children())
+    output_layer = final_linear(model) or list(model.children())[-1]
 
-    def count_forward(module, inputs):
-        cost.forward_images += len(inputs[0])
-
-    def count_backward(module, inputs, output):
+    def count(module, inputs, output):
+        cost.forward_images += len(output)
         if output.requires_grad:
             output.register_hook(lambda gradient: _add_backward(cost, gradient))
 
-    hooks = [children[0].register_forward_pre_hook(count_forward),
-             children[-1].register_forward_hook(count_backward)]
+    hooks = [output_layer.register_forward_hook(count)]
     sampler = _PeakSampler(device)
     started = time.perf_counter()
     try:

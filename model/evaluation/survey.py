@@ -7,8 +7,11 @@ every method of the registry (``model.attribution.METHODS``) explains all of the
 with its defaults (occlusion with the evaluation's stride,
 ``model.attribution.occlusion.survey_options``), the layer-taking methods at
 :func:`explorer_layers`. A call takes targets (N, T): the methods that share passes
-(``AttributionMethod.shares_passes``: occlusion, Score-CAM, Ablation-CAM ...) read every target
-from the same perturbed passes, the registry repeats the others' images per target. A map is
+(``AttributionMethod.shares_passes``: occlusion, Score-CAM, Ablation-CAM, Integrated Gradients
+...) read every target from the same passes; the others get each (image, target) pair, the
+same tensors for all, so that the gradient methods (the gradient CAMs at every layer and their
+counterfactuals, saliency, Input x Gradient, guided backprop, guided Grad-CAM) read one forward
+and backward pass (``model.attribution.shared_passes``) instead of 40. A map is
 stored as 8 bits per pixel: an unsigned map min-max normalized as in the evaluation
 (``normalize_maps``), a signed one (``AttributionMethod.signed``) scaled so that 0 is the
 middle of a diverging colour map (:func:`signed_bytes`). Images and maps larger than
@@ -29,6 +32,7 @@ from model.attribution.cam import cam_layer_applies
 from model.attribution.maps import normalize_maps, shrink, stored_side
 from model.attribution.occlusion import survey_options
 from model.attribution.registry import VARIANT_SEPARATOR
+from model.attribution.shared_passes import shared_passes
 from model.data.sampling import sample_test_images
 from model.evaluation.faithfulness import explained_probabilities
 from model.nets.layers import conv_layer_names
@@ -90,33 +94,54 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
     count, slots = targets.shape
     targets = targets.to(inputs.device)
     repeated = inputs.repeat_interleave(slots, 0)  # (N * T, C, H, W), image-major
+    flat_targets = targets.reshape(-1)  # (N * T,), the target of each repeated image
     results = []
-    for name, method in METHODS.items():
-        layers = [None]
-        if "layer" in method.needs:
-            layers = [layer for layer in explorer_layers(conv_layers)
-                      if "gap-linear" not in method.needs
-                      or cam_layer_applies(model, layer, inputs[:1])]
-        switched = {key: value for key, value in (options or {}).items()
-                    if value and key in method.defaults}
-        variants = {name: switched}
-        if "counterfactual" in method.defaults:
-            variants[f"{name}{VARIANT_SEPARATOR}counterfactual"] = {**switched,
-                                                                    "counterfactual": True}
-        for layer in layers:
-            for shown, switched_on in variants.items():
-                if progress:
-                    progress(shown, layer)
-                geometry = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
+    with shared_passes(model, repeated, flat_targets, explorer_layers(conv_layers)):
+        for name, method in METHODS.items():
+            results += _method_maps(model, name, method, inputs, targets, repeated,
+                                    flat_targets, conv_layers, info, batch_size, progress,
+                                    options)
+    return results
+
+
+def _method_maps(model, name, method, inputs, targets, repeated, flat_targets, conv_layers,
+                 info, batch_size, progress, options):
+    """:func:`explorer_maps`'s entries of one method. A method that shares passes between
+    targets gets the images once with their (N, T) targets; any other gets each (image,
+    target) pair, the same tensors for every method, so that the gradient methods share one
+    forward and backward pass (``model.attribution.shared_passes``)."""
+    count, slots = targets.shape
+    results = []
+    layers = [None]
+    if "layer" in method.needs:
+        layers = [layer for layer in explorer_layers(conv_layers)
+                  if "gap-linear" not in method.needs
+                  or cam_layer_applies(model, layer, inputs[:1])]
+    switched = {key: value for key, value in (options or {}).items()
+                if value and key in method.defaults}
+    variants = {name: switched}
+    if "counterfactual" in method.defaults:
+        variants[f"{name}{VARIANT_SEPARATOR}counterfactual"] = {**switched,
+                                                                "counterfactual": True}
+    for layer in layers:
+        for shown, switched_on in variants.items():
+            if progress:
+                progress(shown, layer)
+            geometry = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
+            if method.shares_passes:
                 maps = method(model, inputs, targets, layer=layer, info=info,
-                              batch_size=batch_size, **geometry, **switched_on).detach()
+                              batch_size=batch_size, **geometry, **switched_on)
                 maps = maps.flatten(0, 1)  # (N * T, H, W), image-major
-                explained = explained_probabilities(model, repeated, targets.flatten(),
-                                                    maps, info, batch_size)
-                maps = shrink(maps.float().cpu()[:, None], stored_side(maps.shape[-1]))[:, 0]
-                stored = signed_bytes(maps) if method.signed else to_bytes(normalize_maps(maps))
-                results.append((shown, layer, stored.view(count, slots, *maps.shape[1:]),
-                                explained.float().cpu().view(count, slots)))
+            else:
+                maps = method(model, repeated, flat_targets, layer=layer, info=info,
+                              batch_size=batch_size, **geometry, **switched_on)
+            maps = maps.detach()
+            explained = explained_probabilities(model, repeated, flat_targets, maps, info,
+                                                batch_size)
+            maps = shrink(maps.float().cpu()[:, None], stored_side(maps.shape[-1]))[:, 0]
+            stored = signed_bytes(maps) if method.signed else to_bytes(normalize_maps(maps))
+            results.append((shown, layer, stored.view(count, slots, *maps.shape[1:]),
+                            explained.float().cpu().view(count, slots)))
     return results
 
 

@@ -36,6 +36,7 @@ from model.nets.zoo import (
     read_state_dict,
     stem_of_state_dict,
 )
+from model.runtime.device import fast_model
 from model.runtime.files import atomic_open, check_name_length, check_writable_file, os_reason
 
 FORMAT = "cnn-viz-checkpoint"
@@ -169,7 +170,8 @@ def _check_contents(path, checkpoint):
 
 
 def model_from_checkpoint(checkpoint, device="cpu", source="the checkpoint"):
-    """Rebuild the network of a loaded checkpoint, in eval mode on ``device``.
+    """Rebuild the network of a loaded checkpoint, in eval mode on ``device``, its conv weights
+    channels-last (``model.runtime.device.fast_model``).
 
     Returns:
         (model, DatasetInfo).
@@ -190,7 +192,7 @@ def model_from_checkpoint(checkpoint, device="cpu", source="the checkpoint"):
         raise CheckpointError(f"{source}: checkpoint weights do not fit its architecture: "
                               f"{' '.join(str(error).split())[:240]}") from None
     _check_dataset_fits(model, checkpoint["model_args"], info, source)
-    return model.to(device).eval(), info
+    return fast_model(model.to(device).eval()), info
 
 
 def _check_dataset_fits(model, model_args, info, source):
@@ -287,7 +289,7 @@ def model_from_weights(arch, spec, dataset=None, class_names=None, device="cpu",
         class_names: a file of class names, one per line (for other class counts).
 
     Returns:
-        (model in eval mode on ``device``, DatasetInfo).
+        (model in eval mode on ``device``, conv weights channels-last, DatasetInfo).
 
     Raises:
         UserError: see ``read_state_dict``; weights of another architecture or class count.
@@ -324,4 +326,4 @@ def model_from_weights(arch, spec, dataset=None, class_names=None, device="cpu",
     except RuntimeError as error:
         raise UserError(f"--weights {spec} do not fit torchvision's {arch}: "
                         f"{' '.join(str(error).split())[:240]}") from None
-    return model.to(device).eval(), info
+    return fast_model(model.to(device).eval()), info
