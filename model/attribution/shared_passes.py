@@ -15,11 +15,11 @@ Counterfactual gradients (those of -y^c, Selvaraju et al. 2017, sec. 3) are the 
 negated, exactly: the backward pass is linear in its seed and negation rounds symmetrically.
 The guided and DeconvNet rules clamp the signal, so their counterfactual is a pass of its own.
 """
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
-from model.nets.layers import as_feature_maps, block_end
+from model.nets.layers import as_feature_maps, recorded_output
 
 _ACTIVE = []  # the open SharedPasses, innermost last
 
@@ -41,23 +41,15 @@ class SharedPasses:
         """One forward pass with a hook on every layer, one backward pass to all of them and
         to the input."""
         if self._plain is None:
-            outputs, handles = {}, []
-            for layer in self.layers:
-                def keep(module, inputs, output, layer=layer):
-                    outputs[layer] = output
-                handles.append(self.model.get_submodule(block_end(self.model, layer))
-                               .register_forward_hook(keep))
-            try:
-                with torch.enable_grad():
-                    pixels = self.inputs.detach().requires_grad_(True)
-                    logits = self.model(pixels)
-                    maps = [as_feature_maps(outputs.get(layer), self.model, layer)
-                            for layer in self.layers]
-                    score = logits.gather(1, self.targets[:, None]).sum()
-                    pixel_gradient, *gradients = torch.autograd.grad(score, [pixels, *maps])
-            finally:
-                for handle in handles:
-                    handle.remove()
+            with ExitStack() as hooks, torch.enable_grad():
+                records = [hooks.enter_context(recorded_output(self.model, layer))
+                           for layer in self.layers]
+                pixels = self.inputs.detach().requires_grad_(True)
+                logits = self.model(pixels)
+                maps = [as_feature_maps(record.get("output"), self.model, layer)
+                        for record, layer in zip(records, self.layers)]
+                score = logits.gather(1, self.targets[:, None]).sum()
+                pixel_gradient, *gradients = torch.autograd.grad(score, [pixels, *maps])
             per_layer = {layer: (activation.detach(), gradient)
                          for layer, activation, gradient in zip(self.layers, maps, gradients)}
             self._plain = per_layer, pixel_gradient, logits.detach()

@@ -96,52 +96,42 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
     repeated = inputs.repeat_interleave(slots, 0)  # (N * T, C, H, W), image-major
     flat_targets = targets.reshape(-1)  # (N * T,), the target of each repeated image
     results = []
+    # The other methods get each (image, target) pair, the same tensors for all, so that the
+    # gradient methods read one forward and backward pass (model.attribution.shared_passes).
     with shared_passes(model, repeated, flat_targets, explorer_layers(conv_layers)):
         for name, method in METHODS.items():
-            results += _method_maps(model, name, method, inputs, targets, repeated,
-                                    flat_targets, conv_layers, info, batch_size, progress,
-                                    options)
-    return results
-
-
-def _method_maps(model, name, method, inputs, targets, repeated, flat_targets, conv_layers,
-                 info, batch_size, progress, options):
-    """:func:`explorer_maps`'s entries of one method. A method that shares passes between
-    targets gets the images once with their (N, T) targets; any other gets each (image,
-    target) pair, the same tensors for every method, so that the gradient methods share one
-    forward and backward pass (``model.attribution.shared_passes``)."""
-    count, slots = targets.shape
-    results = []
-    layers = [None]
-    if "layer" in method.needs:
-        layers = [layer for layer in explorer_layers(conv_layers)
-                  if "gap-linear" not in method.needs
-                  or cam_layer_applies(model, layer, inputs[:1])]
-    switched = {key: value for key, value in (options or {}).items()
-                if value and key in method.defaults}
-    variants = {name: switched}
-    if "counterfactual" in method.defaults:
-        variants[f"{name}{VARIANT_SEPARATOR}counterfactual"] = {**switched,
-                                                                "counterfactual": True}
-    for layer in layers:
-        for shown, switched_on in variants.items():
-            if progress:
-                progress(shown, layer)
-            geometry = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
-            if method.shares_passes:
-                maps = method(model, inputs, targets, layer=layer, info=info,
-                              batch_size=batch_size, **geometry, **switched_on)
-                maps = maps.flatten(0, 1)  # (N * T, H, W), image-major
-            else:
-                maps = method(model, repeated, flat_targets, layer=layer, info=info,
-                              batch_size=batch_size, **geometry, **switched_on)
-            maps = maps.detach()
-            explained = explained_probabilities(model, repeated, flat_targets, maps, info,
-                                                batch_size)
-            maps = shrink(maps.float().cpu()[:, None], stored_side(maps.shape[-1]))[:, 0]
-            stored = signed_bytes(maps) if method.signed else to_bytes(normalize_maps(maps))
-            results.append((shown, layer, stored.view(count, slots, *maps.shape[1:]),
-                            explained.float().cpu().view(count, slots)))
+            layers = [None]
+            if "layer" in method.needs:
+                layers = [layer for layer in explorer_layers(conv_layers)
+                          if "gap-linear" not in method.needs
+                          or cam_layer_applies(model, layer, inputs[:1])]
+            switched = {key: value for key, value in (options or {}).items()
+                        if value and key in method.defaults}
+            variants = {name: switched}
+            if "counterfactual" in method.defaults:
+                variants[f"{name}{VARIANT_SEPARATOR}counterfactual"] = {**switched,
+                                                                        "counterfactual": True}
+            for layer in layers:
+                for shown, switched_on in variants.items():
+                    if progress:
+                        progress(shown, layer)
+                    geometry = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
+                    if method.shares_passes:  # (N, T, H, W), as (N * T, H, W) image-major
+                        maps = method(model, inputs, targets, layer=layer, info=info,
+                                      batch_size=batch_size, **geometry,
+                                      **switched_on).flatten(0, 1)
+                    else:
+                        maps = method(model, repeated, flat_targets, layer=layer, info=info,
+                                      batch_size=batch_size, **geometry, **switched_on)
+                    maps = maps.detach()
+                    explained = explained_probabilities(model, repeated, flat_targets, maps,
+                                                        info, batch_size)
+                    maps = shrink(maps.float().cpu()[:, None],
+                                  stored_side(maps.shape[-1]))[:, 0]
+                    stored = (signed_bytes(maps) if method.signed
+                              else to_bytes(normalize_maps(maps)))
+                    results.append((shown, layer, stored.view(count, slots, *maps.shape[1:]),
+                                    explained.float().cpu().view(count, slots)))
     return results
 
 
