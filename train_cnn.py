@@ -151,7 +151,13 @@ def restore(checkpoint, args, model_args, model, optimizer):
         raise UserError(f"{args.out} was not written by this training set-up, so it cannot be "
                         "resumed; train anew without --resume or choose another --out")
     model.load_state_dict(checkpoint["model_state"])
-    optimizer.load_state_dict(checkpoint["optimizer_state"])
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+    except ValueError:  # other parameter groups: another optimizer made it
+        raise UserError(f"{args.out} holds the state of another optimizer than recipe "
+                        f"'{args.recipe}' uses, so it cannot be resumed with it; give the recipe "
+                        "it was trained with (CIFAR-10 checkpoints from before Muon became the "
+                        "default: --recipe sgd)") from None
     return checkpoint["history"], checkpoint["epoch"]
 
 

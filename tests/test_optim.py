@@ -14,7 +14,8 @@ from model.nets.architectures import build_model
 from model.nets.layers import block_end
 from model.data.datasets import load_dataset
 from model.training.loop import identity_init, prepare_model, renormalize_filters, train_one_epoch
-from model.training.optim import learning_rate_at, make_optimizer, set_learning_rate
+from model.training.optim import (NEWTON_SCHULZ_COEFFICIENTS, learning_rate_at, make_optimizer,
+                                  orthogonalize, set_learning_rate)
 from model.training.recipes import RECIPES, Recipe
 from model.training.views import view_logits
 
@@ -237,3 +238,103 @@ def test_every_training_step_ends_with_the_filters_inside_the_radius():
 
     radius = 0.9 * largest_filter_rms(None)
     assert largest_filter_rms(radius) <= radius * (1 + 1e-6)
+
+
+def scalar_newton_schulz(values, steps):
+    """The quintic Newton-Schulz polynomial applied to numbers: what ``orthogonalize`` must do
+    to each singular value of its (normalized) input, since an odd matrix polynomial of X keeps
+    X's singular vectors and maps each singular value alone."""
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    for _ in range(steps):
+        values = a * values + b * values ** 3 + c * values ** 5
+    return values
+
+
+@pytest.mark.parametrize("shape", [(6, 15), (15, 6), (8, 8)])
+def test_orthogonalize_keeps_the_singular_vectors_and_maps_each_singular_value(shape):
+    """Two formulations: the matrix iteration (through X X^T on the wide side) against the
+    scalar polynomial on the singular values of M / ||M||_F, in float64."""
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(*shape, generator=generator, dtype=torch.double)
+    left, singular, right_t = torch.linalg.svd(matrix, full_matrices=False)
+    for steps in (1, 3, 5):
+        result = orthogonalize(matrix, steps=steps)
+        expected = left @ torch.diag(scalar_newton_schulz(singular / matrix.norm(), steps)) @ right_t
+        assert result.shape == matrix.shape
+        assert torch.allclose(result, expected, atol=1e-10)
+    # Enough steps bring every singular value into the band around 1 that the iteration aims at.
+    final = torch.linalg.svdvals(orthogonalize(matrix, steps=10))
+    assert final.min() > 0.6 and final.max() < 1.25
+
+
+def muon_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).double()
+
+
+MUON = Recipe(epochs=1, batch_size=8, lr=0.5, weight_decay=1e-2, momentum=0.85,
+              norm_bias_lr_scale=64, optimizer="muon", muon_lr=0.2, muon_momentum=0.6)
+
+
+def test_muon_steps_everything_but_the_filters_exactly_as_sgd():
+    """Given the same gradients, the SGD groups of ``Muon`` (BatchNorm, Linear, the 64x biases)
+    follow PyTorch's SGD with Nesterov momentum and weight decay step for step; the conv
+    filters do not."""
+    net, reference = muon_net(), muon_net()
+    optimizer = make_optimizer(net, 0.5, 1e-2, MUON)
+    sgd = make_optimizer(reference, 0.5, 1e-2, dataclasses.replace(MUON, optimizer="sgd"))
+    generator = torch.Generator().manual_seed(3)
+    for step in range(3):
+        for mine, theirs in zip(net.parameters(), reference.parameters()):
+            mine.grad = torch.randn(mine.shape, generator=generator, dtype=torch.double)
+            theirs.grad = mine.grad.clone()
+        for each in (optimizer, sgd):
+            set_learning_rate(each, learning_rate_at(step, 3, 0.5, 0.3, "linear", 0.2))
+            each.step()
+    for (name, value), expected in zip(net.named_parameters(), reference.parameters()):
+        if value.ndim == 4:
+            assert not torch.allclose(value, expected, atol=1e-3), name
+        else:
+            assert torch.allclose(value, expected, atol=1e-12), name
+
+
+def test_muon_filter_steps_follow_the_orthogonalized_nesterov_momentum():
+    """A filter W with gradients G_1, G_2: B_t = mu B_{t-1} + G_t, D_t = G_t + mu B_t, and
+    W <- W sqrt(out) / ||W|| - lr orthogonalize(D_t), whatever the gradients' scale (x1000
+    gives the same steps: the update's singular values do not depend on it)."""
+    results = []
+    for scale in (1.0, 1000.0):
+        conv = nn.Conv2d(3, 4, 3, bias=False).double()
+        torch.manual_seed(1)
+        nn.init.normal_(conv.weight)
+        start = conv.weight.detach().clone()
+        optimizer = make_optimizer(conv, 0.5, 1e-2, MUON)
+        generator = torch.Generator().manual_seed(2)
+        gradients = [torch.randn(4, 3, 3, 3, generator=generator, dtype=torch.double)
+                     for _ in range(2)]
+        for gradient in gradients:
+            conv.weight.grad = gradient * scale
+            optimizer.step()
+        results.append(conv.weight.detach().clone())
+    buffer, weight = torch.zeros_like(start), start
+    for gradient in gradients:
+        buffer = 0.6 * buffer + gradient
+        direction = (gradient + 0.6 * buffer).reshape(4, -1)
+        weight = weight * 2.0 / weight.norm() - 0.2 * orthogonalize(direction).view_as(weight)
+    assert torch.allclose(results[0], weight, atol=1e-12)
+    assert torch.allclose(results[1], weight, atol=1e-9)
+
+
+def test_muon_groups_take_the_recipes_learning_rate_through_the_schedule():
+    """The filters' group runs at muon_lr x (the schedule / peak); frozen filters are left out."""
+    net = muon_net()
+    net[0].weight.requires_grad_(False)
+    optimizer = make_optimizer(net, 0.5, 1e-2, MUON)
+    filters = [group for group in optimizer.param_groups if group["orthogonalize"]]
+    assert len(filters) == 1 and filters[0]["params"] == [net[3].weight]
+    set_learning_rate(optimizer, 0.25)
+    assert filters[0]["lr"] == pytest.approx(0.1) and filters[0]["momentum"] == 0.6
+    assert all(group["momentum"] == 0.85 for group in optimizer.param_groups
+               if not group["orthogonalize"])

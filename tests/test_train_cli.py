@@ -262,11 +262,16 @@ def test_the_cifar10_recipe_trains_resumes_and_explains_from_class_folders(tmp_p
     first = load_checkpoint(out)
     whitening = first["model_state"]["conv1.weight"]
     assert whitening.shape == (24, 3, 2, 2) and torch.equal(whitening[12:], -whitening[:12])
+    # The resumed epochs test on 4 images, and the stem's bias trains in epoch 1 only.
     monkeypatch.setitem(model.training.recipes.RECIPES, ("cifar10", "vgg"), dataclasses.replace(
-        model.training.recipes.RECIPES[("cifar10", "vgg")], epoch_test_images=4))
+        model.training.recipes.RECIPES[("cifar10", "vgg")], epoch_test_images=4,
+        stem_bias_epochs=1))
     assert train_cnn.main(argv + ["--epochs", "3", "--resume"]) == 0
     second = load_checkpoint(out)
     assert second["epoch"] == 3
+    assert torch.equal(second["model_state"]["conv1.bias"], first["model_state"]["conv1.bias"])
+    assert not torch.equal(second["model_state"]["conv2.weight"],
+                           first["model_state"]["conv2.weight"])
     assert [row["test_images"] for row in second["history"]] == [20, 4, 20]
     assert "tta_accuracy" in second["history"][-1] and "tta_accuracy" not in second["history"][1]
     printed = capsys.readouterr().out
@@ -276,6 +281,26 @@ def test_the_cifar10_recipe_trains_resumes_and_explains_from_class_folders(tmp_p
               "--out", str(tmp_path / "figures")]
     assert class_activation_maps.main(common + ["--gallery", "0"]) == 0
     assert deconvnet.main(common + ["--layer", "conv1", "conv7", "--top", "2"]) == 0
+
+
+def test_a_resume_with_another_optimizers_recipe_says_which_to_give(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A CIFAR-10 checkpoint of the SGD recipe (the default before Muon) resumed with the
+    default recipe: one line naming the recipe to give, exit code 2; with it, it resumes."""
+    from test_datasets import write_cifar_folders
+
+    monkeypatch.setitem(model.data.datasets.IMAGE_FOLDER_COUNTS, "cifar10",
+                        {"train": 2, "test": 1})
+    write_cifar_folders(tmp_path / "cifar", {"train": 2, "test": 1}, np.random.default_rng(6))
+    argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"), "--batch-size", "8",
+            "--no-progress", "--out", str(tmp_path / "c.pt")]
+    assert train_cnn.main(argv + ["--epochs", "1", "--recipe", "sgd"]) == 0
+    capsys.readouterr()
+    assert train_cnn.main(argv + ["--epochs", "2", "--resume", "--recipe", "default"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--recipe sgd" in error[0] and "Traceback" not in error[0]
+    assert train_cnn.main(argv + ["--epochs", "2", "--resume"]) == 0  # its stored recipe: sgd
+    assert load_checkpoint(tmp_path / "c.pt")["epoch"] == 2
 
 
 def test_named_recipes_choose_the_plan_and_a_resume_keeps_its_recipe():
