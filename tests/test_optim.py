@@ -103,6 +103,36 @@ def test_test_time_views_are_the_mirrored_and_shifted_images():
     assert torch.equal(view_logits(linear, images, "image"), linear(images))
 
 
+def test_the_accuracy_with_views_comes_with_the_image_alones_from_the_same_passes():
+    """loss_and_accuracy with views: the image-alone loss and accuracy of a plain call plus the
+    accuracy of the views' mean logits, from 6 passes per batch (the image is a view), not 7."""
+    from model.data.datasets import DATASET_INFO, ImageDataset
+    from model.training.views import loss_and_accuracy
+
+    class Float64(nn.Module):  # the batches come in float32; compute in float64
+        def forward(self, inputs):
+            return inputs.double()
+
+    torch.manual_seed(0)
+    net = nn.Sequential(Float64(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 10)).double()
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8)
+    info = dataclasses.replace(DATASET_INFO["cifar10"], image_size=8)
+    dataset = ImageDataset(info, images, torch.randint(0, 10, (12,)))
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    alone = loss_and_accuracy(net, dataset, "cpu", batch_size=5)
+    assert len(calls) == 3 and "tta_accuracy" not in alone
+    calls.clear()
+    both = loss_and_accuracy(net, dataset, "cpu", batch_size=5, views="flip-translate")
+    assert len(calls) == 3 * 6
+    assert both["test_loss"] == pytest.approx(alone["test_loss"], abs=1e-12)
+    assert both["test_accuracy"] == alone["test_accuracy"]
+    expected = (view_logits(net, info.normalize(images), "flip-translate").argmax(1) ==
+                dataset.labels)
+    assert both["tta_accuracy"] == pytest.approx(expected.double().mean().item(), abs=1e-12)
+
+
 def test_identity_initialized_convs_pass_their_input_channels_through():
     conv = nn.Conv2d(3, 5, 3, padding=1, bias=False).double()
     identity_init(conv)

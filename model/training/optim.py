@@ -38,7 +38,10 @@ def make_optimizer(model, lr, weight_decay, recipe=None):
     - conv and Linear weights: ``lr``, ``weight_decay``;
     - other biases and BatchNorm parameters: ``lr``, no weight decay;
     - with ``recipe.norm_bias_lr_scale`` = b != 1 (airbench: 64): BatchNorm biases learn at
-      b * lr with weight decay / b, so they shrink by the weights' factor per step.
+      b * lr with weight decay / b, so they shrink by the weights' factor per step;
+    - with ``recipe.optimizer`` = "muon": the conv filters (4-d weights) in one group marked
+      ``orthogonalize``, at ``recipe.muon_lr`` (an lr scale of muon_lr / lr, so the schedule
+      moves it too) and momentum ``recipe.muon_momentum``, stepped by :class:`Muon`.
     """
     norm_bias_scale = recipe.norm_bias_lr_scale if recipe else 1.0
     muon = recipe is not None and recipe.optimizer == "muon"
@@ -110,7 +113,11 @@ class Muon(torch.optim.Optimizer):
                                   "orthogonalize": False})
 
     @torch.no_grad()
-    def step(self):
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:  # torch.optim's interface: re-evaluate the loss first
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             momentum = group["momentum"]
             for parameter in group["params"]:
@@ -129,6 +136,7 @@ class Muon(torch.optim.Optimizer):
                     parameter.mul_(len(parameter) ** 0.5 / parameter.norm())
                     direction = orthogonalize(direction.reshape(len(direction), -1))
                 parameter.add_(direction.view_as(parameter), alpha=-group["lr"])
+        return loss
 
 
 def set_learning_rate(optimizer, lr):

@@ -19,56 +19,69 @@ def view_logits(model, inputs, views="image"):
     - ``flip-translate``: half the ``flip`` mean, plus a quarter each of the ``flip`` mean of
       the image shifted by one pixel down-right and up-left (reflected border).
     """
+    return image_and_view_logits(model, inputs, views)[1]
+
+
+def image_and_view_logits(model, inputs, views="image"):
+    """(the image's own logits, :func:`view_logits`): the image is the first view, so both
+    come from the views' passes."""
     assert views in TEST_VIEWS, views
 
     def logits_of(images):  # bfloat16 (autocast) up to float32, float64 kept
         logits = model(images)
         return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
+    image = logits_of(inputs)
     if views == "image":
-        return logits_of(inputs)
+        return image, image
 
-    def mirror_mean(images):
-        return 0.5 * (logits_of(images) + logits_of(images.flip(3)))
+    def mirror_mean(images, own=None):
+        return 0.5 * ((logits_of(images) if own is None else own) + logits_of(images.flip(3)))
 
-    logits = mirror_mean(inputs)
+    logits = mirror_mean(inputs, image)
     if views == "flip-translate":
         height, width = inputs.shape[-2:]
         padded = F.pad(inputs, (1, 1, 1, 1), mode="reflect")
         logits = 0.5 * logits + 0.25 * (mirror_mean(padded[..., :height, :width]) +
                                         mirror_mean(padded[..., 2:, 2:]))
-    return logits
+    return image, logits
 
 
 @torch.no_grad()
 def loss_and_accuracy(model, dataset, device, batch_size=512, views="image", bfloat16=False,
                       channels_last=False):
-    """Mean cross-entropy and accuracy of ``model`` on ``dataset``.
+    """Mean cross-entropy and accuracy of ``model`` on ``dataset``, on the image alone, and
+    with ``views`` other than ``image`` also the accuracy by the mean logits over those
+    test-time views (:func:`view_logits`; the methods always explain the model on the image
+    alone), from the same passes.
 
     Under torchrun each process evaluates whole batches (``Processes.my_indices``) and the sums
     are added up over the processes.
 
     Args:
-        views: classify by the mean logits over these test-time views (:func:`view_logits`;
-            the methods always explain the model on the image alone).
         bfloat16: autocast where fast (:func:`autocast`).
         channels_last: batches in channels-last order (:func:`fast_layout`).
 
     Returns:
-        dict with ``test_loss`` and ``test_accuracy``.
+        dict with ``test_loss`` and ``test_accuracy`` (the image alone), and
+        ``tta_accuracy`` (the views) unless ``views`` is ``image``.
     """
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, with the views
     mine = distributed.current().my_indices(len(dataset), batch_size)
     for inputs, labels in iterate_batches(dataset, batch_size, device, indices=mine):
         if channels_last:
             inputs = fast_layout(inputs)
         with autocast(device, bfloat16):
-            logits = view_logits(model, inputs, views)
-        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
-                             (logits.argmax(1) == labels).sum().double()])
-    loss_sum, correct = distributed.sum_over_processes(sums).tolist()
-    return {"test_loss": loss_sum / len(dataset), "test_accuracy": correct / len(dataset)}
+            image, viewed = image_and_view_logits(model, inputs, views)
+        sums += torch.stack([F.cross_entropy(image, labels, reduction="sum").double(),
+                             (image.argmax(1) == labels).sum().double(),
+                             (viewed.argmax(1) == labels).sum().double()])
+    loss_sum, correct, correct_with_views = distributed.sum_over_processes(sums).tolist()
+    metrics = {"test_loss": loss_sum / len(dataset), "test_accuracy": correct / len(dataset)}
+    if views != "image":
+        metrics["tta_accuracy"] = correct_with_views / len(dataset)
+    return metrics
 
 
 @torch.no_grad()
