@@ -110,12 +110,8 @@ def input_gradient(model, inputs, targets, rule="saliency", counterfactual=False
 
 def _rule_gradient(model, inputs, targets, rule, counterfactual):
     """:func:`input_gradient`'s own forward and backward pass."""
-    with relu_rule(model, rule), torch.enable_grad():
-        pixels = inputs.detach().requires_grad_(True)
-        score = model(pixels).gather(1, targets[:, None]).sum()
-        if counterfactual:
-            score = -score
-        return torch.autograd.grad(score, pixels)[0]
+    with relu_rule(model, rule):
+        return target_gradients(model, inputs, targets[:, None], counterfactual)[:, 0]
 
 
 def integrated_gradients(model, inputs, targets, baseline, steps=64, batch_size=256):
@@ -160,17 +156,21 @@ def integrated_gradients(model, inputs, targets, baseline, steps=64, batch_size=
     return attributions if several else attributions[:, 0]
 
 
-def target_gradients(model, inputs, targets):
+def target_gradients(model, inputs, targets, counterfactual=False):
     """dy^c/dx for several targets of each image: (B, T, C, H, W) for targets (B, T), from one
-    forward pass and one backward pass per target (the plain gradient, as
-    :func:`input_gradient` with the saliency rule)."""
+    forward pass and one backward pass per target, by whatever ReLU rule is in force
+    (:func:`relu_rule`; none: the plain gradient). With ``counterfactual``, that of -y^c: the
+    seed is negated, not the result, since the guided and DeconvNet rules clamp the signal."""
     with torch.enable_grad():
         pixels = inputs.detach().requires_grad_(True)
         logits = model(pixels)
         slots = targets.shape[1]
-        return torch.stack([torch.autograd.grad(logits.gather(1, targets[:, [slot]]).sum(),
-                                                pixels, retain_graph=slot < slots - 1)[0]
-                            for slot in range(slots)], 1)
+        gradients = []
+        for slot in range(slots):
+            score = logits.gather(1, targets[:, [slot]]).sum()
+            gradients.append(torch.autograd.grad(-score if counterfactual else score, pixels,
+                                                 retain_graph=slot < slots - 1)[0])
+        return torch.stack(gradients, 1)
 
 
 def input_times_gradient(model, inputs, targets):

@@ -116,14 +116,12 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
                     if progress:
                         progress(shown, layer)
                     geometry = survey_options(inputs.shape[-1]) if name == "occlusion" else {}
-                    if method.shares_passes:  # (N, T, H, W), as (N * T, H, W) image-major
-                        maps = method(model, inputs, targets, layer=layer, info=info,
-                                      batch_size=batch_size, **geometry,
-                                      **switched_on).flatten(0, 1)
-                    else:
-                        maps = method(model, repeated, flat_targets, layer=layer, info=info,
-                                      batch_size=batch_size, **geometry, **switched_on)
-                    maps = maps.detach()
+                    # Sharing methods take all T targets at once: (N, T, H, W) comes back.
+                    asked = ((inputs, targets) if method.shares_passes
+                             else (repeated, flat_targets))
+                    maps = method(model, *asked, layer=layer, info=info,
+                                  batch_size=batch_size, **geometry, **switched_on).detach()
+                    maps = maps.reshape(-1, *maps.shape[-2:])  # (N * T, H, W), image-major
                     explained = explained_probabilities(model, repeated, flat_targets, maps,
                                                         info, batch_size)
                     maps = shrink(maps.float().cpu()[:, None],
