@@ -375,8 +375,8 @@ def build_report(args):
         accuracy = (predictions == test_set.labels).double().mean().item()
         gallery, _ = sample_test_images(model, test_set, GALLERY_SIZE, args.seed, device,
                                         wrong_share=0.34, predictions=predictions)
-        context = ReportContext(gallery.tolist(), conv_layer_names(model), args.num_images,
-                                smoothing_flags(args))
+        context = ReportContext(gallery.tolist(), conv_layer_names(model),
+                                evaluation_images(args, info), smoothing_flags(args))
         if checkpoint is not None:
             title = f"{checkpoint['arch']} on {info.name}"
             save_figure(plot_training_curve(checkpoint["history"], title),
@@ -452,6 +452,16 @@ def smoothing_flags(args):
     return [f"--{option}" for option in smoothing_options(args)]
 
 
+def evaluation_images(args, info):
+    """How many test images the evaluation scores: ``--num-images``, or by default 100 up to
+    64 px and 32 above. On 2 CPU cores each 224-px photo costs the ImageNet MobileNetV2's
+    evaluation about 45 s of maps and metrics, beside its randomization check (16 photos,
+    about 37 minutes): 32 photos take about an hour (docs/report.md)."""
+    if args.num_images is not None:
+        return args.num_images
+    return 100 if info.image_size <= 64 else 32
+
+
 def share_report_work(args, sections, out):
     """What a process other than rank 0 does under torchrun: its part of the training, if the
     report trains, and of the evaluation. Rank 0 writes the whole report (and its log)."""
@@ -460,9 +470,9 @@ def share_report_work(args, sections, out):
         train_if_needed(args, report_checkpoint(args), log)
     for section in sections:
         if section.name == "evaluation":
-            common = report_model(args, resolve_device(args.device))[3]
-            run_section(section, ReportContext([], [], args.num_images, smoothing_flags(args)),
-                        common, out, log)
+            _, info, _, common = report_model(args, resolve_device(args.device))
+            run_section(section, ReportContext([], [], evaluation_images(args, info),
+                                               smoothing_flags(args)), common, out, log)
     return []
 
 
@@ -506,8 +516,9 @@ def get_args_parser():
                         help="report folder (default: outputs/report_<dataset>_<arch>)")
     parser.add_argument("--methods", nargs="+", choices=SECTION_NAMES, default=None,
                         help="sections to run (default: all)")
-    parser.add_argument("--num-images", type=positive_int, default=100,
-                        help="test images the evaluation scores (default: 100)")
+    parser.add_argument("--num-images", type=positive_int, default=None,
+                        help="test images the evaluation scores (default: 100; 32 for images "
+                             "above 64 px)")
     parser.add_argument("--explorer-images", type=positive_int, default=None,
                         help="test images the explorer page precomputes every method's maps "
                              "for (default: 16; 4 for images above 64 px)")

@@ -31,6 +31,30 @@ def shapes_test_split():
     return load_dataset("shapes", "test")
 
 
+def random_batch_norm_net(arch, size, seed=0):
+    """``arch`` with random weights in eval mode and float64. BatchNorm's statistics are those
+    of random images (at initialization MobileNetV2's ReLU6 units are all saturated or dead
+    and no ablation would change a score), its affine part random, so no layer is an
+    identity."""
+    import torch  # here, not at the top: the environment above comes first
+    import torch.nn as nn
+
+    from model.nets.architectures import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch, 3, 5, size).double()
+    norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.momentum = None  # the running statistics: the plain mean over batches seen
+            norm.reset_running_stats()
+        model.train()(torch.randn(2, 3, size, size).double())
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(0.0, 0.3)  # most units alive after the ReLU
+    return model.eval()
+
+
 def stderr_lines(captured):
     """Non-empty lines a script printed on stderr."""
     return [line for line in captured.err.splitlines() if line.strip()]

@@ -16,9 +16,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import stderr_lines
+from conftest import random_batch_norm_net, stderr_lines
 from model.attribution import METHODS, cam as cams
-from model.nets.architectures import build_model
 from model.nets.graph_split import NotSplittable, split_after
 from model.nets.layers import block_end
 
@@ -37,23 +36,8 @@ def one_thread():
 
 
 @functools.cache  # built once per net: no test changes it (hooks are gone after each)
-@torch.no_grad()
 def random_net(arch, size, seed=0):
-    """``arch`` with random weights in eval mode and float64. BatchNorm's statistics are those
-    of random images (at initialization MobileNetV2's ReLU6 units are all saturated or dead
-    and no ablation would change a score), its affine part random, so no layer is an
-    identity."""
-    torch.manual_seed(seed)
-    model = build_model(arch, 3, 5, size).double()
-    norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
-    for norm in norms:
-        norm.momentum = None  # the running statistics: the plain mean over the batches seen
-        norm.reset_running_stats()
-    model.train()(torch.randn(2, 3, size, size).double())
-    for norm in norms:
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.uniform_(0.0, 0.3)  # most units alive after the ReLU
-    return model.eval()
+    return random_batch_norm_net(arch, size, seed)
 
 
 def no_hooks_left(model):

@@ -2,6 +2,7 @@
 import json
 import re
 import sys
+from types import SimpleNamespace
 from urllib.error import URLError
 
 import pytest
@@ -73,6 +74,14 @@ def test_methods_selects_sections(report, tmp_path):
     assert "explorer.html" not in page and not (tmp_path / "explorer_data.js").exists()
     assert set(json.loads((tmp_path / "summary.json").read_text())["seconds"]) == {
         "occlusion", "cam"}
+
+
+def test_the_evaluation_scores_32_images_by_default_above_64_px():
+    parse = visualize_all.get_args_parser().parse_args
+    shapes, photos = DATASET_INFO["shapes"], SimpleNamespace(image_size=224)
+    assert visualize_all.evaluation_images(parse([]), shapes) == 100
+    assert visualize_all.evaluation_images(parse([]), photos) == 32
+    assert visualize_all.evaluation_images(parse(["--num-images", "7"]), photos) == 7
 
 
 def test_smoothing_reaches_the_cam_section_the_evaluation_and_the_explorer(report, tmp_path):

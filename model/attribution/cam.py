@@ -56,6 +56,7 @@ from model.nets.graph_split import NotSplittable, split_after
 from model.nets.layers import as_feature_maps, block_end, recorded_output, replaced_output
 from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
+from model.runtime.folding import fold_batch_norm
 
 EPSILON = 1e-7
 
@@ -196,12 +197,13 @@ def score_weights(model, inputs, activations, targets, batch_size, channels=None
     passes = pairs[passes]
     size = inputs.shape[-1]
     batch_size = variant_batch(batch_size, inputs)
+    net = fold_batch_norm(model)  # the same scores, up to float32 rounding, sooner
     for start in range(0, len(passes), batch_size):
         part = passes[start:start + batch_size]
         maps = activations[image_index[part], flat_channels[part]]  # (B, h, w)
         masks = normalize_maps(resize_maps(maps, size))  # (B, H, W) in [0, 1]
         masked = inputs[image_index[part]] * masks[:, None]
-        probabilities = torch.softmax(model(fast_layout(masked)), 1)
+        probabilities = torch.softmax(net(fast_layout(masked)), 1)
         scores[part] = probabilities.gather(1, targets[image_index[part]])  # (B, T)
     scores[dead] = scores[first_dead[image_index[dead]]]
     weights = torch.zeros(count, slots, total_channels, dtype=activations.dtype,

@@ -22,6 +22,7 @@ from model.attribution.registry import register
 from model.errors import UserError
 from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
+from model.runtime.folding import fold_batch_norm
 
 
 @dataclass
@@ -186,12 +187,13 @@ def _plain_logits(model, inputs, fill, windows, batch_size):
     """(flat indices, logits) per batch of ``batch_size`` occluded images, image-major."""
     positions = len(windows)
     total = len(inputs) * positions
+    net = fold_batch_norm(model)  # the same logits, up to float32 rounding, sooner
     for start in range(0, total, batch_size):
         flat = torch.arange(start, min(start + batch_size, total), device=inputs.device)
         image_index, position_index = flat // positions, flat % positions
         mask = windows[position_index][:, None]  # (B, 1, H, W)
         variants = torch.where(mask, fill[image_index], inputs[image_index])  # (B, C, H, W)
-        yield flat, model(fast_layout(variants))
+        yield flat, net(fast_layout(variants))
 
 
 def _incremental_logits(plan, inputs, fill, max_memory_mb):

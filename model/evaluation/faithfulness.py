@@ -20,6 +20,7 @@ from model.attribution.maps import normalize_maps, resize_maps
 from model.nets.zoo import inverted_residual_blocks, residual_blocks
 from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
+from model.runtime.folding import fold_batch_norm
 
 EPSILON = 1e-12
 
@@ -81,12 +82,13 @@ def deletion_insertion_curves(model, inputs, targets, maps, mode, steps=16, subs
 
     curves = torch.empty(count * (steps + 1), dtype=inputs.dtype, device=inputs.device)
     batch_size = variant_batch(batch_size, inputs)
+    net = fold_batch_norm(model)  # the same probabilities, up to float32 rounding, sooner
     for first in range(0, len(curves), batch_size):
         flat = torch.arange(first, min(first + batch_size, len(curves)), device=inputs.device)
         image, step = flat // (steps + 1), flat % (steps + 1)
         done = (rank[image] < changed[step, None]).view(-1, 1, height, width)  # (B, 1, H, W)
         variants = torch.where(done, end[image], start[image])  # (B, C, H, W)
-        probabilities = torch.softmax(model(fast_layout(variants)), dim=1)
+        probabilities = torch.softmax(net(fast_layout(variants)), dim=1)
         curves[flat] = probabilities.gather(1, targets[image, None])[:, 0]
     return curves.view(count, steps + 1)
 
@@ -134,11 +136,12 @@ def explanation_map_probabilities(model, inputs, targets, maps, info=None, batch
     chunk = max(1, variant_batch(batch_size, inputs) // 2)
     full = torch.empty(len(inputs), dtype=inputs.dtype, device=inputs.device)
     explained = torch.empty_like(full)
+    net = fold_batch_norm(model)
     for first in range(0, len(inputs), chunk):
         images = inputs[first:first + chunk]
         masked = explanation_images(images, maps[first:first + chunk], info)
         count = len(images)
-        logits = model(fast_layout(torch.cat([images, masked])))  # (2 n, K)
+        logits = net(fast_layout(torch.cat([images, masked])))  # (2 n, K)
         probabilities = torch.softmax(logits, dim=1)
         classes = targets[first:first + chunk, None].repeat(2, 1)
         chosen = probabilities.gather(1, classes)[:, 0]
@@ -152,9 +155,10 @@ def explained_probabilities(model, inputs, targets, maps, info=None, batch_size=
     already (the explorer's): (N,) p(target) on each explanation map."""
     chunk = variant_batch(batch_size, inputs)
     explained = torch.empty(len(inputs), dtype=inputs.dtype, device=inputs.device)
+    net = fold_batch_norm(model)
     for first in range(0, len(inputs), chunk):
         masked = explanation_images(inputs[first:first + chunk], maps[first:first + chunk], info)
-        probabilities = torch.softmax(model(fast_layout(masked)), dim=1)
+        probabilities = torch.softmax(net(fast_layout(masked)), dim=1)
         explained[first:first + len(masked)] = probabilities.gather(
             1, targets[first:first + chunk, None])[:, 0]
     return explained
