@@ -34,7 +34,8 @@ NAMED_PAIRS = {
 def fold_batch_norm(model):
     """A twin of ``model`` (in eval mode) whose BatchNorm layers that directly follow a conv
     layer are folded into that conv's weights and replaced by the identity; ``model`` itself when
-    nothing folds, it is training or it is no ``nn.Module`` (any function of a batch).
+    nothing folds, it is training, a (Distributed)DataParallel wrapper, or no ``nn.Module``
+    (any function of a batch).
 
     The twin shares every module that does not change (the classifier among them, with its
     hooks: a pass meter on the output layer counts the twin's passes too); the containers on
@@ -45,8 +46,9 @@ def fold_batch_norm(model):
     an ``nn.Sequential``, and the named pairs of torchvision's ResNet and its blocks
     (``NAMED_PAIRS``); any other module's own ``forward`` is not read, and its layers stay.
     """
-    if not isinstance(model, nn.Module) or model.training:
-        return model
+    if (not isinstance(model, nn.Module) or model.training
+            or isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))):
+        return model  # a wrapper's forward does more than call its module: left as it is
     return _folded(model)
 
 
