@@ -58,7 +58,7 @@ from model.cli.method_inputs import (
 from model.cli.running import Terminated, run
 from model.data.sampling import sample_test_images, test_predictions
 from model.errors import UserError
-from model.evaluation.survey import survey_gallery
+from model.evaluation.survey import default_image_counts, survey_gallery
 from model.figures.curves import plot_training_curve
 from model.figures.plotting import save_figure
 from model.nets.checkpoint import (
@@ -453,13 +453,11 @@ def smoothing_flags(args):
 
 
 def evaluation_images(args, info):
-    """How many test images the evaluation scores: ``--num-images``, or by default 100 up to
-    64 px and 32 above. On 2 CPU cores each 224-px photo costs the ImageNet MobileNetV2's
-    evaluation about 45 s of maps and metrics, beside its randomization check (16 photos,
-    about 37 minutes): 32 photos take about an hour (docs/report.md)."""
+    """How many test images the evaluation scores: ``--num-images``, or the default for the
+    images' size (``default_image_counts``: 100 up to 64 px, 32 above)."""
     if args.num_images is not None:
         return args.num_images
-    return 100 if info.image_size <= 64 else 32
+    return default_image_counts(info.image_size)[1]
 
 
 def share_report_work(args, sections, out):

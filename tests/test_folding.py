@@ -38,6 +38,14 @@ def test_the_twin_computes_the_same_logits_without_batch_norm(arch, size):
     assert linears[-1] in list(twin.modules())  # shared, not copied
 
 
+def test_the_folded_convs_keep_channels_last_weights():
+    """What makes the twin fast on the CPU (model.runtime.device.fast_model) stays so."""
+    model = random_batch_norm_net("mobilenet_v2", 64).to(memory_format=torch.channels_last)
+    convs = [m for m in fold_batch_norm(model).modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(conv.weight.is_contiguous(memory_format=torch.channels_last)
+                         for conv in convs)
+
+
 def test_nothing_to_fold_or_training_gives_the_model_itself():
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     assert fold_batch_norm(plain.eval()) is plain

@@ -151,11 +151,20 @@ class GallerySurvey:
     names: list
 
 
+def default_image_counts(image_size):
+    """The report's default numbers of images, (explorer, evaluation): 16 and 100 up to 64 px,
+    4 and 32 above, where Score-CAM's and Ablation-CAM's passes per map grow with the channels.
+    On 2 CPU cores each 224-px photo costs the ImageNet MobileNetV2's evaluation about 45 s of
+    maps and metrics, beside its randomization check (16 photos, about 37 minutes): 32 photos
+    take about an hour (docs/report.md)."""
+    return (16, 100) if image_size <= 64 else (4, 32)
+
+
 def survey_gallery(model, info, test_set, predictions, device, *, count=None, seed=0,
                    progress=None, options=None):
     """Every method's maps of ``count`` seeded test images (right and wrong decisions, as the
-    report's gallery; default 16, 4 above 64 px, where Score-CAM's and Ablation-CAM's passes
-    per map grow with the channels), for each image's :func:`explorer_targets`.
+    report's gallery; default: :func:`default_image_counts`), for each image's
+    :func:`explorer_targets`.
 
     Args:
         predictions: the model's predictions on ``test_set``
@@ -165,7 +174,7 @@ def survey_gallery(model, info, test_set, predictions, device, *, count=None, se
     Returns:
         a :class:`GallerySurvey`.
     """
-    count = count or (16 if info.image_size <= 64 else 4)
+    count = count or default_image_counts(info.image_size)[0]
     indices, _ = sample_test_images(model, test_set, count, seed, device, wrong_share=0.34,
                                     predictions=predictions)
     images = test_set.images[indices]

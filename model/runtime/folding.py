@@ -17,7 +17,6 @@ time.
 """
 import copy
 
-import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -60,7 +59,7 @@ def _foldable(conv, norm):
 
 def _has_hooks(module):
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or getattr(module, "_backward_pre_hooks", None))
+                or module._backward_pre_hooks)
 
 
 def _folded(module):
@@ -70,12 +69,8 @@ def _folded(module):
              else NAMED_PAIRS.get(type(module), ()))
     for first, second in pairs:
         conv, norm = module._modules.get(first), module._modules.get(second)
-        if first not in changed and _foldable(conv, norm):
-            fused = fuse_conv_bn_eval(conv, norm)
-            # in the conv's memory order: channels-last stays channels-last
-            fused.weight.data = fused.weight.data.contiguous(
-                memory_format=_memory_format(conv.weight))
-            changed[first], changed[second] = fused, nn.Identity()
+        if _foldable(conv, norm):  # the fused weights keep the conv's memory order
+            changed[first], changed[second] = fuse_conv_bn_eval(conv, norm), nn.Identity()
     for name in names:
         child = module._modules[name]
         if name not in changed and child is not None:
@@ -87,9 +82,3 @@ def _folded(module):
     twin = copy.copy(module)  # the same attributes and hooks; its own table of children
     twin._modules = {**module._modules, **changed}
     return twin
-
-
-def _memory_format(weight):
-    channels_last = weight.dim() == 4 and not weight.is_contiguous() and \
-        weight.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if channels_last else torch.contiguous_format
