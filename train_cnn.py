@@ -44,7 +44,7 @@ from model.data.datasets import load_dataset
 from model.errors import UserError
 from model.figures.curves import plot_training_curve
 from model.figures.plotting import save_figure
-from model.nets.architectures import build_model
+from model.nets.architectures import architecture_kind, build_model
 from model.nets.checkpoint import (
     check_destination,
     curve_path,
@@ -53,7 +53,7 @@ from model.nets.checkpoint import (
     save_checkpoint,
     snapshot_path,
 )
-from model.nets.zoo import stem_args
+from model.nets.zoo import SMALL_IMAGE
 from model.runtime import distributed
 from model.runtime.device import resolve_device, seed_everything
 from model.runtime.files import check_name_length, check_writable_file
@@ -236,7 +236,9 @@ def train(args):
                             workers=args.workers)
     model_args = {"arch": args.arch, "in_channels": info.channels,
                   "num_classes": len(info.classes), "image_size": info.image_size,
-                  "vgg_plan": args.vgg_plan, **stem_args(args.arch, info.image_size)}
+                  "vgg_plan": args.vgg_plan}
+    if architecture_kind(args.arch) in ("torchvision", "timm"):  # the stem, once decided
+        model_args["small_stem"] = info.image_size < SMALL_IMAGE
     model = build_model(**model_args).to(device)
     prepare_model(model, recipe, train_set, device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay, recipe)

@@ -63,6 +63,7 @@ from model.figures.curves import plot_training_curve
 from model.figures.plotting import save_figure
 from model.nets.checkpoint import (
     CheckpointError,
+    arch_slug,
     default_checkpoint_path,
     library_versions,
     load_checkpoint,
@@ -350,7 +351,7 @@ def build_report(args):
                         "weights were trained on)")
     if not args.weights:
         args.dataset, args.arch = args.dataset or DEFAULT_DATASET, args.arch or DEFAULT_ARCH
-    out = Path(args.out or f"outputs/report_{args.dataset or 'imagenet'}_{args.arch}")
+    out = Path(args.out or f"outputs/report_{args.dataset or 'imagenet'}_{arch_slug(args.arch)}")
     sections = [s for s in SECTIONS if args.methods is None or s.name in args.methods]
     if not distributed.current().main:
         return share_report_work(args, sections, out)

@@ -39,7 +39,6 @@ from model.nets.zoo import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_SIZE,
     IMAGENET_STD,
-    TORCHVISION_ARCHS,
 )
 from model.runtime.device import keep_freed_memory, seed_everything  # noqa: E402
 
@@ -59,7 +58,7 @@ def seconds(function):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", choices=TORCHVISION_ARCHS, default="mobilenet_v2")
+    parser.add_argument("--arch", default="mobilenet_v2")
     parser.add_argument("--weights", default=None, help="a state dict (default: random)")
     parser.add_argument("--data-dir", default=None,
                         help="an image folder with val/ (default: random images)")

@@ -39,7 +39,7 @@ from model.attribution import occlusion as occ  # noqa: E402
 from model.data.datasets import DATASET_INFO, load_dataset  # noqa: E402
 from model.evaluation.faithfulness import area_under_curve, deletion_insertion_curves  # noqa: E402
 from model.evaluation.ground_truth import pointing_hits  # noqa: E402
-from model.nets.architectures import ARCHITECTURES, build_model  # noqa: E402
+from model.nets.architectures import EXAMPLE_ARCHS, build_model  # noqa: E402
 from model.nets.checkpoint import (  # noqa: E402
     default_checkpoint_path,
     load_model,
@@ -52,7 +52,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=str(default_checkpoint_path("shapes", "vgg")),
                         help="a trained checkpoint (default: the shapes vgg one)")
-    parser.add_argument("--arch", choices=ARCHITECTURES, default=None,
+    parser.add_argument("--arch", choices=EXAMPLE_ARCHS, default=None,
                         help="instead of --checkpoint: this net with random weights")
     parser.add_argument("--weights", default=None,
                         help="with --arch: a trained torchvision state dict, explained on the "

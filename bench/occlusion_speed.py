@@ -29,7 +29,7 @@ from train_speed import throughput  # noqa: E402
 from model.attribution import occlusion as occ  # noqa: E402
 from model.attribution.incremental import IncrementalOcclusion  # noqa: E402
 from model.data.datasets import DATASET_INFO, DATASETS  # noqa: E402
-from model.nets.architectures import ARCHITECTURES, build_model  # noqa: E402
+from model.nets.architectures import EXAMPLE_ARCHS, build_model  # noqa: E402
 from model.runtime.batching import variant_batch
 from model.runtime.device import keep_freed_memory, resolve_device  # noqa: E402
 from model.training.recipes import RECIPES  # noqa: E402
@@ -85,7 +85,7 @@ def main(argv=None):
                              "mimic (default: shapes)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="input side in px (default: the dataset's)")
-    parser.add_argument("--arch", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES),
+    parser.add_argument("--arch", nargs="+", choices=EXAMPLE_ARCHS, default=list(EXAMPLE_ARCHS),
                         help="architectures (default: all)")
     parser.add_argument("--images", type=int, default=None,
                         help="images explained (default: 16 up to 64 px, else 1)")

@@ -36,7 +36,6 @@ from model.nets.layers import (
     conv_layer_names,
     layer_output,  # noqa: E402
 )
-from model.nets.zoo import TORCHVISION_ARCHS  # noqa: E402
 from model.runtime.device import keep_freed_memory, resolve_device  # noqa: E402
 from model.units.activation_search import search_top_activations  # noqa: E402
 
@@ -139,7 +138,7 @@ def photo_folder(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", choices=TORCHVISION_ARCHS, default="resnet18")
+    parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--images", type=int, default=8, help="images explained (default: 8)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="batch of the folder scans (default: 64)")

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.data.datasets import DATASETS, load_dataset  # noqa: E402
-from model.nets.architectures import ARCHITECTURES, build_model  # noqa: E402
-from model.nets.zoo import stem_args  # noqa: E402
+from model.nets.architectures import EXAMPLE_ARCHS, build_model  # noqa: E402
 from model.runtime.device import (  # noqa: E402
     autocast,
     fast_layout,
@@ -85,7 +84,7 @@ def bench_arch(dataset, arch, data_dir, device, train_to_target, seed, recipe_na
     def fresh_model():
         seed_everything(seed)
         model = build_model(arch, info.channels, len(info.classes), info.image_size,
-                            recipe.vgg_plan, **stem_args(arch, info.image_size)).to(device)
+                            recipe.vgg_plan).to(device)
         prepare_model(model, recipe, train_set, device)
         return model
 
@@ -134,7 +133,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=DATASETS, default="shapes",
                         help="dataset to train on (default: shapes)")
-    parser.add_argument("--archs", nargs="+", choices=ARCHITECTURES, default=["simple", "vgg"],
+    parser.add_argument("--archs", nargs="+", choices=EXAMPLE_ARCHS, default=["simple", "vgg"],
                         help="architectures to measure (default: simple vgg)")
     parser.add_argument("--recipe", default=DEFAULT_RECIPE,
                         help="a named recipe (train_cnn.py --recipe), e.g. long for cifar10 "

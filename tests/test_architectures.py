@@ -4,17 +4,17 @@ import torch.nn as nn
 
 from model.data.datasets import DATASET_INFO
 from model.errors import UserError
-from model.nets.architectures import ARCHITECTURES, build_model
+from model.nets.architectures import EXAMPLE_ARCHS, build_model
 from model.nets.layers import conv_layer_names, get_layer, layer_names
-from model.training.recipes import RECIPES
+from model.training.recipes import recipe_for
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", EXAMPLE_ARCHS)
 @pytest.mark.parametrize("dataset", list(DATASET_INFO))
 def test_every_arch_gives_logits_for_every_dataset(arch, dataset):
     info = DATASET_INFO[dataset]
     model = build_model(arch, info.channels, len(info.classes), info.image_size,
-                        RECIPES[(dataset, arch)].vgg_plan).eval()
+                        recipe_for(dataset, arch).vgg_plan).eval()
     inputs = torch.randn(3, info.channels, info.image_size, info.image_size)
     assert model(inputs).shape == (3, len(info.classes))
 

@@ -1,4 +1,4 @@
-"""BatchNorm folded into the conv before it (model.runtime.folding): the twin computes the
+"""BatchNorm folded into the conv before it (model.nets.folding): the twin computes the
 model's function, shares what did not change, leaves the model as it was, and keeps every
 layer a hook watches.
 
@@ -13,7 +13,7 @@ import torch.nn as nn
 from conftest import random_batch_norm_net
 from model.attribution.cam import score_weights
 from model.evaluation.cost import measure_cost
-from model.runtime.folding import fold_batch_norm
+from model.nets.folding import fold_batch_norm
 
 
 def batch_norms(model):

@@ -56,7 +56,7 @@ from model.nets.graph_split import NotSplittable, split_after
 from model.nets.layers import as_feature_maps, block_end, recorded_output, replaced_output
 from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
-from model.runtime.folding import fold_batch_norm
+from model.nets.folding import fold_batch_norm
 
 EPSILON = 1e-7
 

@@ -22,7 +22,7 @@ from model.attribution.registry import register
 from model.errors import UserError
 from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
-from model.runtime.folding import fold_batch_norm
+from model.nets.folding import fold_batch_norm
 
 
 @dataclass

@@ -6,7 +6,7 @@ import os
 from model.attribution.registry import method_variant
 from model.data.datasets import DATASETS
 from model.errors import UserError
-from model.nets.architectures import ARCHITECTURES
+from model.nets.architectures import architecture_kind
 
 MAX_SEED = 2**32 - 1  # NumPy's limit; torch and Python accept it too
 
@@ -78,6 +78,39 @@ def method_name(text):
     return text
 
 
+def architecture(text):
+    """argparse type: an --arch (``model.nets.architectures.build_model``); a file spec's path
+    made absolute, so a checkpoint rebuilds the net from any folder. ``list`` passes as it is:
+    the script prints every name (:func:`print_lists`)."""
+    if text == "list":
+        return text
+    try:
+        kind = architecture_kind(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    where, _, name = text.rpartition(":")
+    if kind == "module" and where.endswith(".py"):
+        return f"{os.path.abspath(where)}:{name}"
+    return text
+
+
+def print_lists(args, model_loader=None):
+    """``--arch list`` prints every architecture; ``--layer list`` every layer of the loaded
+    net (``model_loader()`` gives it) with its output shape and receptive field. Returns
+    whether something was printed (the script then ends)."""
+    from model.nets.architectures import architecture_list
+    from model.nets.layers import layer_listing
+
+    if getattr(args, "arch", None) == "list":
+        print("\n".join(architecture_list()))
+        return True
+    layers = getattr(args, "layer", None)
+    if layers == "list" or (isinstance(layers, list) and layers == ["list"]):
+        print("\n".join(layer_listing(model_loader())))
+        return True
+    return False
+
+
 def seed_int(text):
     """argparse type: an integer in 0..2**32-1, the range every random generator accepts."""
     value = _parse(int, text, "an integer")
@@ -98,8 +131,11 @@ def common_parser():
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--dataset", choices=DATASETS, default="shapes",
                         help="dataset the model is trained on (default: shapes)")
-    parser.add_argument("--arch", choices=ARCHITECTURES, default="vgg",
-                        help="network architecture (default: vgg)")
+    parser.add_argument("--arch", type=architecture, default="vgg",
+                        help="network architecture: simple, vgg, any of torchvision's CNNs "
+                             "by name (resnet50, densenet121, efficientnet_b0, ...), "
+                             "timm:NAME, or your own path/to/net.py:Name or "
+                             "package.module:Name; list: print them (default: vgg)")
     parser.add_argument("--data-dir", default="data",
                         help="where torchvision's dataset files live or are downloaded to; "
                              "for imagefolder the folder with train/ and val/ (or test/) "

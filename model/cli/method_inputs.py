@@ -13,12 +13,13 @@ import numpy as np
 import torch
 
 from model.cli.arguments import common_parser, non_negative_int, positive_int
+from model.cli.running import Listed
 from model.cli.targets import check_target
 from model.data.datasets import DATASETS, load_dataset
 from model.data.image_files import load_image_file
 from model.errors import UserError
 from model.nets.checkpoint import default_checkpoint_path, load_model, model_from_weights
-from model.nets.zoo import LAYER_NAMES, TORCHVISION_ARCHS
+from model.nets.layers import layer_listing
 from model.runtime.device import resolve_device, seed_everything
 from model.runtime.files import (
     PLAIN_KINDS,
@@ -42,8 +43,11 @@ def checkpoint_parser(script):
     parser.add_argument("--out", default=f"outputs/{script}",
                         help=f"folder for the outputs (default: outputs/{script})")
     parser.add_argument_group(
-        "layer names of torchvision's nets (--layer; the last is the default)",
-        "; ".join(f"{arch}: {names}" for arch, names in LAYER_NAMES.items()))
+        "layer names (--layer)",
+        "as the net names them (model.named_modules()): conv layers, blocks (layer1.0, "
+        "features.3) and stages (layer4); the default is the last spatial map before the "
+        "global pooling. --layer list prints every layer of the net with its output shape and "
+        "receptive field.")
     # None = not given: the default checkpoint is shapes/vgg's, and a --checkpoint is only
     # checked against --dataset/--arch when the user names them.
     parser.set_defaults(dataset=None, arch=None)
@@ -53,10 +57,13 @@ def checkpoint_parser(script):
 def add_weights_flags(parser):
     """``--weights`` and ``--class-names``: a torchvision net with the user's weights."""
     parser.add_argument("--weights", default=None, metavar="FILE|DEFAULT",
-                        help="instead of a checkpoint: a torchvision-format state dict for "
-                             "--arch (resnet18, alexnet, vgg16, mobilenet_v2), or DEFAULT for "
-                             "torchvision's pretrained ImageNet weights (a download); without "
-                             "--dataset the input is ImageNet's (224 px)")
+                        help="instead of a checkpoint: the weights of --arch (a torchvision CNN, "
+                             "timm:NAME or your own module): a state dict, a training "
+                             "checkpoint that holds one (state_dict, model, model_state_dict, "
+                             "net), DDP's module. or Lightning's model. keys, or a "
+                             ".safetensors file; or DEFAULT for torchvision's pretrained "
+                             "ImageNet weights (a download); without --dataset the input is "
+                             "the net's own (224 px, 299 for Inception v3)")
     parser.add_argument("--class-names", default=None, metavar="FILE",
                         help="class names of --weights, one per line (default: ImageNet's "
                              "for 1000 outputs, imagefolder's folder names, else the "
@@ -112,11 +119,16 @@ def load_method_model(args):
     prepare_output_folder(args.out)
     device = resolve_device(args.device)
     if args.weights or args.class_names:
-        return (device, *weights_model(args, device))
-    dataset, arch = args.dataset, args.arch
-    if not args.checkpoint:
-        dataset, arch = dataset or DEFAULT_DATASET, arch or DEFAULT_ARCH
-    model, info, _ = load_model(checkpoint_path(args), device, dataset, arch)
+        device, model, info = device, *weights_model(args, device)
+    else:
+        dataset, arch = args.dataset, args.arch
+        if not args.checkpoint:
+            dataset, arch = dataset or DEFAULT_DATASET, arch or DEFAULT_ARCH
+        model, info, _ = load_model(checkpoint_path(args), device, dataset, arch)
+    layers = getattr(args, "layer", None)
+    if layers == "list" or layers == ["list"]:  # print the layers, then end (code 0)
+        print("\n".join(layer_listing(model)))
+        raise Listed
     return device, model, info
 
 
@@ -129,7 +141,8 @@ def check_weights_flags(args):
     if args.weights and args.checkpoint:
         raise UserError("give --checkpoint or --weights, not both")
     if args.weights and args.arch is None:
-        raise UserError(f"--weights needs --arch: one of {', '.join(TORCHVISION_ARCHS)}")
+        raise UserError("--weights needs --arch: a torchvision CNN (resnet50, ...), "
+                        "timm:NAME or your own path/to/net.py:Name")
 
 
 def weights_model(args, device):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from model.errors import UserError
+from model.nets.architectures import architecture_list
 from model.runtime import distributed
 from model.runtime.device import keep_freed_memory, resolve_device
 from model.runtime.files import os_reason
@@ -102,6 +103,10 @@ class _InterruptionRaisedLater:
         return name
 
 
+class Listed(Exception):
+    """Raised once ``--layer list`` has printed a net's layers: the script ends with code 0."""
+
+
 def run(command, args, interrupted=None, written=None, several_processes=False):
     """Call ``command(args)`` and turn every way it can fail into one line on stderr.
 
@@ -123,10 +128,15 @@ def run(command, args, interrupted=None, written=None, several_processes=False):
     """
     keep_freed_memory()  # every script moves large batches through a net on the CPU
     try:
+        if getattr(args, "arch", None) == "list":  # --arch list: the names, nothing run
+            print("\n".join(architecture_list()))
+            return 0
         with terminate_like_ctrl_c(), _process_group(args, several_processes):
             paths = command(args)
         if written is not None:
             written.extend(paths or [])
+    except Listed:  # --layer list printed the layers: nothing more to do
+        return 0
     except KeyboardInterrupt as stop:
         if args.debug:
             raise

@@ -5,7 +5,7 @@ import torch
 from model.data.batches import iterate_batches
 from model.runtime.batching import images_per_batch
 from model.runtime.device import fast_layout
-from model.runtime.folding import fold_batch_norm
+from model.nets.folding import fold_batch_norm
 
 
 @torch.no_grad()

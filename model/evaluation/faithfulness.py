@@ -17,10 +17,11 @@ import torch.nn as nn
 
 from model.attribution.blur import gaussian_blur
 from model.attribution.maps import normalize_maps, resize_maps
-from model.nets.zoo import inverted_residual_blocks, residual_blocks
+from model.nets.anatomy import anatomy
+from model.nets.layers import conv_layer_names
 from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
-from model.runtime.folding import fold_batch_norm
+from model.nets.folding import fold_batch_norm
 
 EPSILON = 1e-12
 
@@ -204,24 +205,29 @@ def spearman(first, second):
 def randomization_stages(model):
     """The layers cascading randomization re-initializes, top first: [(name, modules)].
 
-    Each conv or Linear layer is one stage; a BatchNorm joins the conv before it, since the two
-    form one learned filter bank; a residual or inverted-residual block (torchvision's ResNet
-    and MobileNet) is one stage with all its layers, as Adebayo et al. randomize Inception v3
-    block by block.
+    Each conv or Linear layer is one stage; a normalization joins the layer before it, since
+    the two form one learned filter bank; a block (a residual or inverted-residual block, a
+    dense block, an Inception module: ``model.nets.anatomy``, read from the traced pass) is one
+    stage with all its layers, as Adebayo et al. randomize Inception v3 block by block.
     """
     stages = []
-    blocks = residual_blocks() + inverted_residual_blocks()
+    blocks = {name for name in conv_layer_names(model) if anatomy(model).layers[name].kind
+              == "block"}
+
+    def learned(module):
+        return [m for m in module.modules() if hasattr(m, "reset_parameters")
+                and any(True for _ in m.parameters(recurse=False))]
 
     def walk(module, prefix):
         for name, child in module.named_children():
             name = f"{prefix}{name}"
-            if isinstance(child, blocks):
-                stages.append((name, [m for m in child.modules()
-                                      if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]))
+            own = any(True for _ in child.parameters(recurse=False))
+            if name in blocks:
+                stages.append((name, learned(child)))
             elif isinstance(child, (nn.Conv2d, nn.Linear)):
                 stages.append((name, [child]))
-            elif isinstance(child, nn.BatchNorm2d) and stages:
-                stages[-1][1].append(child)
+            elif own and not any(True for _ in child.children()) and stages:
+                stages[-1][1].append(child)  # a normalization: with the layer before it
             else:
                 walk(child, f"{name}.")
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from model.evaluation.faithfulness import pixel_order
 from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
-from model.runtime.folding import fold_batch_norm
+from model.nets.folding import fold_batch_norm
 
 ROAD_PERCENTAGES = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # as in the paper's figures
 ROAD_NOISE = 0.01  # the noise's standard deviation in pixel units [0, 1] (the authors' code)

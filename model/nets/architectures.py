@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 
 from model.errors import UserError
-from model.nets.zoo import TORCHVISION_ARCHS, build_torchvision
-
-ARCHITECTURES = ("simple", "vgg") + TORCHVISION_ARCHS
+from model.nets.anatomy import declare_input
+from model.nets.imported import build_timm, build_user_module, is_timm, is_user_module
+from model.nets.zoo import build_torchvision, is_torchvision, is_transformer, transformer_refusal
 
 # VGG layer plans in torchvision's notation: an int is a 3x3 Conv-BN-ReLU block with that many
 # output channels, "M" a 2x2 max pool, "W" a frozen 2x2 patch-whitening conv (+ReLU), and a
@@ -130,27 +130,78 @@ def build_vgg(in_channels, num_classes, plan):
     return nn.Sequential(layers)
 
 
-def build_model(arch, in_channels, num_classes, image_size, vgg_plan="small", small_stem=None):
+PROJECT_ARCHS = ("simple", "vgg")
+
+# cnn-viz's own nets and the four torchvision nets of the figures, tests and benchmarks; any
+# other torchvision, timm or user's net is an --arch too (``architecture_kind``).
+EXAMPLE_ARCHS = PROJECT_ARCHS + ("resnet18", "alexnet", "vgg16", "mobilenet_v2")
+
+
+def architecture_kind(arch):
+    """``project``, ``torchvision``, ``timm`` or ``module`` (the user's own), or raise.
+
+    Raises:
+        UserError: a vision transformer (one line says why), or a name nothing knows.
+    """
+    if arch in PROJECT_ARCHS:
+        return "project"
+    if is_timm(arch):
+        return "timm"
+    if is_user_module(arch):
+        return "module"
+    if is_transformer(arch):
+        raise UserError(transformer_refusal(arch))
+    if is_torchvision(arch):
+        return "torchvision"
+    raise UserError(f"unknown architecture '{arch}': give simple, vgg, one of torchvision's "
+                    "CNNs (resnet50, densenet121, ...: `--arch list` names them), "
+                    "timm:NAME, or your own path/to/net.py:Name or package.module:Name")
+
+
+def architecture_list():
+    """Every --arch this cnn-viz takes by name, for ``--arch list``: lines of text."""
+    from model.nets.zoo import torchvision_archs
+
+    return ["cnn-viz's own: simple, vgg",
+            "torchvision's CNNs: " + ", ".join(torchvision_archs()),
+            "timm's CNNs: timm:NAME (for example timm:resnet18, timm:efficientnet_b0)",
+            "your own nn.Module: path/to/net.py:Name or package.module:Name (a class or a "
+            "function that returns the net)"]
+
+
+def build_model(arch, in_channels, num_classes, image_size, vgg_plan="small", small_stem=None,
+                imagenet_input=False):
     """Build a network from the plain arguments a checkpoint stores (``model_args``).
 
     Args:
-        arch: one of ``ARCHITECTURES``: the project's nets or torchvision's (``model.nets.zoo``).
+        arch: ``simple``, ``vgg``, a torchvision CNN's name (``model.nets.zoo``),
+            ``timm:NAME`` or the user's ``file.py:Name`` / ``package.module:Name``
+            (``model.nets.imported``).
         in_channels: 1 (MNIST, Fashion-MNIST) or 3 (CIFAR-10, shapes, photos).
         num_classes: size of the output layer.
         image_size: side of the square input images (28, 32, 224, ...).
         vgg_plan: key of ``VGG_PLANS`` (used by ``vgg`` only).
-        small_stem: torchvision nets only, see ``model.zoo.build_torchvision``.
+        small_stem: torchvision and timm nets, see ``model.nets.zoo.build_torchvision``.
+        imagenet_input: torchvision nets that take its ImageNet weights (GoogLeNet's and
+            Inception v3's ``transform_input``).
 
     Returns:
-        A module mapping (N, in_channels, S, S) to logits (N, num_classes): an
-        ``nn.Sequential`` for the project's nets.
+        A module mapping (N, in_channels, S, S) to logits (N, num_classes), its input
+        declared (``model.nets.anatomy.declare_input``): an ``nn.Sequential`` for the
+        project's nets.
     """
-    if arch in TORCHVISION_ARCHS:
-        return build_torchvision(arch, in_channels, num_classes, image_size, small_stem)
+    kind = architecture_kind(arch)
+    if kind == "torchvision":
+        return build_torchvision(arch, in_channels, num_classes, image_size, small_stem,
+                                 imagenet_input)
+    if kind == "timm":
+        return build_timm(arch, in_channels, num_classes, image_size, small_stem)
+    if kind == "module":
+        return build_user_module(arch, in_channels, num_classes, image_size)
     if arch == "simple":
-        return build_simple(in_channels, num_classes, image_size)
-    if arch == "vgg":
+        model = build_simple(in_channels, num_classes, image_size)
+    else:
         if vgg_plan not in VGG_PLANS:
             raise UserError(f"unknown VGG plan '{vgg_plan}'; choose from {', '.join(VGG_PLANS)}")
-        return build_vgg(in_channels, num_classes, VGG_PLANS[vgg_plan])
-    raise UserError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
+        model = build_vgg(in_channels, num_classes, VGG_PLANS[vgg_plan])
+    return declare_input(model, in_channels, image_size)

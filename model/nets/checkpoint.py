@@ -25,16 +25,20 @@ import torch.nn as nn
 from model.data.datasets import DATASET_INFO, DatasetInfo
 from model.data.folders import folder_classes
 from model.errors import UserError
-from model.nets.architectures import build_model
+from model.nets.architectures import architecture_kind, build_model
+from model.nets.imported import is_user_module, timm_input
+from model.nets.weights import fit_state_dict, load_weights, read_weights
 from model.nets.zoo import (
     IMAGENET_MEAN,
     IMAGENET_SIZE,
     IMAGENET_STD,
-    TORCHVISION_ARCHS,
+    auxiliary_keys,
+    first_conv_module,
     imagenet_classes,
+    parameters_on_meta,
+    pretrained_state_dict,
     read_class_names,
-    read_state_dict,
-    stem_of_state_dict,
+    torchvision_input,
 )
 from model.runtime.device import fast_model
 from model.runtime.files import atomic_open, check_name_length, check_writable_file, os_reason
@@ -54,7 +58,7 @@ class CheckpointError(UserError):
 
 def default_checkpoint_path(dataset, arch):
     """``outputs/checkpoints/<dataset>_<arch>.pt``: where train_cnn.py saves by default."""
-    return CHECKPOINT_DIR / f"{dataset}_{arch}.pt"
+    return CHECKPOINT_DIR / f"{dataset}_{arch_slug(arch)}.pt"
 
 
 def train_command(dataset, arch, path):
@@ -203,15 +207,17 @@ def _check_dataset_fits(model, model_args, info, source):
         CheckpointError: the first disagreement, with both numbers.
     """
     first_conv = next(module for module in model.modules() if isinstance(module, nn.Conv2d))
-    outputs = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    outputs = linears[-1] if linears else None  # SqueezeNet's classifier is a conv
     problems = [
         (info.channels != first_conv.in_channels,
          f"{info.channels} channel(s), but its first conv layer takes {first_conv.in_channels}"),
         (len(info.mean) != info.channels or len(info.std) != info.channels,
          f"{info.channels} channel(s), but {len(info.mean)} normalization mean(s) and "
          f"{len(info.std)} std(s)"),
-        (len(info.classes) != outputs.out_features,
-         f"{len(info.classes)} class names, but the network has {outputs.out_features} "
+        (outputs is not None and len(info.classes) != outputs.out_features,
+         f"{len(info.classes)} class names, but the network has "
+         f"{outputs.out_features if outputs is not None else '?'} "
          "outputs"),
         (info.image_size != model_args["image_size"],
          f"{info.image_size} px images, but its model_args say {model_args['image_size']}"),
@@ -277,35 +283,49 @@ def curve_path(path):
 
 def model_from_weights(arch, spec, dataset=None, class_names=None, device="cpu",
                        data_dir=None, image_size=None):
-    """A torchvision net with the user's weights (``--weights``), without a training run.
+    """A torchvision, timm or user's net with the user's weights (``--weights``), without a
+    training run.
 
     Args:
-        arch: one of ``model.zoo.TORCHVISION_ARCHS``.
-        spec: a torchvision-format state dict file, or ``DEFAULT`` (``model.zoo.read_state_dict``).
+        arch: a torchvision CNN's name, ``timm:NAME`` or ``file.py:Name`` (``build_model``).
+        spec: a weights file in any form ``model.nets.weights.read_weights`` reads (a state
+            dict, a training checkpoint holding one, ``.safetensors``; DDP's and Lightning's
+            prefixes are stripped), or ``DEFAULT`` for torchvision's pretrained weights.
         dataset: the dataset the weights were trained on (its classes, size and
-            normalization); None means ImageNet input: ``image_size`` px (default 224),
-            ImageNet's normalization, and with 1000 outputs ImageNet's class names.
-            ``imagefolder`` is ImageNet input too, classes named by ``data_dir``'s folders.
+            normalization); None means the net's own input: its size, mean and std from
+            torchvision's weights metadata or timm's pretrained config (ImageNet's for a user's
+            net), and with 1000 outputs ImageNet's class names. ``imagefolder`` is that input
+            too, classes named by ``data_dir``'s folders.
         class_names: a file of class names, one per line (for other class counts).
 
     Returns:
         (model in eval mode on ``device``, conv weights channels-last, DatasetInfo).
 
     Raises:
-        UserError: see ``read_state_dict``; weights of another architecture or class count.
+        UserError: see ``read_weights``; keys or shapes that do not fit (one line naming the
+            first missing and unexpected keys), a class count without names.
     """
-    if arch not in TORCHVISION_ARCHS:
-        raise UserError("--weights loads torchvision architectures "
-                        f"({', '.join(TORCHVISION_ARCHS)}); '{arch}' is cnn-viz's own: load "
-                        "its --checkpoint")
+    kind = architecture_kind(arch)
+    if kind == "project":
+        raise UserError(f"--weights loads torchvision's, timm's or your own nets; '{arch}' is "
+                        "cnn-viz's own: load its --checkpoint")
     if image_size and dataset not in (None, "imagefolder"):
         raise UserError(f"--image-size is fixed by --dataset {dataset}; it is for ImageNet "
                         "input and imagefolder")
-    state = read_state_dict(arch, spec)
-    in_channels, num_classes, small_stem = stem_of_state_dict(arch, state)
+    if spec == "DEFAULT":
+        if kind != "torchvision":
+            raise UserError("--weights DEFAULT is torchvision's pretrained weights; for "
+                            f"{arch} give --weights FILE")
+        state = pretrained_state_dict(arch)
+    else:
+        state = read_weights(spec)
+    size, mean, std = native_input(arch)
+    in_channels, num_classes, small_stem = shape_of_weights(arch, state, size)
     if dataset in (None, "imagefolder"):
-        info = DatasetInfo(dataset or "imagenet", (), 3, image_size or IMAGENET_SIZE,
-                           IMAGENET_MEAN, IMAGENET_STD)
+        if in_channels != len(mean):  # a one-channel net: the mean of the three
+            mean = (sum(mean) / len(mean),) * in_channels
+            std = (sum(std) / len(std),) * in_channels
+        info = DatasetInfo(dataset or "imagenet", (), in_channels, image_size or size, mean, std)
         classes = (imagenet_classes() if num_classes == 1000 and not class_names
                    else folder_classes(data_dir) if dataset else None)
     else:
@@ -320,10 +340,47 @@ def model_from_weights(arch, spec, dataset=None, class_names=None, device="cpu",
         raise UserError(f"--weights {spec} has {num_classes} outputs, but {info.name} has "
                         f"{len(classes)} classes; give --class-names FILE")
     info = replace(info, classes=tuple(classes), channels=in_channels)
-    model = build_model(arch, in_channels, num_classes, info.image_size, small_stem=small_stem)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise UserError(f"--weights {spec} do not fit torchvision's {arch}: "
-                        f"{' '.join(str(error).split())[:240]}") from None
+    model = build_model(arch, in_channels, num_classes, info.image_size, small_stem=small_stem,
+                        imagenet_input=dataset in (None, "imagefolder"))
+    load_weights(model, auxiliary_keys(arch, fit_state_dict(state, model.state_dict())),
+                 f"--weights {spec}")
     return fast_model(model.to(device).eval()), info
+
+
+def native_input(arch):
+    """(image_size, mean, std) a net takes as its library built it: torchvision's weights
+    metadata, timm's pretrained config, ImageNet's 224 px for a user's net."""
+    kind = architecture_kind(arch)
+    if kind == "torchvision":
+        return torchvision_input(arch)
+    if kind == "timm":
+        return timm_input(arch)
+    return IMAGENET_SIZE, IMAGENET_MEAN, IMAGENET_STD
+
+
+def shape_of_weights(arch, state, image_size):
+    """What a state dict says about its net: (in_channels, num_classes, small_stem), read from
+    the first conv's and the classifier's weights as a template of the net names them (built
+    on the meta device). small_stem: True where the first conv's kernel is 3x3 and the net's
+    own is larger (ResNet's, AlexNet's small-image stem); else None (decided by image size)."""
+    with parameters_on_meta():
+        template = build_model(arch, 3, 1000, image_size, small_stem=False)
+    fitted = fit_state_dict(state, template.state_dict())
+    conv_name, conv = first_conv_module(template)
+    classifier = [name for name, module in template.named_modules()
+                  if isinstance(module, (nn.Linear, nn.Conv2d))][-1]
+    for key in (f"{conv_name}.weight", f"{classifier}.weight"):
+        if key not in fitted or fitted[key].dim() not in (2, 4):
+            raise UserError(f"these weights do not fit {arch}: no '{key}' (the file's first "
+                            f"keys: {', '.join(list(fitted)[:3])})")
+    first = fitted[f"{conv_name}.weight"]
+    small_stem = True if first.shape[-1] == 3 and conv.kernel_size[0] > 3 else None
+    return first.shape[1], fitted[f"{classifier}.weight"].shape[0], small_stem
+
+
+def arch_slug(arch):
+    """``arch`` as a file-name part: ``timm-resnet18``, ``net-Name`` for ``path/net.py:Name``."""
+    if is_user_module(arch):
+        where, _, name = arch.rpartition(":")
+        arch = f"{Path(where).stem if where.endswith('.py') else where}-{name}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", arch)

@@ -12,8 +12,7 @@ from contextlib import contextmanager
 import torch.nn as nn
 
 from model.errors import UserError
-from model.nets.architectures import RECTIFIERS
-from model.nets.zoo import conv_blocks, residual_blocks
+from model.nets.anatomy import anatomy, describe
 
 
 def layer_names(model):
@@ -22,37 +21,38 @@ def layer_names(model):
 
 
 def conv_layer_names(model):
-    """The conv layers and blocks a method can study, in forward order.
+    """The convs, blocks and stages a method can study, in forward order, as the net names them
+    (``model.nets.anatomy``: read from one traced pass, on any net).
 
-    On the project's nets the ``nn.Conv2d`` layers (``conv1``, ...); on torchvision's, as
-    torchvision names them, the conv layers of plain ``nn.Sequential`` stacks (AlexNet's and
-    VGG's ``features.0`` ...) and each residual, inverted-residual or conv-BN-ReLU block
-    (``layer1.0``, ``features.1``), a ResNet stage (``layer4``) after its blocks. The last is
-    every method's default layer.
+    On the project's nets the conv layers (``conv1``, ...); on torchvision's, timm's and the
+    user's, the convs of plain stacks (AlexNet's ``features.0``), each block (``layer1.0``,
+    ``features.3``, ``features.denseblock1``) and each stage after its blocks (``layer4``).
     """
-    names = []
-    blocks, residual = conv_blocks(), residual_blocks()
+    return list(anatomy(model).main)
 
-    def walk(module, prefix):
-        for name, child in module.named_children():
-            if isinstance(child, nn.Conv2d) or isinstance(child, blocks):
-                names.append(prefix + name)
-                continue
-            found = len(names)
-            walk(child, f"{prefix}{name}.")
-            if isinstance(child, nn.Sequential) and len(names) > found and all(
-                    isinstance(block, residual) for block in child.children()):
-                names.append(prefix + name)
 
-    walk(model, "")
-    return names
+def default_layer(model):
+    """Every method's default layer: the last spatial map before the head's global pooling
+    (``layer4`` of a ResNet, ``features.18`` of MobileNetV2, ``features.denseblock4``)."""
+    body = anatomy(model)
+    if body.default is None:
+        raise UserError(f"{type(model).__name__} has no (C, H, W) feature map before its "
+                        "output: there is no layer for the methods to study")
+    return body.default
+
+
+def layer_listing(model):
+    """``--layer list``: every layer whose output is a feature map, one line each, with its
+    output shape and receptive field; the main layers marked, the default named."""
+    return describe(model)
 
 
 def get_layer(model, name):
     """Return the layer called ``name`` (as ``model.named_modules`` names it).
 
     Raises:
-        UserError: no such layer; the message lists the valid names.
+        UserError: no such layer; the message lists the main layers (``--layer list`` every
+            candidate).
     """
     try:
         if name:
@@ -60,7 +60,8 @@ def get_layer(model, name):
     except AttributeError:
         pass
     valid = dict.fromkeys(layer_names(model) + conv_layer_names(model))
-    raise UserError(f"unknown layer '{name}'; valid layers: {', '.join(valid)}")
+    raise UserError(f"unknown layer '{name}'; valid layers: {', '.join(valid)} "
+                    "(--layer list prints every layer with its output shape)")
 
 
 def first_conv(model, name):
@@ -73,26 +74,15 @@ def first_conv(model, name):
 def block_end(model, name):
     """Name of the module whose output is the activation ``name`` stands for.
 
-    A conv layer inside an ``nn.Sequential`` (the project's nets, AlexNet's and VGG's
-    ``features``) stands for its whole block, conv (then a max pool, in a pool-first block)
-    then BatchNorm then ReLU, whose rectified output is the feature map the methods study
-    (the f_k of CAM, the maps the DeconvNet projects); any other name stands for its own
-    output.
+    A conv layer, or a block, stands for its run through the normalizations and activations
+    called right after it (conv, a max pool in a pool-first block, BatchNorm, ReLU: the
+    rectified output every method studies, the f_k of CAM); any other name stands for its
+    own output. Read from the traced pass (``model.nets.anatomy``), so it holds on any net:
+    ``features.10`` of AlexNet is ``features.11``, DenseNet's ``features.denseblock4`` its
+    ``features.norm5``.
     """
-    module = get_layer(model, name)
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    if not isinstance(module, nn.Conv2d) or not isinstance(parent, nn.Sequential):
-        return name
-    names = [key for key, _ in parent.named_children()]
-    modules = list(parent.children())
-    end = names.index(child)
-    while end + 1 < len(modules) and isinstance(modules[end + 1], (nn.MaxPool2d, nn.BatchNorm2d,
-                                                                   *RECTIFIERS)):
-        end += 1
-        if isinstance(modules[end], RECTIFIERS):
-            break
-    return f"{parent_name}.{names[end]}" if parent_name else names[end]
+    get_layer(model, name)
+    return anatomy(model).run_end.get(name, name)
 
 
 def clipped_activation(model, name):

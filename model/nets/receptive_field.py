@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from model.nets.layers import block_end
-
 
 @dataclass(frozen=True)
 class ReceptiveField:
@@ -58,22 +56,12 @@ def receptive_field(modules):
     return ReceptiveField(size, jump, start)
 
 
-def main_path(model, layer):
-    """The leaf modules on the longest path from the input to the output of ``layer``, in
-    forward order: every layer below it except a ResNet's ``downsample`` shortcuts, whose
-    1x1 convs sit beside the main path, not on it (an identity shortcut has no module)."""
-    end = block_end(model, layer)
-    path, inside = [], False
-    for name, module in model.named_modules():
-        within = name == end or name.startswith(end + ".")
-        if inside and not within:
-            break
-        inside = inside or within
-        if not any(True for _ in module.children()) and "downsample" not in name.split("."):
-            path.append(module)
-    return path
-
-
 def layer_receptive_field(model, layer):
-    """The receptive field of the units of ``layer`` (a conv name: its block's output)."""
-    return receptive_field(main_path(model, layer))
+    """The receptive field of the units of ``layer`` (a conv name: its block's output), as the
+    traced pass followed it (``model.nets.anatomy``): along the largest field of every path, so
+    a shortcut beside the main path (ResNet's 1x1 ``downsample``) does not shrink it, on any
+    net."""
+    from model.nets.anatomy import anatomy  # anatomy imports ReceptiveField from here
+    from model.nets.layers import block_end
+
+    return anatomy(model).layers[block_end(model, layer)].field

@@ -1,18 +1,23 @@
-"""torchvision's classification networks as cnn-viz architectures, with the user's weights.
+"""torchvision's classification CNNs by their torchvision names, built by torchvision's own
+builder (``torchvision.models.get_model``: no copied definitions), so a state dict saved from
+torchvision loads as it is and layers keep torchvision's names (``layer4``, ``features.10``).
 
-``resnet18``, ``alexnet``, ``vgg16`` and ``mobilenet_v2`` are built by ``torchvision.models``
-(no copied definitions), so a state dict saved from torchvision loads as it is and layers keep
-torchvision's names (``layer4``, ``features.10``).
+Every CNN of ``torchvision.models.list_models(module=torchvision.models)`` is an architecture
+here: 68 nets in 16 families. The vision transformers (ViT, Swin, MaxViT) are not: their
+layers are tokens, not (C, H, W) feature maps, so none of the methods here applies to them
+(one line says so). The input size and normalization are torchvision's weights metadata
+(Inception v3 takes 299 px).
 
-Images smaller than 64 px (the 28 and 32 px datasets) get the usual small-image stem instead
-of ImageNet's, whose 4x (AlexNet) to 32x (VGG16) downsampling would leave too little or
-nothing of a 32 px image: ResNet-18's 3x3 stride-1 ``conv1`` without the max pool (He et al.
-2016, sec. 4.2), AlexNet's ``features.0`` as a 3x3 stride-1 conv, MobileNetV2's first conv at
-stride 1, and VGG16 without its fifth max pool. The checkpoint stores ``small_stem`` to
-rebuild the same net. Every ReLU is made out-of-place: hooks that record a layer's output or
-change a ReLU's gradient need the tensor the ReLU was given.
+Images smaller than 64 px (the 28 and 32 px datasets) get a small-image stem instead of
+ImageNet's, whose 4x to 32x downsampling would leave too little of a 32 px image: the first
+conv at stride 1 (a kernel larger than 3 cut to 3x3, as He et al. 2016, sec. 4.2, do for
+CIFAR-10) and a max pool right after its run removed; then the last pools, while the traced
+pass would shrink a map to nothing (VGG's fifth at 28 px). The rule reads the net, not its
+name (:func:`small_image_stem`). Every activation is made out-of-place: hooks that record a
+layer's output or change a ReLU's gradient need the tensor the activation was given.
 """
-import sys
+import copy
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,123 +25,196 @@ import torch.nn as nn
 
 from model.errors import UserError, one_line
 
-TORCHVISION_ARCHS = ("resnet18", "alexnet", "vgg16", "mobilenet_v2")
-
 SMALL_IMAGE = 64  # below this side, the small-image stem
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 IMAGENET_SIZE = 224
 
+TRANSFORMER_PREFIXES = ("vit_", "swin_", "swin3d", "maxvit_")
 
-def residual_blocks():
-    """torchvision's residual blocks (ResNet's ``BasicBlock`` and ``Bottleneck``), as a tuple
-    for ``isinstance``.
-
-    Empty while torchvision is not imported: no module can be one of its blocks then (building
-    a torchvision net imports it), and a script on the project's nets does not pay the 2-3 s
-    that importing torchvision costs (it imports ``torch._dynamo``).
-    """
-    if "torchvision" not in sys.modules:
-        return ()
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    return (BasicBlock, Bottleneck)
+# The auxiliary classifiers of GoogLeNet and Inception v3 run only in training; cnn-viz builds
+# the nets without them (their outputs are not what a method explains), and drops their keys
+# from a torchvision state dict.
+AUXILIARY = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
 
-def inverted_residual_blocks():
-    """MobileNetV2's ``InvertedResidual``, as :func:`residual_blocks` gives its blocks."""
-    if "torchvision" not in sys.modules:
-        return ()
-    from torchvision.models.mobilenetv2 import InvertedResidual
+def torchvision_archs():
+    """Names of torchvision's classification CNNs (its vision transformers left out)."""
+    import torchvision.models as models
 
-    return (InvertedResidual,)
-
-
-def conv_blocks():
-    """The blocks ``model.nets.layers.conv_layer_names`` lists whole (a ResNet stage of
-    residual blocks too): what each method studies, the last of them by default (ResNet-18:
-    layer4, AlexNet: features.10, VGG16: features.28, MobileNetV2: features.18); as
-    :func:`residual_blocks` gives its blocks."""
-    if "torchvision" not in sys.modules:
-        return ()
-    from torchvision.ops.misc import Conv2dNormActivation
-
-    return residual_blocks() + inverted_residual_blocks() + (Conv2dNormActivation,)
+    return [name for name in models.list_models(module=models)
+            if not name.startswith(TRANSFORMER_PREFIXES)]
 
 
-LAYER_NAMES = {  # what --help says; tests/test_zoo.py checks it against conv_layer_names
-    "resnet18": "conv1, layer1 ... layer4 (their blocks: layer1.0, layer1.1, ...)",
-    "alexnet": "features.0, .3, .6, .8, .10 (conv1 to conv5)",
-    "vgg16": "features.0, .2, .5, .7, .10, .12, .14, .17, .19, .21, .24, .26, .28",
-    "mobilenet_v2": "features.0 ... features.18",
-}
+def is_transformer(arch):
+    """Whether ``arch`` names one of torchvision's vision transformers."""
+    return arch.startswith(TRANSFORMER_PREFIXES)
 
 
-def build_torchvision(arch, in_channels, num_classes, image_size, small_stem=None):
+def is_torchvision(arch):
+    """Whether ``arch`` is one of torchvision's classification CNNs (imports torchvision only
+    for names that could be one)."""
+    if ":" in arch or arch in ("simple", "vgg") or arch.endswith(".py"):
+        return False
+    return arch in torchvision_archs()
+
+
+def transformer_refusal(arch):
+    return (f"--arch {arch} is a vision transformer: its layers are sequences of patch tokens, "
+            "not (C, H, W) feature maps, so the CAM family, occlusion's incremental plan, the "
+            "DeconvNet and the top-k scan have nothing to read; choose a CNN")
+
+
+def torchvision_input(arch):
+    """(image_size, mean, std) of torchvision's ``arch``, from its weights metadata."""
+    import torchvision.models as models
+
+    transforms = models.get_model_weights(arch).DEFAULT.transforms()
+    return (int(transforms.crop_size[0]), tuple(float(v) for v in transforms.mean),
+            tuple(float(v) for v in transforms.std))
+
+
+@contextmanager
+def parameters_on_meta():
+    """While the block runs, every parameter and buffer a module registers lives on the meta
+    device: any net builds without memory (as accelerate's ``init_empty_weights``), also those
+    whose builders compute with tensors (RegNet's widths), which ``torch.device("meta")``
+    would break."""
+    register_parameter, register_buffer = nn.Module.register_parameter, \
+        nn.Module.register_buffer
+
+    def parameter(self, name, param):
+        register_parameter(self, name, param)
+        if param is not None:
+            self._parameters[name] = nn.Parameter(param.to("meta"),
+                                                  requires_grad=param.requires_grad)
+
+    def buffer(self, name, tensor, persistent=True):
+        register_buffer(self, name, None if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, \
+            register_buffer
+
+
+def build_torchvision(arch, in_channels, num_classes, image_size, small_stem=None,
+                      imagenet_input=False):
     """Build torchvision's ``arch`` (random weights) for these inputs and classes.
 
     Args:
         small_stem: use the small-image stem (module docstring); None: when ``image_size``
             is below 64 px.
+        imagenet_input: the net will take torchvision's ImageNet weights: GoogLeNet and
+            Inception v3 then convert ImageNet's normalization to theirs (``transform_input``),
+            as torchvision's builders do when they load weights.
     """
     import torchvision.models as models
 
-    if arch not in TORCHVISION_ARCHS:
-        raise UserError(f"unknown torchvision architecture '{arch}'; choose from "
-                        f"{', '.join(TORCHVISION_ARCHS)}")
+    if is_transformer(arch):
+        raise UserError(transformer_refusal(arch))
+    if arch not in torchvision_archs():
+        raise UserError(f"unknown torchvision architecture '{arch}'; "
+                        f"`python train_cnn.py --arch list` lists them")
+    extra = {}
+    if arch in AUXILIARY:
+        extra = {"aux_logits": False, "init_weights": True, "transform_input": imagenet_input}
+    model = models.get_model(arch, weights=None, num_classes=num_classes, **extra)
     if small_stem is None:
         small_stem = image_size < SMALL_IMAGE
-    model = getattr(models, arch)(weights=None, num_classes=num_classes)
-    first_conv = {"resnet18": "conv1", "alexnet": "features.0", "vgg16": "features.0",
-                  "mobilenet_v2": "features.0.0"}[arch]
-    conv = model.get_submodule(first_conv)
-    kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
-    if small_stem:
-        if arch == "resnet18":
-            kernel, stride, padding = 3, 1, 1
-            model.maxpool = nn.Identity()
-        elif arch == "alexnet":
-            kernel, stride, padding = 3, 1, 1
-        elif arch == "mobilenet_v2":
+    return prepare_imported(model, in_channels, image_size, small_stem)
+
+
+def prepare_imported(model, in_channels, image_size, small_stem):
+    """A library's ImageNet net made ready here: the first conv takes ``in_channels``, the
+    small-image stem where asked, every activation out-of-place, the input declared."""
+    from model.nets.anatomy import declare_input
+
+    name, conv = first_conv_module(model)
+    if small_stem or conv.in_channels != in_channels:
+        kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
+        if small_stem:
             stride = 1
-        else:  # vgg16: four 2x2 pools take 32 px to 2 px, a fifth would leave nothing of 28
-            model.features[30] = nn.Identity()
-    if small_stem or in_channels != conv.in_channels:
-        _replace(model, first_conv, nn.Conv2d(in_channels, conv.out_channels, kernel, stride,
-                                               padding, bias=conv.bias is not None))
+            if kernel[0] > 3:
+                kernel, padding = 3, 1
+        replace_module(model, name, nn.Conv2d(in_channels, conv.out_channels, kernel, stride,
+                                              padding, bias=conv.bias is not None))
     for module in model.modules():
-        if isinstance(module, (nn.ReLU, nn.Hardtanh)):  # nn.ReLU6 is an nn.Hardtanh
+        if getattr(module, "inplace", False) is True:
             module.inplace = False
+    declare_input(model, in_channels, image_size)
+    if small_stem:
+        small_image_stem(model, name, image_size)
     return model
 
 
-def stem_args(arch, image_size):
-    """The ``model_args`` entry that rebuilds a torchvision net's stem for this image size
-    (none for the project's nets)."""
-    return {"small_stem": image_size < SMALL_IMAGE} if arch in TORCHVISION_ARCHS else {}
+def first_conv_module(model):
+    """(name, module) of the first ``nn.Conv2d`` (in registration order: the stem)."""
+    return next((name, module) for name, module in model.named_modules()
+                if isinstance(module, nn.Conv2d))
 
 
-def _replace(model, name, module):
+def small_image_stem(model, stem_conv, image_size):
+    """Remove the stem's max pool (the first pool that runs right after ``stem_conv``'s run),
+    then, from the last, each pool that would shrink a map to nothing at ``image_size``."""
+    from model.nets.anatomy import trace
+
+    body = trace(_on_meta(model), (first_conv_module(model)[1].in_channels, 64, 64))
+    order = list(body.layers)
+    end = body.run_end.get(stem_conv, stem_conv)
+    after = order[order.index(end) + 1:] if end in order else []
+    first_pool = next((name for name in after if body.layers[name].kind == "pool"), None)
+    convs_between = [name for name in after[:after.index(first_pool)]
+                     if body.layers[name].kind == "conv"] if first_pool else [1]
+    if first_pool and not convs_between:
+        replace_module(model, first_pool, nn.Identity())
+    pools = [name for name in order if body.layers[name].kind == "pool"
+             and name != first_pool and body.layers[name].shape[1:] != (1, 1)]
+    while pools:
+        try:
+            trace(_on_meta(model), (first_conv_module(model)[1].in_channels, image_size,
+                                    image_size))
+            return
+        except RuntimeError:  # a pool's output would be empty: drop the last pool left
+            replace_module(model, pools.pop(), nn.Identity())
+
+
+def _on_meta(model):
+    """A structural copy of ``model`` on the meta device, to trace shapes at no arithmetic."""
+    return copy.deepcopy(model).to("meta")
+
+
+def replace_module(model, name, module):
+    """Put ``module`` where ``model.get_submodule(name)`` is."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def stem_of_state_dict(arch, state):
-    """What a torchvision-format state dict says about its net: (in_channels, num_classes,
-    small_stem), read from the first conv's and the last Linear layer's weights. ResNet-18's
-    and AlexNet's stems differ in kernel size; VGG16's and MobileNetV2's only in a pool or a
-    stride, which weights do not show (small_stem None: decided by the image size)."""
-    first = {"resnet18": "conv1.weight", "alexnet": "features.0.weight",
-             "vgg16": "features.0.weight", "mobilenet_v2": "features.0.0.weight"}[arch]
-    last = {"resnet18": "fc.weight", "alexnet": "classifier.6.weight",
-            "vgg16": "classifier.6.weight", "mobilenet_v2": "classifier.1.weight"}[arch]
-    for key in (first, last):
-        if key not in state or state[key].dim() not in (2, 4):
-            raise UserError(f"these weights are not a torchvision {arch}: no '{key}'")
-    conv = state[first]
-    small_stem = conv.shape[-1] == 3 if arch in ("resnet18", "alexnet") else None
-    return conv.shape[1], state[last].shape[0], small_stem
+def auxiliary_keys(arch, state):
+    """``state`` without the keys of the auxiliary classifiers cnn-viz does not build."""
+    prefixes = AUXILIARY.get(arch, ())
+    return {key: value for key, value in state.items() if not key.startswith(prefixes)}
+
+
+def pretrained_state_dict(arch):
+    """torchvision's pretrained ImageNet weights for ``arch`` (``--weights DEFAULT``), by
+    torchvision's own download code and cache (``$TORCH_HOME``).
+
+    Raises:
+        UserError: the download failed (offline): the message suggests ``--weights FILE``.
+    """
+    import torchvision.models as models
+
+    weights = models.get_model_weights(arch).DEFAULT
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as error:  # URLError, OSError, hash mismatch: no usable weights
+        raise UserError(f"--weights DEFAULT: torchvision's {arch} weights could not be "
+                        f"downloaded from {weights.url} ({one_line(error)}); download "
+                        "the file elsewhere and pass it as --weights FILE") from None
 
 
 def imagenet_classes():
@@ -163,39 +241,3 @@ def read_class_names(path, count):
         raise UserError(f"--class-names {path} has {len(names)} names; the network has "
                         f"{count} outputs")
     return tuple(names)
-
-
-def read_state_dict(arch, spec):
-    """The weights ``--weights`` names: a torchvision-format state dict file, or ``DEFAULT``
-    for torchvision's pretrained ImageNet weights (downloaded by torchvision's own code into
-    its cache, ``$TORCH_HOME``).
-
-    Raises:
-        UserError: a missing or unreadable file, one that is no state dict (a cnn-viz
-            checkpoint is pointed to --checkpoint), or a failed download.
-    """
-    import torchvision.models as models
-
-    if spec == "DEFAULT":
-        weights = models.get_model_weights(arch).DEFAULT
-        try:
-            return weights.get_state_dict(progress=False, check_hash=True)
-        except Exception as error:  # URLError, OSError, hash mismatch: no usable weights
-            raise UserError(f"--weights DEFAULT: torchvision's {arch} weights could not be "
-                            f"downloaded from {weights.url} ({one_line(error)}); download "
-                            "the file elsewhere and pass it as --weights FILE") from None
-    path = Path(spec)
-    if not path.is_file():
-        raise UserError(f"--weights {spec}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # zip, pickle and unsafe-global errors: unusable
-        raise UserError(f"--weights {spec}: not a readable state dict saved by torch.save "
-                        f"({one_line(error)})") from None
-    if isinstance(state, dict) and state.get("format") == "cnn-viz-checkpoint":
-        raise UserError(f"--weights {spec} is a cnn-viz checkpoint; load it with --checkpoint")
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor)
-                                               for value in state.values()):
-        raise UserError(f"--weights {spec}: not a state dict (a dict of tensors, as "
-                        "model.state_dict() gives)")
-    return state

@@ -3,7 +3,6 @@ alternatives of ``train_cnn.py --recipe`` (``NAMED_RECIPES``)."""
 from dataclasses import dataclass, replace
 
 from model.errors import UserError
-from model.nets.zoo import TORCHVISION_ARCHS
 
 
 @dataclass(frozen=True)
@@ -84,17 +83,25 @@ RECIPES = {
     ("imagefolder", "simple"): Recipe(epochs=30, batch_size=64, lr=0.05, augment=True),
 }
 
-# torchvision's nets (``model.nets.zoo``) get one plain recipe per dataset, with augmentation on
-# photos; AlexNet and VGG16 have no BatchNorm and need a 5x smaller learning rate to start
-# training at all.
-TORCHVISION_EPOCHS = {"shapes": 4, "mnist": 3, "fashion_mnist": 10, "cifar10": 30,
-                      "imagefolder": 30}
+# Every other net (torchvision's, timm's, the user's own: ``model.nets``) gets one plain recipe
+# per dataset, with augmentation on photos; the nets without normalization layers (AlexNet, VGG
+# without BN, SqueezeNet) need a 5x smaller learning rate to start training at all.
+IMPORTED_EPOCHS = {"shapes": 4, "mnist": 3, "fashion_mnist": 10, "cifar10": 30,
+                   "imagefolder": 30}
 
-RECIPES.update({
-    (dataset, arch): Recipe(epochs=epochs, batch_size=128,
-                            lr=0.01 if arch in ("alexnet", "vgg16") else 0.05,
-                            augment=dataset in ("cifar10", "imagefolder"))
-    for dataset, epochs in TORCHVISION_EPOCHS.items() for arch in TORCHVISION_ARCHS})
+UNNORMALIZED = ("alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "squeezenet1_0",
+                "squeezenet1_1")
+
+
+def imported_recipe(dataset, arch):
+    """The plain recipe of a net that is not cnn-viz's own."""
+    return Recipe(epochs=IMPORTED_EPOCHS[dataset], batch_size=128,
+                  lr=0.01 if arch in UNNORMALIZED else 0.05,
+                  augment=dataset in ("cifar10", "imagefolder"))
+
+
+RECIPES.update({(dataset, arch): imported_recipe(dataset, arch)
+                for dataset in IMPORTED_EPOCHS for arch in ("alexnet", "vgg16")})
 
 # AlexNet on photos (Zeiler & Fergus's figures on Imagenette at 128 px, docs/training.md): it
 # has no BatchNorm, and with PyTorch's default draws and SGD its loss stayed at ln 10 for three
@@ -138,7 +145,7 @@ def recipe_names(dataset, arch):
 def recipe_for(dataset, arch, name=DEFAULT_RECIPE):
     """The training recipe called ``name`` for this dataset and arch."""
     if name == DEFAULT_RECIPE:
-        return RECIPES[(dataset, arch)]
+        return RECIPES.get((dataset, arch)) or imported_recipe(dataset, arch)
     if (dataset, arch, name) not in NAMED_RECIPES:
         raise UserError(f"no recipe '{name}' for {arch} on {dataset}; choose from "
                         f"{', '.join(recipe_names(dataset, arch))}")

@@ -19,16 +19,8 @@ import copy
 
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-# Modules that call a conv and then its BatchNorm by name in their own forward (torchvision's
-# ResNet: the stem and each block); (conv, BatchNorm) pairs.
-NAMED_PAIRS = {
-    ResNet: (("conv1", "bn1"),),
-    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
-    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-}
-
+from model.nets.anatomy import anatomy
 
 def fold_batch_norm(model):
     """A twin of ``model`` (in eval mode) whose BatchNorm layers that directly follow a conv
@@ -41,14 +33,23 @@ def fold_batch_norm(model):
     the way to a folded pair are shallow copies that run their own hooks as the originals do.
     ``model`` is left as it was. A pair is left alone when either layer has hooks (a method
     recording or replacing that layer's output must see it) or the BatchNorm has no running
-    statistics. A conv "directly follows" where the calls are known: consecutive children of
-    an ``nn.Sequential``, and the named pairs of torchvision's ResNet and its blocks
-    (``NAMED_PAIRS``); any other module's own ``forward`` is not read, and its layers stay.
+    statistics. Which BatchNorm directly follows which conv is read from the traced pass
+    (``model.nets.anatomy``: the norm reads the conv's output, and nothing else does), so it
+    holds on any net, whatever its ``forward`` does.
     """
     if (not isinstance(model, nn.Module) or model.training
             or isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))):
         return model  # a wrapper's forward does more than call its module: left as it is
-    return _folded(model)
+    try:
+        found = anatomy(model).batch_norm_pairs
+    except Exception:  # noqa: BLE001 -- a net the traced pass cannot run (lazy weights, an
+        return model   # undeclared input size): unfolded, which is always correct
+    pairs = {}
+    for conv, norm in found:
+        parent, _, first = conv.rpartition(".")
+        if norm.rpartition(".")[0] == parent:
+            pairs.setdefault(parent, []).append((first, norm.rpartition(".")[2]))
+    return _folded(model, "", pairs)
 
 
 def _foldable(conv, norm):
@@ -62,19 +63,17 @@ def _has_hooks(module):
                 or module._backward_pre_hooks)
 
 
-def _folded(module):
+def _folded(module, prefix, pairs):
     changed = {}
     names = list(module._modules)
-    pairs = (zip(names, names[1:]) if isinstance(module, nn.Sequential)
-             else NAMED_PAIRS.get(type(module), ()))
-    for first, second in pairs:
+    for first, second in pairs.get(prefix, ()):
         conv, norm = module._modules.get(first), module._modules.get(second)
         if _foldable(conv, norm):  # the fused weights keep the conv's memory order
             changed[first], changed[second] = fuse_conv_bn_eval(conv, norm), nn.Identity()
     for name in names:
         child = module._modules[name]
         if name not in changed and child is not None:
-            twin = _folded(child)
+            twin = _folded(child, f"{prefix}.{name}" if prefix else name, pairs)
             if twin is not child:
                 changed[name] = twin
     if not changed:
