@@ -30,13 +30,13 @@ import io
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import fastest  # noqa: E402
 from model.attribution import (
     METHODS,  # noqa: E402
     cam as cams,  # noqa: E402
@@ -65,22 +65,6 @@ def cpu_name():
         if key.strip() == "Model name":
             return value.strip()
     return platform.processor() or "unknown CPU"
-
-
-def fastest(repeats, device, calls):
-    """{key: (seconds, result)} for each of ``calls`` ({key: function of no arguments}): the
-    fastest of ``repeats`` runs, the device's queued work included. The calls take turns, so
-    that a CPU shared with other work slows each alike; the fastest run is the least
-    disturbed."""
-    best = {key: (float("inf"), None) for key in calls}
-    for _ in range(repeats):
-        for key, function in calls.items():
-            started = time.perf_counter()
-            result = function()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best[key] = (min(best[key][0], time.perf_counter() - started), result)
-    return best
 
 
 def ablation_rows(name, model, layer, inputs, targets, batch_size, device, repeats):

@@ -49,15 +49,12 @@ compares, where the recorded module's output is already rectified.
 Both rows share one cnn-viz measurement (its map and its seconds). A note names the layer
 whenever the recorded tensor's version counter shows an in-place change.
 
-The default layer is ``model.nets.layers.default_layer(model)`` where the project has it, else
-this bench's table (:data:`FALLBACK_LAYERS`), with a note saying so; each net is built by
-``model.nets.zoo.build_torchvision`` where it knows the architecture, else by
-``torchvision.models.get_model`` (a note says so too). On a CPU shared with other work one call
-can take several times another; the fastest of ``--repeats`` is shown.
+The default layer is ``model.nets.layers.default_layer(model)``, each net built by
+``model.nets.zoo.build_torchvision``. On a CPU shared with other work one call can take
+several times another; the fastest of ``--repeats`` is shown.
 """
 import argparse
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -67,11 +64,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import fastest  # noqa: E402
 from model.attribution.cam import layer_map  # noqa: E402
 from model.attribution.maps import normalize_maps, resize_maps  # noqa: E402
 from model.data.datasets import load_dataset  # noqa: E402
-from model.errors import UserError, one_line  # noqa: E402
-from model.nets import layers, zoo  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from model.nets.layers import block_end, default_layer  # noqa: E402
+from model.nets.zoo import build_torchvision  # noqa: E402
 from model.runtime.calibration import cpu_model_name  # noqa: E402
 from model.runtime.device import keep_freed_memory, resolve_device  # noqa: E402
 
@@ -79,36 +78,16 @@ ARCHS = ("resnet50", "densenet121", "efficientnet_b0", "convnext_tiny")
 IMAGE_SIZE = 224
 CLASSES = 1000
 
-# The last feature maps before the pooling and the classifier, where the project's
-# default_layer is missing. DenseNet's last block ends in norm5 (``features`` is the same
-# tensor); its ReLU is a function call in DenseNet.forward, no module a hook could reach.
-FALLBACK_LAYERS = {"resnet50": "layer4", "densenet121": "features.norm5",
-                   "efficientnet_b0": "features.8", "convnext_tiny": "features.7"}
-
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CALIBRATION_BATCH = 16  # photos per calibration pass: the statistics are averaged over passes
 
 
 def build_net(arch, seed):
-    """torchvision's ``arch`` with random weights drawn from ``seed``, in eval mode, and a note
-    when it is not the project's builder that made it."""
+    """torchvision's ``arch`` as the project builds it, random weights drawn from ``seed``, in
+    eval mode."""
     torch.manual_seed(seed)
-    build = getattr(zoo, "build_torchvision", None)
-    if build is not None:
-        try:
-            return build(arch, in_channels=3, num_classes=CLASSES,
-                         image_size=IMAGE_SIZE).eval(), None
-        except UserError as error:  # an architecture the project's builder does not know
-            reason = one_line(error)
-    else:
-        reason = "model.nets.zoo has no build_torchvision"
-    # torchvision itself: the same random weights, only its modules as torchvision made them
-    # (in-place ReLUs included, which the project's builder would make out-of-place).
-    import torchvision
-
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model(arch, weights=None, num_classes=CLASSES).eval()
-    return model, f"{arch}: built by torchvision.models.get_model ({reason})"
+    return build_torchvision(arch, in_channels=3, num_classes=CLASSES,
+                             image_size=IMAGE_SIZE).eval()
 
 
 class RectifiedDenseNet(nn.Module):
@@ -172,23 +151,6 @@ def calibrate_batch_norm(model, inputs, batch_size=CALIBRATION_BATCH):
     return len(norms)
 
 
-def default_layer(model, arch):
-    """(layer name, where it came from): the project's ``default_layer``, else the table."""
-    project_default = getattr(layers, "default_layer", None)
-    if project_default is not None:
-        return project_default(model), "model.nets.layers.default_layer"
-    if arch not in FALLBACK_LAYERS:
-        raise UserError(f"model.nets.layers has no default_layer and this bench knows no "
-                        f"layer of {arch}; choose from {', '.join(FALLBACK_LAYERS)}")
-    return FALLBACK_LAYERS[arch], "this bench's table (model.nets.layers has no default_layer)"
-
-
-def recorded_module(model, layer):
-    """The name of the module whose output the project records for ``layer``."""
-    block_end = getattr(layers, "block_end", None)
-    return block_end(model, layer) if block_end is not None else layer
-
-
 def cnn_viz_maps(model, inputs, targets, layer):
     """The project's Grad-CAM maps in pytorch-grad-cam's form: (N, H, W) on the CPU, and the
     map's size at the layer (h, w).
@@ -205,25 +167,6 @@ def cnn_viz_maps(model, inputs, targets, layer):
     maps = layer_map("gradcam", model, inputs, targets, layer)  # (N, h, w), ReLU'd
     full = normalize_maps(resize_maps(normalize_maps(maps), inputs.shape[-1]))  # (N, H, W)
     return full.cpu(), tuple(maps.shape[-2:])
-
-
-def fastest(repeats, device, calls):
-    """{key: (seconds, result)} for each of ``calls`` ({key: function of no arguments}): one
-    untimed warm-up call each (the first call of a shape pays for kernel choice and memory),
-    then the fastest of ``repeats`` timed calls, the device's queued work included. The calls
-    take turns, so that a CPU shared with other work slows each alike (as
-    bench/ablation_speed.py times)."""
-    for function in calls.values():
-        function()
-    best = {key: (float("inf"), None) for key in calls}
-    for _ in range(repeats):
-        for key, function in calls.items():
-            started = time.perf_counter()
-            result = function()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best[key] = (min(best[key][0], time.perf_counter() - started), result)
-    return best
 
 
 def changed_in_place(model, name, inputs):
@@ -272,17 +215,16 @@ def agreement_rows(arch, calibration_inputs, inputs, seed, device, repeats):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    model, note = build_net(arch, seed)
-    notes = [note] if note else []
-    model = model.to(device)
+    model = build_net(arch, seed).to(device)
+    notes = []
     if not calibrate_batch_norm(model, calibration_inputs.to(device)):
         kinds = sorted({type(module).__name__ for module in model.modules()
                         if type(module).__name__.endswith(("Norm", "Norm1d", "Norm2d"))})
         notes.append(f"{arch}: no BatchNorm ({', '.join(kinds) or 'no normalization'}): "
                      f"nothing to calibrate, its random weights as they are")
-    layer, source = default_layer(model, arch)
-    end = recorded_module(model, layer)
-    notes.append(f"{arch}: layer {layer} from {source}"
+    layer = default_layer(model)
+    end = block_end(model, layer)
+    notes.append(f"{arch}: layer {layer}, cnn-viz's default"
                  + (f"; its output is that of {end}" if end != layer else ""))
     inputs = inputs.to(device)
     with torch.no_grad():
@@ -309,7 +251,7 @@ def agreement_rows(arch, calibration_inputs, inputs, seed, device, repeats):
     calls = {"ours": lambda: cnn_viz_maps(model, inputs, targets, layer)}
     for label, net, module, _ in theirs:
         calls[label] = lambda net=net, module=module: their_maps(net, module)
-    timings = fastest(repeats, device, calls)
+    timings = fastest(repeats, device, calls, warm_up=True)
     seconds_ours, (ours, map_size) = timings["ours"]
     count = len(inputs)
     rows = [(label, layer, name, map_size, pearson(ours, timings[label][1]),

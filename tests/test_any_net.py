@@ -3,7 +3,6 @@ classification CNN's layers found from one traced pass, the smallest of each fam
 every method, BatchNorm folding and the top-k scan, and a user's own module file."""
 import pytest
 import torch
-import torchvision
 
 from model.attribution import METHODS
 from model.data.datasets import DatasetInfo, ImageDataset
@@ -51,9 +50,14 @@ def test_every_torchvision_cnn_has_layers_and_a_spatial_default_before_its_head(
     default = body.default
     shape = body.layers[body.run_end[default]].shape
     assert len(shape) == 3 and shape[1] * shape[2] > 1, (arch, default, shape)
-    assert default in body.main and body.main.index(default) == len(body.main) - 1 or all(
-        body.layers[name].shape[1:] != shape[1:] or name.startswith(default)
-        for name in body.main[body.main.index(default) + 1:]), arch
+    # it feeds the head: the first Linear or conv after it reads its C channels (per position
+    # of a pooled map: VGG's and AlexNet's classifiers read C x 7 x 7, C x 6 x 6)
+    order = list(body.layers)
+    reader = next(module for module in (model.get_submodule(name) for name in
+                                        order[order.index(body.run_end[default]) + 1:])
+                  if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)))
+    width = reader.in_features if isinstance(reader, torch.nn.Linear) else reader.in_channels
+    assert width % shape[0] == 0, (arch, default, shape, reader)
     if arch in KNOWN_DEFAULTS:
         assert default == KNOWN_DEFAULTS[arch]
 

@@ -81,7 +81,7 @@ def method_name(text):
 def architecture(text):
     """argparse type: an --arch (``model.nets.architectures.build_model``); a file spec's path
     made absolute, so a checkpoint rebuilds the net from any folder. ``list`` passes as it is:
-    the script prints every name (:func:`print_lists`)."""
+    the script prints every name (``model.cli.running.run``)."""
     if text == "list":
         return text
     try:
@@ -92,23 +92,6 @@ def architecture(text):
     if kind == "module" and where.endswith(".py"):
         return f"{os.path.abspath(where)}:{name}"
     return text
-
-
-def print_lists(args, model_loader=None):
-    """``--arch list`` prints every architecture; ``--layer list`` every layer of the loaded
-    net (``model_loader()`` gives it) with its output shape and receptive field. Returns
-    whether something was printed (the script then ends)."""
-    from model.nets.architectures import architecture_list
-    from model.nets.layers import layer_listing
-
-    if getattr(args, "arch", None) == "list":
-        print("\n".join(architecture_list()))
-        return True
-    layers = getattr(args, "layer", None)
-    if layers == "list" or (isinstance(layers, list) and layers == ["list"]):
-        print("\n".join(layer_listing(model_loader())))
-        return True
-    return False
 
 
 def seed_int(text):

@@ -19,7 +19,7 @@ from model.data.datasets import DATASETS, load_dataset
 from model.data.image_files import load_image_file
 from model.errors import UserError
 from model.nets.checkpoint import default_checkpoint_path, load_model, model_from_weights
-from model.nets.layers import layer_listing
+from model.nets.anatomy import layer_listing
 from model.runtime.device import resolve_device, seed_everything
 from model.runtime.files import (
     PLAIN_KINDS,

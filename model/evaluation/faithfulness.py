@@ -18,10 +18,9 @@ import torch.nn as nn
 from model.attribution.blur import gaussian_blur
 from model.attribution.maps import normalize_maps, resize_maps
 from model.nets.anatomy import anatomy
-from model.nets.layers import conv_layer_names
+from model.nets.folding import fold_batch_norm
 from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
-from model.nets.folding import fold_batch_norm
 
 EPSILON = 1e-12
 
@@ -211,8 +210,8 @@ def randomization_stages(model):
     stage with all its layers, as Adebayo et al. randomize Inception v3 block by block.
     """
     stages = []
-    blocks = {name for name in conv_layer_names(model) if anatomy(model).layers[name].kind
-              == "block"}
+    body = anatomy(model)
+    blocks = {name for name in body.main if body.layers[name].kind == "block"}
 
     def learned(module):
         return [m for m in module.modules() if hasattr(m, "reset_parameters")

@@ -18,8 +18,8 @@ computes is read from the functions it calls and the tensors that flow:
   (ResNet's ``layer4``), listed after its blocks, unless it is the **trunk** (it starts at the
   image, or its parts are stages: MobileNet's ``features``, RegNet's ``trunk_output``);
 - the **head** starts at the last global pooling: the last function that takes a map larger
-  than 1x1 to one value per channel (``adaptive_avg_pool2d``, ``mean`` over the map, a
-  ``flatten``). The **default layer** is the last listed layer before it: the last spatial map
+  than 1x1 to one value per channel or fewer (``adaptive_avg_pool2d``, ``mean`` over the map;
+  a ``flatten`` of the whole map is no pooling: VGG's classifier reads the 7x7 map). The **default layer** is the last listed layer before it: the last spatial map
   the classifier reads. A global pooling before that one (squeeze-and-excitation inside a
   block) is recorded: a patch there changes every position after it;
 - **receptive fields** follow every tensor: ``conv2d`` and the pools grow them (Araujo et al.
@@ -175,10 +175,11 @@ class _Recorder(TorchFunctionMode):
         self.fields = {}             # id(tensor) -> ReceptiveField
         self.keep = []               # every tensor seen: ids stay unique during the pass
         self.inputs, self.outputs = {}, {}  # name -> id of its (first) input / output
-        self.shapes, self.finished, self.calls = {}, {}, {}
+        self.shapes, self.input_shapes, self.finished, self.calls = {}, {}, {}, {}
         self.functions = {}          # name -> function names called inside it (recursively)
         self.children_called = {}    # name -> its children in the order they were entered
-        self.functional_activations, self.activations, self.collapses = [], set(), []
+        self.activations = {}        # (innermost module, activation function), in call order
+        self.collapses = []          # (clock, innermost module) of each global pooling
         self.uses = {}               # (id, version) -> how many function calls read it
         self.clock, self.side = 0, image_side
 
@@ -195,6 +196,7 @@ class _Recorder(TorchFunctionMode):
         inputs = _tensors(args)
         self.keep.extend(inputs)
         self.inputs.setdefault(name, _identity(inputs[0]) if inputs else None)
+        self.input_shapes.setdefault(name, tuple(inputs[0].shape[1:]) if inputs else None)
 
     def leave(self, module, output):
         name = self.names.get(module)
@@ -220,11 +222,8 @@ class _Recorder(TorchFunctionMode):
         self.clock += 1
         for module in self.stack:
             self.functions.setdefault(module, set()).add(name)
-        if name in ACTIVATIONS:
-            self.activations.add(name)
-            inside = self.stack[-1] if self.stack else ""
-            if self.functions.get(inside, set()) - ACTIVATIONS - NEUTRAL or not self.stack:
-                self.functional_activations.append((inside, name))
+        if name in ACTIVATIONS:  # which are functional is read once the pass has ended
+            self.activations.setdefault((self.stack[-1] if self.stack else "", name), None)
         self._follow(name, args, kwargs, inputs, output)
         return output
 
@@ -345,11 +344,10 @@ def trace(model, shape):
         for module, forward, pre in kept:
             module._forward_hooks.update(forward)
             module._forward_pre_hooks.update(pre)
-    return _read(model, recorder, tuple(shape))
+    return _read(recorder, tuple(shape))
 
 
-def _read(model, rec, shape):
-    modules = dict(model.named_modules())
+def _read(rec, shape):
     head = rec.collapses[-1][0] if rec.collapses else rec.clock + 1
 
     def leaf(name):
@@ -365,7 +363,7 @@ def _read(model, rec, shape):
         calls = functions(name)
         return (name in rec.shapes and rec.calls.get(name) == 1 and not calls & {"conv2d"}
                 and calls <= NORMALIZATIONS | ACTIVATIONS | NEUTRAL
-                and _same_shape(rec, name))
+                and rec.shapes[name] == rec.input_shapes.get(name))
 
     def children(name):
         return rec.children_called.get(name, [])
@@ -382,6 +380,15 @@ def _read(model, rec, shape):
     def holds_conv(name):
         return "conv2d" in functions(name)
 
+    def conv_parts(name):
+        return [kid for kid in children(name) if holds_conv(kid)]
+
+    def expandable(name):  # a chain of two or more parts that compute convs
+        return is_chain(name) and len(conv_parts(name)) >= 2
+
+    def stage_like(name):  # ... each of them a container: blocks
+        return expandable(name) and all(not leaf(kid) for kid in conv_parts(name))
+
     def is_map(name):
         return len(rec.shapes.get(name, ())) == 3
 
@@ -395,9 +402,9 @@ def _read(model, rec, shape):
                 main.append(kid)
                 kinds[kid] = "conv"
             elif not leaf(kid) and holds_conv(kid):
-                if is_chain(kid) and _expandable(kid):
+                if expandable(kid):
                     trunk = rec.inputs.get(kid) == rec.inputs.get("") or any(
-                        is_chain(part) and _stage_like(part) for part in children(kid))
+                        stage_like(part) for part in children(kid))
                     expand(kid)
                     if not trunk:
                         main.append(kid)
@@ -405,14 +412,6 @@ def _read(model, rec, shape):
                 else:
                     main.append(kid)
                     kinds[kid] = "block"
-
-    def _expandable(name):
-        parts = [kid for kid in children(name) if holds_conv(kid)]
-        return len(parts) >= 2
-
-    def _stage_like(name):
-        parts = [kid for kid in children(name) if holds_conv(kid)]
-        return len(parts) >= 2 and all(not leaf(kid) for kid in parts)
 
     expand("")
     if not main:  # a net of one conv: list what there is
@@ -428,7 +427,7 @@ def _read(model, rec, shape):
     for name in rec.finished:
         end, current = name, name
         conv = is_conv(name)
-        if conv or kinds.get(name) in ("block", "stage") or name in main:
+        if conv or name in main:
             pooled = False
             while current in successor:
                 nxt = successor[current]
@@ -462,26 +461,24 @@ def _read(model, rec, shape):
              and functions(b) <= {"batch_norm"} | NEUTRAL and "batch_norm" in functions(b)
              and rec.calls.get(a) == 1 and rec.calls.get(b) == 1
              and rec.uses.get(rec.outputs[a]) == 1]
-    return Anatomy(shape, layers, candidates, main, default, run_end,
-                   list(dict.fromkeys(rec.functional_activations)), set(rec.activations),
-                   inner, pairs)
+    # an activation called as a function inside a module that computes more than activations
+    # (or in the net's own forward): no activation module's hook sees it
+    functional = [(where, name) for where, name in rec.activations
+                  if not where or functions(where) - ACTIVATIONS - NEUTRAL]
+    return Anatomy(shape, layers, candidates, main, default, run_end, functional,
+                   {name for _, name in rec.activations}, inner, pairs)
 
 
-def _same_shape(rec, name):
-    return rec.shapes.get(name) is not None and len(rec.shapes[name]) == 3
-
-
-def describe(model):
-    """Every candidate layer as a line: name, kind, output shape, receptive field (in px); the
-    default marked. For ``--layer list``."""
+def layer_listing(model):
+    """``--layer list``: every candidate layer as a line, with its kind (conv, block, stage,
+    ...), output shape and receptive field (in px); the default marked."""
     body = anatomy(model)
     width = max((len(name) for name in body.candidates), default=4)
     lines = [f"{'layer'.ljust(width)}  {'kind':8}  {'output (C, H, W)':18}  receptive field"]
-    main = set(body.main)
     for name in body.candidates:
         info = body.layers[name]
         field = "" if info.field is None else f"{info.field.size:g} px"
-        mark = " (default)" if name == body.default else "" if name in main else ""
+        mark = " (default)" if name == body.default else ""
         shape = "x".join(str(size) for size in info.shape)
         lines.append(f"{name.ljust(width)}  {info.kind:8}  {shape:18}  {field}{mark}")
     return lines

@@ -11,6 +11,7 @@ the same net from the same file.
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def _import(spec):
         path = Path(where)
         if not path.is_file():
             raise UserError(f"--arch {spec}: no such file {where}")
-        module_name = f"cnnviz_user_{path.resolve().stem}_{abs(hash(str(path.resolve())))}"
+        module_name = "cnnviz_user_" + re.sub(r"\W", "_", str(path.resolve()))
         module = sys.modules.get(module_name)
         if module is None:
             loader = importlib.util.spec_from_file_location(module_name, path)

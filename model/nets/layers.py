@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch.nn as nn
 
 from model.errors import UserError
-from model.nets.anatomy import anatomy, describe
+from model.nets.anatomy import anatomy
 
 
 def layer_names(model):
@@ -39,12 +39,6 @@ def default_layer(model):
         raise UserError(f"{type(model).__name__} has no (C, H, W) feature map before its "
                         "output: there is no layer for the methods to study")
     return body.default
-
-
-def layer_listing(model):
-    """``--layer list``: every layer whose output is a feature map, one line each, with its
-    output shape and receptive field; the main layers marked, the default named."""
-    return describe(model)
 
 
 def get_layer(model, name):

@@ -16,11 +16,10 @@ pass would shrink a map to nothing (VGG's fifth at 28 px). The rule reads the ne
 name (:func:`small_image_stem`). Every activation is made out-of-place: hooks that record a
 layer's output or change a ReLU's gradient need the tensor the activation was given.
 """
-import copy
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from model.errors import UserError, one_line
@@ -39,12 +38,13 @@ TRANSFORMER_PREFIXES = ("vit_", "swin_", "swin3d", "maxvit_")
 AUXILIARY = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
 
+@cache
 def torchvision_archs():
     """Names of torchvision's classification CNNs (its vision transformers left out)."""
     import torchvision.models as models
 
-    return [name for name in models.list_models(module=models)
-            if not name.startswith(TRANSFORMER_PREFIXES)]
+    return tuple(name for name in models.list_models(module=models)
+                 if not name.startswith(TRANSFORMER_PREFIXES))
 
 
 def is_transformer(arch):
@@ -53,10 +53,7 @@ def is_transformer(arch):
 
 
 def is_torchvision(arch):
-    """Whether ``arch`` is one of torchvision's classification CNNs (imports torchvision only
-    for names that could be one)."""
-    if ":" in arch or arch in ("simple", "vgg") or arch.endswith(".py"):
-        return False
+    """Whether ``arch`` is one of torchvision's classification CNNs."""
     return arch in torchvision_archs()
 
 
@@ -158,33 +155,31 @@ def first_conv_module(model):
 
 
 def small_image_stem(model, stem_conv, image_size):
-    """Remove the stem's max pool (the first pool that runs right after ``stem_conv``'s run),
-    then, from the last, each pool that would shrink a map to nothing at ``image_size``."""
+    """Remove the stem's max pool (the first pool after ``stem_conv``'s run, with no conv
+    between), then, from the last, each pool that would shrink a map to nothing at
+    ``image_size``. The traced passes run the net itself on one blank image at 64 px and at
+    ``image_size``: a fraction of a second for the largest net."""
     from model.nets.anatomy import trace
 
-    body = trace(_on_meta(model), (first_conv_module(model)[1].in_channels, 64, 64))
+    channels = first_conv_module(model)[1].in_channels
+    body = trace(model, (channels, SMALL_IMAGE, SMALL_IMAGE))
     order = list(body.layers)
     end = body.run_end.get(stem_conv, stem_conv)
-    after = order[order.index(end) + 1:] if end in order else []
-    first_pool = next((name for name in after if body.layers[name].kind == "pool"), None)
-    convs_between = [name for name in after[:after.index(first_pool)]
-                     if body.layers[name].kind == "conv"] if first_pool else [1]
-    if first_pool and not convs_between:
-        replace_module(model, first_pool, nn.Identity())
-    pools = [name for name in order if body.layers[name].kind == "pool"
-             and name != first_pool and body.layers[name].shape[1:] != (1, 1)]
+    stem_pool = None
+    for name in order[order.index(end) + 1:]:
+        if body.layers[name].kind == "conv":
+            break
+        if body.layers[name].kind == "pool":
+            stem_pool = name
+            replace_module(model, name, nn.Identity())
+            break
+    pools = [name for name in order if body.layers[name].kind == "pool" and name != stem_pool]
     while pools:
         try:
-            trace(_on_meta(model), (first_conv_module(model)[1].in_channels, image_size,
-                                    image_size))
+            trace(model, (channels, image_size, image_size))
             return
         except RuntimeError:  # a pool's output would be empty: drop the last pool left
             replace_module(model, pools.pop(), nn.Identity())
-
-
-def _on_meta(model):
-    """A structural copy of ``model`` on the meta device, to trace shapes at no arithmetic."""
-    return copy.deepcopy(model).to("meta")
 
 
 def replace_module(model, name, module):
