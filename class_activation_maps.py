@@ -35,6 +35,7 @@ import torch
 
 from model.attribution import METHODS
 from model.attribution.cam import cam_layer_applies
+from model.attribution.gradients import RULE_OF_METHOD, rule_note
 from model.attribution.maps import normalize_maps
 from model.attribution.registry import VARIANT_SEPARATOR
 from model.cli.arguments import (
@@ -161,6 +162,9 @@ def explain(args):
         methods = [m for m in CAM_METHODS if m != "cam"]
         print(f"note: plain CAM left out: {layer} does not feed a global average pooling + "
               "Linear head (Zhou et al. 2016); Grad-CAM is its generalization", file=sys.stderr)
+    rules = {RULE_OF_METHOD.get(spec.partition(VARIANT_SEPARATOR)[0]) for spec in methods}
+    for note in sorted({rule_note(model, rule) for rule in rules - {None}} - {""}):
+        print(f"note: {note}", file=sys.stderr)
     options = dict(batch_size=args.batch_size, max_channels=args.max_channels,
                    smooth=args.smooth, upsample=args.upsample, info=info, seed=args.seed,
                    aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)

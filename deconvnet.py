@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from model.attribution import METHODS
+from model.attribution.gradients import rule_note
 from model.cli.arguments import ArgumentParser, non_negative_int, positive_int
 from model.cli.method_inputs import method_parser, prepare_method, save_maps
 from model.cli.running import run
@@ -149,6 +150,8 @@ def explain(args):
         paths.setdefault(projection_path(model, layer), []).append(layer)
     for path, named in paths.items():
         print(f"note: projections of {', '.join(named)} by {path}")
+    if rule_note(model, args.rule):
+        print(f"note: {rule_note(model, args.rule)}")
     unpooled = [layer for layer in layers if projection_rule(model, layer) != "deconvnet"]
     if args.rule == "deconvnet" and unpooled:
         print(f"note: no max pooling below {', '.join(unpooled)}: without switches their "

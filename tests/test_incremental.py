@@ -457,3 +457,30 @@ def test_occlusion_goes_incremental_by_itself_above_64_px_with_the_same_maps(mon
         plain = compute_occlusion(net, inputs, TARGETS, fill, 16, 8, incremental=False)
         assert torch.allclose(chosen.pixel_drop, plain.pixel_drop, atol=1e-12, rtol=0)
     assert built == [occlusion.INCREMENTAL_ABOVE_SIDE + 8]
+
+
+class SqueezeExcite(nn.Module):
+    """x * sigmoid(W2 relu(W1 mean(x))): a global pooling inside the net (Hu et al. 2018)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(channels, 2, 1), nn.Conv2d(2, channels, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3), True)))))
+
+
+def test_a_squeeze_excitation_net_runs_plain_and_says_so_once(capsys):
+    """A patch changes every position after a global pooling: no box to crop, so compute_occlusion
+    runs every occluded image whole (the same maps, float64) and says why in one line."""
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), SqueezeExcite(6),
+                        nn.Conv2d(6, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 5)).eval().double()
+    inputs, fill = images(torch.float64)
+    plain = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE, incremental=False)
+    capsys.readouterr()
+    fast = compute_occlusion(net, inputs, TARGETS, fill, PATCH, STRIDE, incremental=True)
+    (line,) = stderr_lines(capsys.readouterr())
+    assert "pools globally before the head" in line and "running every occluded image whole" \
+        in line
+    assert relative_error(fast.probability, plain.probability) <= 1e-10

@@ -134,3 +134,43 @@ def test_missing_unreadable_and_stateless_files_give_one_line(tmp_path):
     assert read_error(tmp_path / "inner.pt").endswith("keys 'epoch' at ['model']")
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     assert read_error(tmp_path / "list.pt").endswith("found a list")
+
+
+@pytest.mark.parametrize("form", ["plain", "checkpoint", "ddp", "lightning", "safetensors"])
+def test_every_form_loads_through_the_command_line(tmp_path, capsys, form):
+    """--weights in each form a user has, for a torchvision net cnn-viz writes no code for;
+    --layer list loads the net and lists its layers, the default marked."""
+    import class_activation_maps
+
+    torch.manual_seed(0)
+    state = torchvision_state("squeezenet1_1")
+    path = tmp_path / ("w.safetensors" if form == "safetensors" else "w.pt")
+    if form == "safetensors":
+        save_file(prefixed(state, "module."), path)
+    else:
+        torch.save({"plain": state, "checkpoint": {"model_state_dict": state, "epoch": 3},
+                    "ddp": prefixed(state, "module."),
+                    "lightning": {"state_dict": prefixed(state, "model."), "epoch": 3}}[form],
+                   path)
+    code = class_activation_maps.main(["--arch", "squeezenet1_1", "--weights", str(path),
+                                       "--layer", "list", "--out", str(tmp_path / "out")])
+    assert code == 0
+    assert "features.12" in next(line for line in capsys.readouterr().out.splitlines()
+                                 if line.endswith("(default)"))
+
+
+def test_weights_of_another_net_give_one_line_on_the_command_line(tmp_path, capsys):
+    import class_activation_maps
+
+    path = tmp_path / "resnet.pt"
+    torch.save(torchvision_state("resnet18"), path)
+    code = class_activation_maps.main(["--arch", "squeezenet1_1", "--weights", str(path),
+                                       "--layer", "list", "--out", str(tmp_path / "out")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "do not fit squeezenet1_1" in lines[0]
+
+
+def torchvision_state(arch):
+    import torchvision
+
+    return torchvision.models.get_model(arch, weights=None).state_dict()

@@ -6,9 +6,12 @@ The rules differ only in how a ReLU passes the signal down (Springenberg et al. 
     guided     R_l = relu(R_{l+1}) * [f_l > 0]    guided backpropagation (Springenberg et al. 2015)
     deconvnet  R_l = relu(R_{l+1})                the DeconvNet's ReLU (Zeiler & Fergus 2014)
 
-Here every ``nn.ReLU`` of the model gets a backward hook that applies the rule, so the rules work
-on any network built from ReLU modules (a ReLU called as a function is not seen). They equal
-the explicit mirror of ``model.units.mirror`` on the project's nets (tested).
+Here every ``nn.ReLU`` of the model gets a backward hook that applies the rule, and every ReLU
+called as a function in a ``forward`` (DenseNet's last ``F.relu``, GoogLeNet's and Inception's
+``BasicConv2d``), which no module hook sees, is run by a ``TorchFunctionMode`` as a ReLU whose
+backward is the rule. They equal the explicit mirror of ``model.units.mirror`` on the project's
+nets (tested). The rules are defined on ReLUs: other activations (SiLU, GELU, Hardswish) pass
+the plain gradient, as Captum overrides only ReLU modules (:func:`rule_note` says so).
 
 A clipped activation (``nn.Hardtanh``: min(max(f, lo), hi), MobileNet's ``nn.ReLU6`` with lo = 0
 and hi = 6) is handled as the ReLU it extends: the DeconvNet and guided rules gate by its
@@ -19,14 +22,17 @@ send nothing down; saliency keeps that true gradient.
 Integrated Gradients (Sundararajan et al. 2017, Eq. 1) and Input x Gradient (Shrikumar et al.
 2017) build on the plain gradient.
 """
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from model.attribution import shared_passes
 from model.attribution.registry import register
 from model.errors import UserError
+from model.nets.anatomy import RECTIFYING_FUNCTIONS, anatomy
 from model.runtime.batching import variant_batch
 
 RULES = ("saliency", "guided", "deconvnet")
@@ -62,6 +68,64 @@ def _guided_clipped(module, inputs, output):
     return _GuidedClip.apply(inputs[0], output, module.min_val)
 
 
+class _RuleReLU(torch.autograd.Function):
+    """max(f, 0) whose backward is a rule's: relu(R) [f > 0] (guided), relu(R) (deconvnet)."""
+
+    @staticmethod
+    def forward(ctx, inputs, rule):
+        ctx.rule = rule
+        ctx.save_for_backward(inputs > 0)
+        return inputs.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, = ctx.saved_tensors
+        grad = grad.clamp(min=0)
+        return (grad * gate if ctx.rule == "guided" else grad), None
+
+
+FUNCTIONAL_RELUS = {torch.relu, torch.relu_, F.relu, torch.Tensor.relu, torch.Tensor.relu_}
+
+
+class _FunctionalReLURule(TorchFunctionMode):
+    """Every ReLU called as a function runs as :class:`_RuleReLU`. Inside an ``nn.ReLU`` too,
+    where its module's backward hook then gives the same gradient again (both rules are
+    idempotent), so no call needs telling apart. An in-place call writes the result into its
+    input, as ``relu_`` does."""
+
+    def __init__(self, rule):
+        super().__init__()
+        self.rule = rule
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in FUNCTIONAL_RELUS or not args[0].requires_grad:
+            return func(*args, **kwargs)
+        inplace = func in (torch.relu_, torch.Tensor.relu_) or kwargs.get("inplace") or (
+            func is F.relu and len(args) > 1 and args[1])
+        result = _RuleReLU.apply(args[0], self.rule)
+        return args[0].copy_(result) if inplace else result
+
+
+# The registered methods that send a signal down by a ReLU rule, and the rule.
+RULE_OF_METHOD = {"guided-backprop": "guided", "deconvnet": "deconvnet",
+                  "guided-gradcam": "guided"}
+
+
+def rule_note(model, rule):
+    """One line on what ``rule`` does on this net beyond its ReLUs (``model.nets.anatomy``):
+    '' on a net of ReLUs."""
+    if rule == "saliency":
+        return ""
+    # sigmoid and hard sigmoid gate channels (squeeze-and-excitation): no unit's activation
+    others = sorted(anatomy(model).activation_functions - RECTIFYING_FUNCTIONS
+                    - {"sigmoid", "sigmoid_", "hardsigmoid"})
+    if not others:
+        return ""
+    return (f"the {rule} rule is defined on ReLUs: this net's {', '.join(others)} pass the "
+            "plain gradient (as in Captum, only ReLUs are overridden)")
+
+
 @contextmanager
 def relu_rule(model, rule):
     """While the block runs, every ``nn.ReLU`` and clipped activation (``nn.Hardtanh``,
@@ -75,6 +139,8 @@ def relu_rule(model, rule):
     relus = [module for module in model.modules() if isinstance(module, RECTIFYING)]
     was_inplace = [relu.inplace for relu in relus]
     handles = []
+    functional = rule != "saliency" and any(
+        name in ("relu", "relu_") for _, name in anatomy(model).functional_activations)
     try:
         for relu in relus:
             relu.inplace = False
@@ -85,7 +151,8 @@ def relu_rule(model, rule):
                 handles.append(relu.register_full_backward_hook(_guided))
             elif rule == "deconvnet":
                 handles.append(relu.register_full_backward_hook(_deconvnet))
-        yield
+        with _FunctionalReLURule(rule) if functional else nullcontext():
+            yield
     finally:
         for handle in handles:
             handle.remove()

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.errors import one_line
+from model.nets.anatomy import anatomy
 from model.nets.graph_split import LayerTracer
 
 POINTWISE_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Identity,
@@ -494,7 +495,16 @@ def positions_per_batch(plan, element_size, max_memory_mb):
 def incremental_plan(model, example, patch, tops, lefts, tau=None):
     """An :class:`IncrementalOcclusion`, saying on stderr in one line where it runs whole maps
     (a layer it cannot crop); None, also said in one line, if ``torch.fx`` cannot trace the
-    model (Python control flow on tensor values): then every occluded image runs whole."""
+    model (Python control flow on tensor values), or if the net pools globally before its
+    head (squeeze-and-excitation, ``model.nets.anatomy``): a patch there changes every position
+    after it, so the boxes would cover whole maps from the first such block on, and every
+    occluded image runs whole."""
+    inner = anatomy(model).inner_global_pools
+    if inner:
+        print(f"incremental occlusion: {inner[0]} pools globally before the head "
+              f"({len(inner)} such places: squeeze-and-excitation), so a patch changes every "
+              "position after it; running every occluded image whole", file=sys.stderr)
+        return None
     try:
         plan = IncrementalOcclusion(model, example, patch, tops, lefts, tau)
     except Exception as error:  # torch.fx raises many kinds; any of them means: run whole
