@@ -28,6 +28,41 @@ FAMILIES = ("densenet121", "googlenet",
             "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s", "regnet_y_400mf",
             "convnext_tiny")
 
+# A user's own module: a functional ReLU, a squeeze-excitation block and a GELU module. Also
+# trained on shapes and run through every script by tests/test_own_nets_scripts.py.
+OWN_NET = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, channels // 4, 1)
+        self.expand = nn.Conv2d(channels // 4, channels, 1)
+
+    def forward(self, x):
+        scale = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.expand(F.relu(self.reduce(scale))))
+
+
+class OwnNet(nn.Module):
+    def __init__(self, num_classes=10, in_channels=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, stride=2)
+        self.se = SqueezeExcite(32)
+        self.act = nn.GELU()
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.act(self.se(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+'''
+
 
 def test_there_are_68_torchvision_cnns_and_the_transformers_get_one_line():
     import torchvision.models as models
@@ -114,40 +149,6 @@ def test_the_smallest_of_each_family_runs_every_method_folds_and_scans(arch):
                            torch.tensor([0, 1, 2]))
     scan = search_top_activations(model, dataset, default, k=2, batch_size=2)
     assert torch.isfinite(scan.values).all()
-
-
-OWN_NET = '''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-class SqueezeExcite(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.reduce = nn.Conv2d(channels, channels // 4, 1)
-        self.expand = nn.Conv2d(channels // 4, channels, 1)
-
-    def forward(self, x):
-        scale = x.mean((2, 3), keepdim=True)
-        return x * torch.sigmoid(self.expand(F.relu(self.reduce(scale))))
-
-
-class OwnNet(nn.Module):
-    def __init__(self, num_classes=10, in_channels=3):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, stride=2)
-        self.se = SqueezeExcite(32)
-        self.act = nn.GELU()
-        self.fc = nn.Linear(32, num_classes)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.act(self.se(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
-'''
 
 
 def test_a_user_module_file_is_read_from_its_graph(tmp_path):

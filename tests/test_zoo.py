@@ -60,6 +60,14 @@ def test_the_small_stem_is_the_usual_cifar_one():
     resnet = build_model("resnet18", 3, 10, 32, small_stem=True)
     assert resnet.conv1.kernel_size == (3, 3) and resnet.conv1.stride == (1, 1)
     assert isinstance(resnet.maxpool, nn.Identity)
+    # AlexNet and VGG16 keep the small stems their earlier checkpoints were trained with
+    alexnet, vgg16 = (build_model(arch, 3, 10, 32) for arch in ("alexnet", "vgg16"))
+    assert not any(isinstance(module, nn.Identity) for module in alexnet.modules())
+    assert [name for name, module in vgg16.named_modules()
+            if isinstance(module, nn.Identity)] == ["features.30"]
+    # the general rule: a strided stem's pool goes, also after a deep stem's three convs
+    assert isinstance(build_model("timm:resnet10t", 3, 10, 32).maxpool, nn.Identity)
+    assert isinstance(build_model("densenet121", 3, 10, 32).features.pool0, nn.Identity)
     imagenet = build_model("resnet18", 3, 1000, 224, small_stem=False)
     reference = torchvision.models.resnet18()
     assert [k for k in imagenet.state_dict()] == [k for k in reference.state_dict()]

@@ -11,8 +11,9 @@ layers are tokens, not (C, H, W) feature maps, so none of the methods here appli
 Images smaller than 64 px (the 28 and 32 px datasets) get a small-image stem instead of
 ImageNet's, whose 4x to 32x downsampling would leave too little of a 32 px image: the first
 conv at stride 1 (a kernel larger than 3 cut to 3x3, as He et al. 2016, sec. 4.2, do for
-CIFAR-10) and a max pool right after its run removed; then the last pools, while the traced
-pass would shrink a map to nothing (VGG's fifth at 28 px). The rule reads the net, not its
+CIFAR-10) and, where that conv was strided, the first pool removed (the stem's max pool);
+then the last pools, while the traced pass would shrink a map to nothing (VGG's fifth at
+28 px). The rule reads the net, not its
 name (:func:`small_image_stem`). Every activation is made out-of-place: hooks that record a
 layer's output or change a ReLU's gradient need the tensor the activation was given.
 """
@@ -35,6 +36,12 @@ TRANSFORMER_PREFIXES = ("vit_", "swin_", "swin3d", "maxvit_")
 # The auxiliary classifiers of GoogLeNet and Inception v3 run only in training; cnn-viz builds
 # the nets without them (their outputs are not what a method explains), and drops their keys
 # from a torchvision state dict.
+# The small-image stems of AlexNet and VGG16, two of the four torchvision nets cnn-viz took
+# before it took them all: their checkpoints were trained on these nets, which keep AlexNet's
+# pools and drop VGG16's fifth, so they keep them (the pools removed; ResNet-18's and
+# MobileNetV2's earlier stems are what the general rule gives).
+EARLIER_STEM_POOLS = {"alexnet": (), "vgg16": ("features.30",)}
+
 AUXILIARY = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
 
@@ -122,15 +129,18 @@ def build_torchvision(arch, in_channels, num_classes, image_size, small_stem=Non
     model = models.get_model(arch, weights=None, num_classes=num_classes, **extra)
     if small_stem is None:
         small_stem = image_size < SMALL_IMAGE
-    return prepare_imported(model, in_channels, image_size, small_stem)
+    return prepare_imported(model, in_channels, image_size, small_stem,
+                            EARLIER_STEM_POOLS.get(arch))
 
 
-def prepare_imported(model, in_channels, image_size, small_stem):
+def prepare_imported(model, in_channels, image_size, small_stem, stem_pools=None):
     """A library's ImageNet net made ready here: the first conv takes ``in_channels``, the
-    small-image stem where asked, every activation out-of-place, the input declared."""
+    small-image stem where asked (``stem_pools``: the pools it removes, instead of
+    :func:`small_image_stem`'s rule), every activation out-of-place, the input declared."""
     from model.nets.anatomy import declare_input
 
     name, conv = first_conv_module(model)
+    strided_stem = conv.stride[0] > 1
     if small_stem or conv.in_channels != in_channels:
         kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
         if small_stem:
@@ -143,8 +153,11 @@ def prepare_imported(model, in_channels, image_size, small_stem):
         if getattr(module, "inplace", False) is True:
             module.inplace = False
     declare_input(model, in_channels, image_size)
-    if small_stem:
-        small_image_stem(model, name, image_size)
+    if small_stem and stem_pools is not None:
+        for pool in stem_pools:
+            replace_module(model, pool, nn.Identity())
+    elif small_stem:
+        small_image_stem(model, strided_stem, image_size)
     return model
 
 
@@ -154,26 +167,19 @@ def first_conv_module(model):
                 if isinstance(module, nn.Conv2d))
 
 
-def small_image_stem(model, stem_conv, image_size):
-    """Remove the stem's max pool (the first pool after ``stem_conv``'s run, with no conv
-    between), then, from the last, each pool that would shrink a map to nothing at
-    ``image_size``. The traced passes run the net itself on one blank image at 64 px and at
-    ``image_size``: a fraction of a second for the largest net."""
+def small_image_stem(model, strided_stem, image_size):
+    """Where the stem downsampled by a strided conv (``strided_stem``), remove the first pool
+    that runs (ResNet's, DenseNet's, AlexNet's: the strided conv and then a max pool, with a
+    deep stem's convs between them in ResNet-D); then, from the last, each pool that would
+    shrink a map to nothing at ``image_size``. The traced passes run the net itself on one
+    blank image at 64 px and at ``image_size``: a fraction of a second for the largest net."""
     from model.nets.anatomy import trace
 
     channels = first_conv_module(model)[1].in_channels
     body = trace(model, (channels, SMALL_IMAGE, SMALL_IMAGE))
-    order = list(body.layers)
-    end = body.run_end.get(stem_conv, stem_conv)
-    stem_pool = None
-    for name in order[order.index(end) + 1:]:
-        if body.layers[name].kind == "conv":
-            break
-        if body.layers[name].kind == "pool":
-            stem_pool = name
-            replace_module(model, name, nn.Identity())
-            break
-    pools = [name for name in order if body.layers[name].kind == "pool" and name != stem_pool]
+    pools = [name for name, layer in body.layers.items() if layer.kind == "pool"]
+    if strided_stem and pools:
+        replace_module(model, pools.pop(0), nn.Identity())
     while pools:
         try:
             trace(model, (channels, image_size, image_size))
