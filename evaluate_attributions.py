@@ -377,7 +377,10 @@ def plot_randomization(evaluation):
         axis.plot(range(len(labels)), [1.0] + evaluation.randomization[method],
                   marker="o", label=method, markersize=3,
                   **line_style(evaluation.methods, method))
-    axis.set_xticks(range(len(labels)), labels)
+    # a net's block names (features.6.2, trunk_output.block4) overlap side by side: slanted
+    slanted = sum(map(len, labels)) > 60
+    axis.set_xticks(range(len(labels)), labels, rotation=40 if slanted else 0,
+                    ha="right" if slanted else "center", fontsize=8 if slanted else None)
     axis.set(xlabel="randomized down to layer (cumulative, top first)",
              ylabel="Spearman rank correlation", ylim=(-0.3, 1.05),
              title="model randomization: a faithful map decorrelates")

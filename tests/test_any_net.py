@@ -117,7 +117,7 @@ def random_statistics(model, generator):
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_the_smallest_of_each_family_runs_every_method_folds_and_scans(arch):
     torch.manual_seed(0)
-    size = 80 if arch == "inception_v3" else 32  # Inception v3's stem needs 75 px
+    size = 80 if arch == "inception_v3" else 16  # Inception v3's stem needs 75 px
     info = tiny_info(size)
     model = build_model(arch, 3, 5, size).eval()
     random_statistics(model, torch.Generator().manual_seed(1))
