@@ -38,9 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.photos import seeded_photos  # noqa: E402
 from bench.timing import fastest  # noqa: E402
 from model.attribution import METHODS, get_method  # noqa: E402
-from model.data.datasets import folder_info, load_dataset  # noqa: E402
+from model.data.datasets import folder_info  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.nets.anatomy import anatomy  # noqa: E402
 from model.nets.architectures import build_model  # noqa: E402
@@ -58,18 +59,6 @@ ARCHS = {"alexnet": "AlexNet", "vgg11": "VGG", "resnet18": "ResNet",
          "mobilenet_v3_small": "MobileNet v3", "efficientnet_b0": "EfficientNet",
          "regnet_x_400mf": "RegNet", "convnext_tiny": "ConvNeXt"}
 CLASSES = 1000
-
-
-def photos(data_dir, count, size, seed):
-    """``count`` normalized photos (ImageNet's mean and std) of the folder's ``val/`` at
-    ``size`` px, drawn by ``seed``: (count, 3, size, size)."""
-    dataset = load_dataset("imagefolder", "test", data_dir, image_size=size)
-    if count > len(dataset):
-        raise UserError(f"{data_dir} has {len(dataset)} evaluation photos, fewer than "
-                        f"--images = {count}")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    images = dataset.images[order[:count]]  # uint8 (count, 3, size, size)
-    return dataset.info.normalize(images)
 
 
 def noise(count, size, seed):
@@ -161,7 +150,7 @@ def main(argv=None):
         def inputs_at(size):
             if size not in loaded:
                 loaded[size] = (noise(args.images, size, args.seed) if args.random_input else
-                                photos(args.data_dir, args.images, size, args.seed))
+                                seeded_photos(args.data_dir, args.images, size, args.seed))
             return loaded[size]
 
         print(f"CPU: {cpu_model_name()}; device: {device}; torch {torch.__version__}, "

@@ -64,10 +64,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.photos import seeded_photos  # noqa: E402
 from bench.timing import fastest  # noqa: E402
 from model.attribution.cam import layer_map  # noqa: E402
 from model.attribution.maps import normalize_maps, resize_maps  # noqa: E402
-from model.data.datasets import load_dataset  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.nets.layers import block_end, default_layer  # noqa: E402
 from model.nets.zoo import build_torchvision  # noqa: E402
@@ -195,19 +195,6 @@ def pearson(first, second):
     return (first * second).sum(1) / (first.norm(dim=1) * second.norm(dim=1))
 
 
-def photos(data_dir, calibration, count, seed):
-    """Normalized photos (ImageNet's mean and std) of the folder's ``val/``: ``calibration``
-    for the BatchNorm statistics and ``count`` others for the maps, drawn by ``seed``."""
-    dataset = load_dataset("imagefolder", "test", data_dir, image_size=IMAGE_SIZE)
-    if calibration + count > len(dataset):
-        raise UserError(f"{data_dir} has {len(dataset)} evaluation photos, fewer than "
-                        f"--calibration-images + --images = {calibration + count}")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    images = dataset.images[order[:calibration + count]]  # uint8 (calibration + count, 3, S, S)
-    inputs = dataset.info.normalize(images)
-    return inputs[:calibration], inputs[calibration:]
-
-
 def agreement_rows(arch, calibration_inputs, inputs, seed, device, repeats):
     """Build, calibrate and compare one net: its table rows (one, or two for a DenseNet: module
     docstring), each (label, layer, pytorch-grad-cam's module, map size, r, cnn-viz s/image,
@@ -308,8 +295,9 @@ def main(argv=None):
             raise UserError("pytorch-grad-cam is not importable: pip install grad-cam") from None
         keep_freed_memory()  # as every script does (model.cli.run)
         device = resolve_device(args.device)
-        calibration_inputs, inputs = photos(args.data_dir, args.calibration_images,
-                                            args.images, args.seed)
+        drawn = seeded_photos(args.data_dir, args.calibration_images + args.images,
+                              IMAGE_SIZE, args.seed, "--calibration-images + --images")
+        calibration_inputs, inputs = drawn.split([args.calibration_images, args.images])
         print(f"CPU: {cpu_model_name()}; device: {device}; torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; grad-cam {version('grad-cam')}")
         print(f"{len(inputs)} photos compared, BatchNorm statistics from "
