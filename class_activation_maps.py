@@ -58,7 +58,9 @@ from model.data.sampling import test_predictions
 from model.errors import UserError
 from model.figures.heatmaps import plot_overlay_grid, show_image, show_overlay
 from model.figures.plotting import Figure, write_figure
+from model.evaluation.scoring import scorecam_stand_in
 from model.nets.layers import conv_layer_names
+from model.runtime.notes import note
 
 CAM_METHODS = [name for name, method in METHODS.items() if method.family == "cam"]
 DEFAULTS = METHODS["faster-scorecam"].defaults  # the CAM family's options
@@ -104,8 +106,7 @@ def counterfactual_columns(methods):
                         f"({', '.join(choices)}); none of {', '.join(methods)} is one")
     others = [method for method in methods if method not in having]
     if others:
-        print(f"note: no counterfactual map for {', '.join(others)} (no gradient dy^c/dA)",
-              file=sys.stderr)
+        note(f"no counterfactual map for {', '.join(others)} (no gradient dy^c/dA)")
     return [column for method in methods for column in (
         [method, f"{method}{VARIANT_SEPARATOR}counterfactual"] if method in having
         else [method])]
@@ -144,6 +145,9 @@ def get_args_parser():
     parser.add_argument("--max-channels", type=positive_int, default=DEFAULTS["max_channels"],
                         help=f"channels scored by faster-scorecam (default: "
                              f"{DEFAULTS['max_channels']})")
+    parser.add_argument("--scorecam-channels", type=positive_int, default=None,
+                        help="show Faster Score-CAM on the K channels of highest variance in "
+                             "Score-CAM's place (default: exact Score-CAM, every channel)")
     parser.add_argument("--upsample", choices=("bilinear", "nearest"),
                         default=DEFAULTS["upsample"],
                         help="how maps reach the input size; nearest shows the raw cells "
@@ -160,19 +164,24 @@ def explain(args):
     methods = args.method or CAM_METHODS
     if not args.method and not cam_layer_applies(model, layer, selection.inputs):
         methods = [m for m in CAM_METHODS if m != "cam"]
-        print(f"note: plain CAM left out: {layer} does not feed a global average pooling + "
-              "Linear head (Zhou et al. 2016); Grad-CAM is its generalization", file=sys.stderr)
+        note(f"plain CAM left out: {layer} does not feed a global average pooling + "
+             "Linear head (Zhou et al. 2016); Grad-CAM is its generalization")
+    if args.scorecam_channels is not None and "scorecam" in methods:
+        methods = scorecam_stand_in(methods, args.scorecam_channels)
+        args.max_channels = args.scorecam_channels
+        note(f"Faster Score-CAM on the {args.scorecam_channels} channels of highest variance "
+             "stands in for Score-CAM (named faster-scorecam)")
     rules = {RULE_OF_METHOD.get(spec.partition(VARIANT_SEPARATOR)[0]) for spec in methods}
-    for note in sorted({rule_note(model, rule) for rule in rules - {None}} - {""}):
-        print(f"note: {note}", file=sys.stderr)
+    for text in sorted({rule_note(model, rule) for rule in rules - {None}} - {""}):
+        note(text)
     options = dict(batch_size=args.batch_size, max_channels=args.max_channels,
                    smooth=args.smooth, upsample=args.upsample, info=info, seed=args.seed,
                    aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)
     for flag in ("aug_smooth", "eigen_smooth"):
         unsmoothed = [method for method in methods if flag not in METHODS[method].defaults]
         if getattr(args, flag) and unsmoothed:
-            print(f"note: --{flag.replace('_', '-')} applies to the CAM family; "
-                  f"{', '.join(unsmoothed)} shown without it", file=sys.stderr)
+            note(f"--{flag.replace('_', '-')} applies to the CAM family; "
+                 f"{', '.join(unsmoothed)} shown without it")
     columns = counterfactual_columns(methods) if args.counterfactual else list(methods)
 
     def raw_maps_for(inputs, targets, spec):
@@ -218,15 +227,14 @@ def explain(args):
         out / f"cam_{layer}_classes_{selection.names[0]}.png"))
 
     if args.gallery and not has_test_split(info):
-        print(f"note: no gallery: there is no {info.name} test split here", file=sys.stderr)
+        note(f"no gallery: there is no {info.name} test split here")
     elif args.gallery:
         test_set = load_split(info, "test", args)
         correct, wrong = gallery_selection(model, test_set, device, args.gallery,
                                            args.batch_size)
         for group, indices in (("correct", correct), ("incorrect", wrong)):
             if not indices:
-                print(f"note: no {group}ly classified test images for the gallery",
-                      file=sys.stderr)
+                note(f"no {group}ly classified test images for the gallery")
                 continue
             inputs = info.normalize(test_set.images[indices].to(device))
             with torch.no_grad():
@@ -244,8 +252,8 @@ def explain(args):
     return written
 
 
-def main(argv=None, written=None):
-    return run(explain, get_args_parser().parse_args(argv), written=written)
+def main(argv=None, written=None, notes=None):
+    return run(explain, get_args_parser().parse_args(argv), written=written, notes=notes)
 
 
 if __name__ == "__main__":

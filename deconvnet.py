@@ -32,6 +32,7 @@ from model.figures.heatmaps import HEATMAP_CMAP, frame, show_image, signed_displ
 from model.figures.plotting import Figure, Rectangle, write_figure
 from model.nets.layers import conv_layer_names
 from model.nets.receptive_field import layer_receptive_field
+from model.runtime.notes import note
 from model.units.mirror import (
     RULES,
     compute_projections,
@@ -149,14 +150,14 @@ def explain(args):
     for layer in layers:
         paths.setdefault(projection_path(model, layer), []).append(layer)
     for path, named in paths.items():
-        print(f"note: projections of {', '.join(named)} by {path}")
+        note(f"projections of {', '.join(named)} by {path}", stream=sys.stdout)
     if rule_note(model, args.rule):
-        print(f"note: {rule_note(model, args.rule)}")
+        note(rule_note(model, args.rule), stream=sys.stdout)
     unpooled = [layer for layer in layers if projection_rule(model, layer) != "deconvnet"]
     if args.rule == "deconvnet" and unpooled:
-        print(f"note: no max pooling below {', '.join(unpooled)}: without switches their "
-              "DeconvNet projections are the same for every image (up to scale); --rule "
-              "guided shows what the image drives (Springenberg et al. 2015)")
+        note(f"no max pooling below {', '.join(unpooled)}: without switches their "
+             "DeconvNet projections are the same for every image (up to scale); --rule "
+             "guided shows what the image drives (Springenberg et al. 2015)", stream=sys.stdout)
     for number, layer in enumerate(layers):
         field = layer_receptive_field(model, layer)
         if args.all_channels:
@@ -210,8 +211,8 @@ def save_class_maps(args, model, info, selection, saved):
     return save_maps(args, info, selection, maps, targets, method=method, **saved)
 
 
-def main(argv=None, written=None):
-    return run(explain, get_args_parser().parse_args(argv), written=written)
+def main(argv=None, written=None, notes=None):
+    return run(explain, get_args_parser().parse_args(argv), written=written, notes=notes)
 
 
 if __name__ == "__main__":

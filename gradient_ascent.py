@@ -45,17 +45,22 @@ from model.cli.method_inputs import (
     load_split,
 )
 from model.cli.running import run
-from model.data.datasets import PHOTO_DATASETS
+from model.data.datasets import PHOTO_DATASETS, small_images
 from model.data.folders import class_mapping, folder_classes
 from model.errors import UserError
 from model.figures.heatmaps import show_image
 from model.figures.plotting import Figure, write_figure
 from model.nets.layers import as_feature_maps, get_layer, layer_output
 from model.runtime.device import seed_everything
+from model.runtime.notes import note
 from model.units.activation_search import parse_channels, search_top_activations
-from model.units.ascent import INIT_STD, NO_REGULARIZATION, Regularizers, gradient_ascent
-
-MAX_DEFAULT_CLASSES = 10  # class images drawn when --classes is not given
+from model.units.ascent import (
+    INIT_STD,
+    MAX_DEFAULT_CLASSES,
+    NO_REGULARIZATION,
+    Regularizers,
+    gradient_ascent,
+)
 
 
 def plot_grid(images, titles, title, columns=8):
@@ -172,6 +177,9 @@ def get_args_parser():
                         help="total-variation weight (default: 0 = off)")
     parser.add_argument("--no-clip", action="store_true",
                         help="do not clip to the dataset's valid pixel range")
+    parser.add_argument("--compare-images", type=positive_int, default=None,
+                        help="with --layer, compare each filter's image with its best over "
+                             "about N test images spread over the split (default: all)")
     parser.add_argument("--ablation", action="store_true",
                         help="also draw the classes under none/L2/jitter/blur/TV/all/fft")
     return parser
@@ -285,10 +293,14 @@ def visualize_channels(args, model, info, rules, options, device):
             torch.arange(len(units)), units.to(device)]  # (N, h, w)
     achieved = maps.flatten(1).amax(1) if args.neuron else maps.mean((1, 2))
     if not has_test_split(info):
-        print(f"note: no comparison with real images: there is no {info.name} test split "
-              "here", file=sys.stderr)
+        note(f"no comparison with real images: there is no {info.name} test split "
+             "here")
         return paths
-    test_set = load_split(info, "test", args)
+    split = load_split(info, "test", args)
+    test_set = split.spread(args.compare_images)
+    if test_set is not split:
+        note(f"filters compared with {len(test_set)} of the {len(split)} test images, an "
+             "even spread (--compare-images)")
     scan = search_top_activations(model, test_set, args.layer, k=1,
                                   score="max" if args.neuron else "mean", device=device)
     best = (scan.channel_max if args.neuron else scan.values[:, 0])[units.to(device)]
@@ -321,7 +333,7 @@ def visualize(args):
         args.blur_every = 0 if filters else 4
     if args.init is None:
         args.init = "random" if filters else "zero"
-    large = info.image_size > 64  # photos at ImageNet's size (Olah et al. 2017's setting)
+    large = not small_images(info.image_size)  # photos (Olah et al. 2017's setting)
     if args.param is None:
         args.param = "fft" if large else "pixel"
     if args.l2 is None:
@@ -342,8 +354,8 @@ def visualize(args):
     return visualize_classes(args, model, info, rules, options, device)
 
 
-def main(argv=None, written=None):
-    return run(visualize, get_args_parser().parse_args(argv), written=written)
+def main(argv=None, written=None, notes=None):
+    return run(visualize, get_args_parser().parse_args(argv), written=written, notes=notes)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from model.nets.receptive_field import layer_receptive_field
 from model.runtime import distributed
 from model.runtime.device import seed_everything
 from model.runtime.files import save_json
+from model.runtime.notes import note
 from model.units.activation_search import (
     layer_function,
     parse_channels,
@@ -168,6 +169,9 @@ def get_args_parser():
                              "(Zeiler & Fergus's Fig. 2) and the channel figures: by the "
                              "DeconvNet, or by guided backpropagation where no max pool lies "
                              "below the layer")
+    parser.add_argument("--num-images", type=positive_int, default=None,
+                        help="scan about N images spread evenly over the split, every class "
+                             "(default: all; the report's plans set it when time is short)")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per forward pass (default: 256)")
     return parser
@@ -181,8 +185,8 @@ def overview_channels(result):
     if count <= MAX_OVERVIEW:
         return list(range(count))
     strongest = torch.topk(result.channel_max, MAX_OVERVIEW).indices.sort().values.tolist()
-    print(f"note: the overview shows the {MAX_OVERVIEW} of the {count} channels with the "
-          "highest maximum; --channels picks others", file=sys.stderr)
+    note(f"the overview shows the {MAX_OVERVIEW} of the {count} channels with the "
+         "highest maximum; --channels picks others")
     return strongest
 
 
@@ -192,8 +196,8 @@ def check_arguments(args, model, layer, dataset, device):
         raise UserError(f"--k {args.k} is more than the {len(dataset)} images of the "
                         f"{args.split} split")
     if args.k > MAX_SHOWN:
-        print(f"note: the figures show the top {MAX_SHOWN} of the {args.k} images per channel; "
-              "the JSON has all", file=sys.stderr)
+        note(f"the figures show the top {MAX_SHOWN} of the {args.k} images per channel; "
+             "the JSON has all")
     with torch.no_grad():
         first = dataset.info.normalize(dataset.images[:1].to(device))
         probe = layer_function(model, layer)(first)
@@ -213,7 +217,13 @@ def search(args):
     if not has_test_split(info):
         raise UserError(f"there is no {info.name} dataset here to scan: give the --dataset "
                         "the weights were trained on")
-    dataset = load_split(info, args.split, args)
+    split = load_split(info, args.split, args)
+    dataset = split.spread(args.num_images)
+    # the spread's i-th image is the split's (stride * i)-th: indices are reported in the split
+    stride = 1 if dataset is split else len(split) // args.num_images
+    if dataset is not split:
+        note(f"scanned {len(dataset)} of the {len(split)} {args.split} images, an even spread "
+             "(--num-images)")
     check_arguments(args, model, layer, dataset, device)
     result = search_top_activations(model, dataset, layer, args.k, args.score,
                                     args.batch_size, device, progress=True)
@@ -236,7 +246,7 @@ def search(args):
               "k": args.k, "score": measure, "images_scanned": len(dataset),
               "receptive_field": None if field is None else field.size,
               "dead_channels": result.dead_channels(),
-              "channels": {labels[c]: {"indices": result.indices[c].tolist(),
+              "channels": {labels[c]: {"indices": (stride * result.indices[c]).tolist(),
                                        "values": result.values[c].tolist(),
                                        "positions": result.positions[c].tolist(),
                                        "max": float(result.channel_max[c])}
@@ -255,8 +265,8 @@ def search(args):
     projecting = args.project and not is_classes
     rule = projection_rule(model, layer) if projecting else None
     if projecting:
-        print(f"note: projections of {layer} by {projection_path(model, layer)}, "
-              f"{RULE_NOTES[rule]}")
+        note(f"projections of {layer} by {projection_path(model, layer)}, "
+             f"{RULE_NOTES[rule]}", stream=sys.stdout)
     # Each chosen channel's top activations sent down, shown over their receptive field.
     projections = {c: project_top(model, info, layer, c, top_images[c], rule, device)
                    for c in chosen} if projecting else {}
@@ -270,16 +280,16 @@ def search(args):
     detailed = chosen if args.channels or channel_count <= 16 else []
     for c in detailed:
         figure = plot_channel(images_of(c), result.values[c].tolist(),
-                              result.indices[c].tolist(), boxes[c],
+                              (stride * result.indices[c]).tolist(), boxes[c],
                               f"{info.name} {layer} {labels[c]}: top {args.k} {args.split} "
                               f"images ({measure})", projections.get(c), RULE_LABELS.get(rule))
         paths.append(write_figure(figure, out / f"{stem}_channel{c:03d}.png"))
     return paths
 
 
-def main(argv=None, written=None):
+def main(argv=None, written=None, notes=None):
     return run(search, get_args_parser().parse_args(argv), written=written,
-               several_processes=True)
+               notes=notes, several_processes=True)
 
 
 if __name__ == "__main__":

@@ -182,8 +182,8 @@ def explain(args):
     return written
 
 
-def main(argv=None, written=None):
-    return run(explain, get_args_parser().parse_args(argv), written=written)
+def main(argv=None, written=None, notes=None):
+    return run(explain, get_args_parser().parse_args(argv), written=written, notes=notes)
 
 
 if __name__ == "__main__":

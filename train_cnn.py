@@ -291,10 +291,10 @@ def interrupted_note(args):
     return "interrupted before the first epoch finished; nothing was saved"
 
 
-def main(argv=None, written=None):
+def main(argv=None, written=None, notes=None):
     args = get_args_parser().parse_args(argv)
-    return run(train_or_evaluate, args, interrupted=lambda: interrupted_note(args), written=written,
-               several_processes=True)
+    return run(train_or_evaluate, args, interrupted=lambda: interrupted_note(args),
+               written=written, notes=notes, several_processes=True)
 
 
 if __name__ == "__main__":

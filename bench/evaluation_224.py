@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.attribution import METHODS  # noqa: E402
 from model.attribution.cam import cam_layer_applies  # noqa: E402
-from model.attribution.maps import normalize_maps  # noqa: E402
 from model.data.datasets import DatasetInfo, load_dataset  # noqa: E402
 from model.evaluation.faithfulness import (  # noqa: E402
     RANDOMIZATION_POINTS,
@@ -32,6 +31,7 @@ from model.evaluation.faithfulness import (  # noqa: E402
     randomization_stages,
 )
 from model.evaluation.road import ORDERS, road_curves  # noqa: E402
+from model.evaluation.scoring import Settings, attribution_maps  # noqa: E402
 from model.nets.architectures import build_model  # noqa: E402
 from model.nets.checkpoint import model_from_weights  # noqa: E402
 from model.nets.layers import conv_layer_names  # noqa: E402
@@ -41,13 +41,6 @@ from model.nets.zoo import (  # noqa: E402
     IMAGENET_STD,
 )
 from model.runtime.device import keep_freed_memory, seed_everything  # noqa: E402
-
-
-def attribution_maps(method, model, inputs, targets, layer, info):
-    """A method's maps as evaluate_attributions.py computes them: the registry's defaults."""
-    maps = METHODS[method](model, inputs, targets, layer=layer, info=info, batch_size=256,
-                           seed=0)
-    return normalize_maps(maps.detach())
 
 
 def seconds(function):
@@ -104,8 +97,9 @@ def main(argv=None):
     totals = {"maps": 0.0, "deletion_insertion": 0.0, "road": 0.0, "average_drop": 0.0,
               "randomization": 0.0}
     for method in methods:
-        map_s, maps = seconds(lambda: attribution_maps(method, model, inputs, targets, layer,
-                                                       info))
+        # the evaluation's own call: the registry's defaults (model.evaluation.scoring)
+        map_s, maps = seconds(lambda: attribution_maps(method, model, inputs, targets,
+                                                       Settings(info, layer)))
         curve_s, _ = seconds(lambda: [deletion_insertion_curves(
             model, inputs, targets, maps, mode, 16, batch_size=512,
             generator=torch.Generator().manual_seed(0)) for mode in ("deletion", "insertion")])

@@ -11,7 +11,8 @@ Folders:
                   form, the CAM family, gradient methods), map maths, test-time
                   augmentation of a map
     units/        what one unit of a layer responds to: the DeconvNet mirror, the top dataset
-                  images per channel, gradient ascent (class models and channel images)
+                  images per channel, how often each channel fires (dead filters), gradient
+                  ascent (class models and channel images)
     evaluation/   how far to trust a map: deletion/insertion, ROAD, Average Drop, randomization,
                   agreement, the ground-truth metrics (pointing game), the cost of each
                   method, the explorer's survey of every method's maps
@@ -21,6 +22,8 @@ Folders:
                   batch, seeding, atomic files, several processes
     cli/          the command line: argument types and shared flags, one-line errors and
                   Ctrl-C, what a method script explains (model, images, targets, saved maps)
+    pipeline/     the report's run: its plan (measured costs, counts fitted to a budget),
+                  training when needed, every script run in-process, the explorer's survey
     errors.py     ``UserError``, the one exception the command line turns into a message
 
 Import rules (``IMPORT_RULES``; ``tests/test_structure.py`` holds them): for each folder, the
@@ -30,8 +33,9 @@ and the report read results and never recompute them (of ``attribution`` they ma
 registry's descriptions and the map maths alone).
 """
 
-METHODS_AND_ABOVE = ("attribution", "units", "evaluation", "training", "figures", "report", "cli")
-DRAWING_AND_ABOVE = ("figures", "report", "cli")
+METHODS_AND_ABOVE = ("attribution", "units", "evaluation", "training", "figures", "report", "cli",
+                     "pipeline")
+DRAWING_AND_ABOVE = ("figures", "report", "cli", "pipeline")
 
 IMPORT_RULES = {
     "runtime": {"model": ("nets", "data", *METHODS_AND_ABOVE), "outside": ("matplotlib",)},
@@ -45,11 +49,14 @@ IMPORT_RULES = {
               "outside": ("matplotlib", "argparse")},
     "evaluation": {"model": ("training", *DRAWING_AND_ABOVE),
                    "outside": ("matplotlib", "argparse")},
-    "figures": {"model": ("attribution", "units", "evaluation", "training", "report", "cli"),
+    "figures": {"model": ("attribution", "units", "evaluation", "training", "report", "cli",
+                          "pipeline"),
                 "outside": ("argparse",)},
-    "report": {"model": ("attribution", "units", "evaluation", "training", "cli"),
+    "report": {"model": ("attribution", "units", "evaluation", "training", "cli", "pipeline"),
                "outside": ("argparse",)},
-    "cli": {"model": ("figures", "report"), "outside": ("matplotlib",)},
+    "cli": {"model": ("figures", "report", "pipeline"), "outside": ("matplotlib",)},
+    # the report's run sits on top of everything: it may use every folder, nothing uses it
+    "pipeline": {"model": (), "outside": ("argparse",)},
 }
 
 # What figures/ and report/ may read of attribution/: descriptions and map maths, no method.

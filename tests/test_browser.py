@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import visualize_all
 from model.report.explorer import read_explorer_data
+from model.report.sections import SECTION_NAMES
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # As the machine notes say: without the background-networking flags Chromium keeps trying to
@@ -104,7 +104,7 @@ def test_every_contents_link_lands_on_its_section_and_opens_it(browser, report):
     open_page(browser, report / "index.html")
     links = browser.find_elements(By.CSS_SELECTOR, "nav#contents a[href^='#']")
     targets = [link.get_attribute("href").split("#")[1] for link in links]
-    assert targets == ["summary", *visualize_all.SECTION_NAMES, "reproduce"]
+    assert targets == ["summary", *SECTION_NAMES, "reproduce"]
     bar = browser.execute_script(
         "return document.getElementById('contents').getBoundingClientRect().bottom")
     for target in targets:

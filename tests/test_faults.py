@@ -11,15 +11,18 @@ import copy
 import dataclasses
 import errno
 import hashlib
+import io
 import json
 import os
 import pickle
+import re
 import signal
 import stat
 import struct
 import subprocess
 import sys
 import time
+import types
 from urllib.error import URLError
 
 import matplotlib.figure
@@ -790,6 +793,161 @@ def test_an_interruption_inside_a_finalizer_still_stops_the_command_without_a_tr
     assert [line for line in errors.splitlines() if line.strip()] == [
         "interrupted (terminated by SIGTERM)" if number == signal.SIGTERM else "interrupted"]
     assert late == []
+
+
+INNER_STOPPED = "interrupted: the inner script stopped"
+
+
+def inner_script(work, after_run=None):
+    """A script that ``model.pipeline.scripts.run_script`` runs inside another script's command,
+    as the report runs train_cnn.py: ``work`` is its command, run by ``model.cli.run``;
+    ``after_run`` is called once ``run`` has returned, before ``main`` returns the exit code."""
+    def main(argv, written=None, notes=None):
+        code = model.cli.running.run(work, argparse.Namespace(debug=False),
+                                     interrupted=lambda: INNER_STOPPED, written=written,
+                                     notes=notes)
+        if after_run:
+            after_run()
+        return code
+    return types.SimpleNamespace(__name__="inner", main=main)
+
+
+def ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def working(args):
+    ctrl_c()
+    time.sleep(5)  # a signal ends the sleep (PEP 475) when its handler raises
+    return []
+
+
+def finalized_then_working(args):
+    SignalledWhileFinalized(signal.SIGINT)
+    time.sleep(5)
+    return []
+
+
+def finalized_then_done(args):
+    SignalledWhileFinalized(signal.SIGINT)
+    return []
+
+
+def paths_read_after_the_block(interruption):
+    """A command whose paths ``run`` reads after the block that handles signals, in its own
+    clean-up: ``interruption`` comes while they are read."""
+    def command(args):
+        def paths():
+            interruption()
+            yield from []
+        return paths()
+    return command
+
+
+@pytest.mark.parametrize("script, expected", [
+    (inner_script(working), INNER_STOPPED),
+    (inner_script(finalized_then_working), INNER_STOPPED),
+    (inner_script(finalized_then_done), INNER_STOPPED),
+    (inner_script(paths_read_after_the_block(ctrl_c)), INNER_STOPPED),
+    # Past the inner block its finalizers report to the outer run's hook: the outer run stops.
+    (inner_script(paths_read_after_the_block(lambda: SignalledWhileFinalized(signal.SIGINT))),
+     "interrupted"),
+    (inner_script(lambda args: [], after_run=ctrl_c), "interrupted"),
+], ids=["working", "in-a-finalizer", "in-a-finalizer-as-it-ends", "in-its-clean-up",
+        "in-a-finalizer-in-its-clean-up", "after-its-run"])
+def test_ctrl_c_in_a_script_run_inside_another_stops_both_with_one_line(script, expected,
+                                                                         capsys):
+    """The report runs train_cnn.py's main in its own process (``run`` inside ``run``). Ctrl-C
+    while the inner script works, in one of its finalizers (kept, then raised again), in its
+    clean-up or just after its run returned must stop the outer command at once with one line:
+    the inner script's own line where the inner run saw it, exit code 130, and no signal left
+    for after the outer run."""
+    from model.pipeline.scripts import run_script
+
+    def report(args):
+        run_script(script, [], io.StringIO())
+        time.sleep(5)  # an interruption kept back and lost would let the report go on here
+        return []
+
+    late = []
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        started = time.monotonic()
+        code = model.cli.running.run(report, argparse.Namespace(debug=False))
+        took = time.monotonic() - started
+        signal.signal(signal.SIGINT, lambda *_: late.append("SIGINT"))
+        time.sleep(0.3)  # longer than the delay before a kept interruption is sent again
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    errors = capsys.readouterr().err
+    assert code == 130 and took < 3, errors
+    assert [line for line in errors.splitlines() if line.strip()] == [expected]
+    assert late == []
+
+
+def run_started_ignoring(number, command):
+    """``run(command)`` in a process started with signal ``number`` ignored: (exit code, the
+    signal's disposition after the run)."""
+    previous = signal.signal(number, signal.SIG_IGN)
+    try:
+        code = model.cli.running.run(command, argparse.Namespace(debug=False))
+        return code, signal.getsignal(number)
+    finally:
+        signal.signal(number, previous)
+
+
+def test_ctrl_c_stops_a_command_started_with_ctrl_c_ignored(capsys):
+    """A shell script starts ``command &`` with SIGINT ignored (POSIX: no job control there),
+    and Python then ignores Ctrl-C and kill -INT (issue 41: a report started so went on to its
+    end and exited 0). ``run`` stops all the same, and gives the disposition back."""
+    assert run_started_ignoring(signal.SIGINT, working) == (130, signal.SIG_IGN)
+    assert stderr_lines(capsys.readouterr()) == ["interrupted"]
+
+
+def test_a_run_under_nohup_outlives_its_terminal(capsys):
+    """nohup starts a command with SIGHUP ignored: the terminal's hang-up must not stop it
+    (SIGTERM still does)."""
+    def hung_up(args):
+        os.kill(os.getpid(), signal.SIGHUP)
+        return []
+
+    assert run_started_ignoring(signal.SIGHUP, hung_up) == (0, signal.SIG_IGN)
+    assert stderr_lines(capsys.readouterr()) == []
+
+
+@pytest.mark.parametrize("started", ["as-typed", "with-&-in-a-script"])
+def test_ctrl_c_during_the_reports_training_stops_the_real_process(started, tmp_path):
+    """A real report sent SIGINT while its training (train_cnn.py in the same process) runs:
+    exit code 130 and the one line, started as typed or with ``&`` by a shell script."""
+    checkpoint = tmp_path / "ck.pt"
+    command = [sys.executable, "visualize_all.py", "--checkpoint", str(checkpoint),
+               "--methods", "occlusion", "--retrain", "--epochs", "3",
+               "--max-train-images", "4000", "--no-explorer", "--out", str(tmp_path / "report")]
+    if started == "with-&-in-a-script":  # sh prints the report's process id first
+        command = ["sh", "-c", '"$@" & echo $!; wait $!', "sh", *command]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        report = int(process.stdout.readline()) if started != "as-typed" else process.pid
+        # "training vgg on shapes into ...": printed as the training's run starts
+        assert any(line.startswith("training ") for line in process.stdout), \
+            process.stderr.read()
+        time.sleep(0.5)  # inside the training, which takes seconds to make its images alone
+        os.kill(report, signal.SIGINT)
+        code = process.wait(timeout=60)
+        errors = process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    lines = [line for line in re.split(r"[\r\n]", errors)
+             if line.strip() and not line.startswith("report:")]  # tqdm's bar
+    assert code == 130, errors
+    assert lines == ["interrupted during training, before its first epoch ended: nothing was "
+                     "saved"]
+    assert not checkpoint.exists() and not list(tmp_path.rglob(".*.tmp"))
 
 
 def test_resume_continues_with_the_stored_settings(straight_run, tmp_path, capsys):

@@ -204,7 +204,7 @@ def test_a_net_that_cannot_be_cut_reruns_whole_with_one_line(net, layer, reason,
         split_after(model, layer)
     head, whole, _ = weights_both_ways(model, layer, inputs, TARGETS, 3)
     lines = stderr_lines(capsys.readouterr())
-    assert len(lines) == 1 and lines[0].startswith("ablation-cam: ") and reason in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("note: ablation-cam: ") and reason in lines[0]
     assert "re-running the whole net" in lines[0]
     assert torch.equal(head, whole)
     assert no_hooks_left(model)

@@ -2,20 +2,22 @@
 import json
 import re
 import sys
-from types import SimpleNamespace
 from urllib.error import URLError
 
 import pytest
 import torch
 import torchvision.datasets
 
-import evaluate_attributions as ea
+import class_activation_maps
 import visualize_all
 from model.attribution import METHODS
 from model.data.datasets import DATASET_INFO
+from model.evaluation import scoring
 from model.evaluation.faithfulness import spearman
 from model.nets.architectures import build_model
 from model.nets.layers import layer_activations
+from model.pipeline.planning import report_counts
+from model.report.sections import SECTION_NAMES
 from model.report.tables import markdown_table
 
 METRICS = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf", "average_drop",
@@ -36,7 +38,7 @@ def report(shapes_report):
 
 def test_every_section_is_on_the_page_and_every_image_exists(report):
     page = (report / "index.html").read_text()
-    for name in visualize_all.SECTION_NAMES:
+    for name in SECTION_NAMES:
         assert f"id='{name}'" in page
     sources = re.findall(r"<img src='([^']+)'", page)
     assert len(sources) > 20
@@ -54,7 +56,8 @@ def test_summary_holds_every_metric_and_what_reproduces_the_run(report):
     for method, values in scores.items():
         assert set(METRICS) <= set(values), method
         assert all(isinstance(v, float) and v == v for v in values.values()), method
-    assert set(summary["seconds"]) == {"training", *visualize_all.SECTION_NAMES, "explorer"}
+    assert set(summary["seconds"]) == {"training", "plan", "accuracy", *SECTION_NAMES,
+                                       "explorer"}
     assert summary["explorer"] == "explorer.html"
     assert (report / "explorer.html").is_file() and (report / "explorer_data.js").is_file()
     for key in ("git_commit", "versions", "device", "seed", "training_args", "report_args",
@@ -73,15 +76,19 @@ def test_methods_selects_sections(report, tmp_path):
     assert "id='cam'" in page and "id='occlusion'" in page and "id='evaluation'" not in page
     assert "explorer.html" not in page and not (tmp_path / "explorer_data.js").exists()
     assert set(json.loads((tmp_path / "summary.json").read_text())["seconds"]) == {
-        "occlusion", "cam"}
+        "plan", "accuracy", "occlusion", "cam"}
 
 
-def test_the_evaluation_scores_32_images_by_default_above_64_px():
+def test_the_full_evaluation_scores_32_images_above_64_px_and_a_given_count_stays():
     parse = visualize_all.get_args_parser().parse_args
-    shapes, photos = DATASET_INFO["shapes"], SimpleNamespace(image_size=224)
-    assert visualize_all.evaluation_images(parse([]), shapes) == 100
-    assert visualize_all.evaluation_images(parse([]), photos) == 32
-    assert visualize_all.evaluation_images(parse(["--num-images", "7"]), photos) == 7
+
+    def evaluation_photos(argv, size):
+        counts = {count.name: count for count in report_counts(parse(argv), size, 500, 64)}
+        return counts["evaluation photos"].minimum, counts["evaluation photos"].full
+
+    assert evaluation_photos([], DATASET_INFO["shapes"].image_size)[1] == 100
+    assert evaluation_photos([], 224)[1] == 32
+    assert evaluation_photos(["--num-images", "7"], 224) == (7, 7)  # no plan changes it
 
 
 def test_smoothing_reaches_the_cam_section_the_evaluation_and_the_explorer(report, tmp_path):
@@ -99,7 +106,7 @@ def test_smoothing_reaches_the_cam_section_the_evaluation_and_the_explorer(repor
     scores = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())["scores"]
     assert "gradcam:aug-smooth:eigen-smooth" in scores and "saliency" in scores
     assert "gradcam" not in scores
-    assert ea.with_smoothing(["gradcam", "saliency", "gradcam:aug-smooth"],
+    assert scoring.with_smoothing(["gradcam", "saliency", "gradcam:aug-smooth"],
                              ["aug-smooth", "eigen-smooth"]) == [
         "gradcam:aug-smooth:eigen-smooth", "saliency"]  # one row each
 
@@ -110,10 +117,10 @@ def test_evaluate_on_a_toy_net_counts_passes_and_flags_model_independent_maps():
     inputs = torch.randn(4, 3, 16, 16)
     targets = torch.tensor([0, 1, 2, 3])
     info = DATASET_INFO["shapes"]
-    settings = ea.Settings(info, "conv4", occlusion_stride=4)
+    settings = scoring.Settings(info, "conv4", occlusion_stride=4)
     methods = ["occlusion", "cam", "gradcam", "scorecam", "saliency", "integrated-gradients",
                "input-x-gradient", "random"]
-    result = ea.score_methods(model, inputs, targets, methods, settings, steps=4,
+    result = scoring.score_methods(model, inputs, targets, methods, settings, steps=4,
                               sanity_images=4)
     scores = result.scores
     assert scores["occlusion"]["forward_passes_per_image"] == 1 + 16  # 4 x 4 patch positions
@@ -153,13 +160,13 @@ def test_evaluate_on_a_toy_net_counts_passes_and_flags_model_independent_maps():
 
 def test_evaluation_is_reproducible_on_the_cpu():
     info = DATASET_INFO["shapes"]
-    settings = ea.Settings(info, "conv4", occlusion_stride=4, seed=5)
+    settings = scoring.Settings(info, "conv4", occlusion_stride=4, seed=5)
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
         model = build_model("vgg", 3, 6, 16).eval()
         inputs, targets = torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2])
-        runs.append(ea.score_methods(model, inputs, targets, sorted(EVALUATED), settings,
+        runs.append(scoring.score_methods(model, inputs, targets, sorted(EVALUATED), settings,
                                      steps=4, sanity_images=3))
     first, second = runs
     for method in EVALUATED:
@@ -172,12 +179,12 @@ def test_evaluation_is_reproducible_on_the_cpu():
 
 def test_a_failing_section_is_marked_and_the_others_are_still_written(report, tmp_path,
                                                                        monkeypatch, capsys):
-    def broken(argv, written=None):
+    def broken(argv, written=None, notes=None):
         print("error: the cam went wrong", file=sys.stderr)
         return 2
 
     # The CAM section fails; the other one, occlusion (the cheapest), is still written.
-    monkeypatch.setattr(visualize_all.class_activation_maps, "main", broken)
+    monkeypatch.setattr(class_activation_maps, "main", broken)
     code = visualize_all.main(["--checkpoint", str(report.parent / "tiny.pt"), "--methods",
                                "cam", "occlusion", "--no-explorer", "--out", str(tmp_path)])
     assert code == 2
@@ -206,6 +213,6 @@ def test_a_failed_training_is_one_line_after_the_progress_bar(tmp_path, monkeypa
 def test_mixed_rows_shows_both_kinds_of_decision():
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
     predictions = torch.tensor([1, 2, 3, 3, 4, 5])  # rows 0-2 wrong, 3-5 right
-    assert ea.mixed_rows(labels, predictions) == [0, 1, 3, 4]
-    assert ea.mixed_rows(labels, predictions, count=1) == [3]
-    assert ea.mixed_rows(labels, labels + 1, count=2) == [0, 1]  # none right
+    assert scoring.mixed_rows(labels, predictions) == [0, 1, 3, 4]
+    assert scoring.mixed_rows(labels, predictions, count=1) == [3]
+    assert scoring.mixed_rows(labels, labels + 1, count=2) == [0, 1]  # none right

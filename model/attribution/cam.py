@@ -39,7 +39,6 @@ edited maps through the layers after the layer alone (``model.nets.graph_split``
 net ``torch.fx`` cannot cut there, the whole net with the layer's output replaced by a hook.
 """
 import functools
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +55,7 @@ from model.nets.graph_split import NotSplittable, split_after
 from model.nets.layers import as_feature_maps, block_end, recorded_output, replaced_output
 from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
+from model.runtime.notes import note
 from model.nets.folding import fold_batch_norm
 
 EPSILON = 1e-7
@@ -234,8 +234,7 @@ def ablated_logits(model, layer, inputs, whole_net=False):
         split = split_after(model, block_end(model, layer))
         carried = split.carried_values(inputs)
     except NotSplittable as reason:
-        print(f"ablation-cam: {reason}; re-running the whole net for every ablated channel",
-              file=sys.stderr)
+        note(f"ablation-cam: {reason}; re-running the whole net for every ablated channel")
         return whole
 
     def head(ablated, image_index):

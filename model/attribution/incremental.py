@@ -20,7 +20,6 @@ it keep the unoccluded image's activations.
 """
 import math
 import operator
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from model.errors import one_line
 from model.nets.anatomy import anatomy
 from model.nets.graph_split import LayerTracer
+from model.runtime.notes import note
 
 POINTWISE_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Identity,
                      nn.Dropout, nn.Sigmoid, nn.SiLU, nn.Hardswish, nn.GELU, nn.Tanh)
@@ -501,17 +501,17 @@ def incremental_plan(model, example, patch, tops, lefts, tau=None):
     occluded image runs whole."""
     inner = anatomy(model).inner_global_pools
     if inner:
-        print(f"incremental occlusion: {inner[0]} pools globally before the head "
-              f"({len(inner)} such places: squeeze-and-excitation), so a patch changes every "
-              "position after it; running every occluded image whole", file=sys.stderr)
+        note(f"incremental occlusion: {inner[0]} pools globally before the head "
+             f"({len(inner)} such places: squeeze-and-excitation), so a patch changes every "
+             "position after it; running every occluded image whole")
         return None
     try:
         plan = IncrementalOcclusion(model, example, patch, tops, lefts, tau)
     except Exception as error:  # torch.fx raises many kinds; any of them means: run whole
-        print(f"incremental occlusion: torch.fx cannot trace {type(model).__name__} "
-              f"({one_line(error)}); running every occluded image whole", file=sys.stderr)
+        note(f"incremental occlusion: torch.fx cannot trace {type(model).__name__} "
+             f"({one_line(error)}); running every occluded image whole")
         return None
     line = plan.describe_fallbacks()
     if line:
-        print(line, file=sys.stderr)
+        note(line)
     return plan

@@ -19,6 +19,7 @@ from model.attribution.incremental import (
     positions_per_batch,
 )
 from model.attribution.registry import register
+from model.data.datasets import small_images
 from model.errors import UserError
 from model.runtime.batching import variant_batch
 from model.runtime.device import fast_layout
@@ -218,7 +219,7 @@ SURVEY_STRIDE = 2
 def survey_options(image_size):
     """Occlusion's options where many images are mapped at once: ``SURVEY_STRIDE`` up to
     64 px, the scaled defaults of :func:`occlusion_geometry` above."""
-    return {"stride": SURVEY_STRIDE} if image_size <= 64 else {}
+    return {"stride": SURVEY_STRIDE} if small_images(image_size) else {}
 
 
 def occlusion_geometry(image_size, patch=None, stride=None):
@@ -226,7 +227,7 @@ def occlusion_geometry(image_size, patch=None, stride=None):
     up to 64 px (28 and 32 px datasets), beyond that 1/7 and 1/14 of the side (32 and 16 at
     224 px, about Zeiler & Fergus's grey squares on ImageNet), so a map costs about 170
     forward passes instead of 50,000."""
-    if image_size <= 64:
+    if small_images(image_size):
         default_patch, default_stride = SMALL_IMAGE_GEOMETRY
     else:
         default_patch, default_stride = round(image_size / 7), round(image_size / 14)

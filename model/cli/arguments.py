@@ -44,6 +44,13 @@ def positive_float(text):
     return value
 
 
+def minutes_or_none(text):
+    """argparse type: ``none``, or a finite number of minutes > 0 (``--budget``)."""
+    if text.strip().lower() == "none":
+        return "none"
+    return positive_float(text)
+
+
 def non_negative_float(text):
     """argparse type: a finite float >= 0."""
     value = _parse(float, text, "a number")

@@ -6,6 +6,8 @@ and :func:`run` turns them, and any unexpected exception, into one line on stder
 SIGHUP) exits 143 after the same clean-up. Argument errors found by argparse follow the same
 rule (``model.cli.arguments``).
 """
+import _thread
+import ctypes
 import os
 import signal
 import sys
@@ -20,6 +22,7 @@ from model.nets.architectures import architecture_list
 from model.runtime import distributed
 from model.runtime.device import keep_freed_memory, resolve_device
 from model.runtime.files import os_reason
+from model.runtime.notes import collecting
 
 
 class Terminated(KeyboardInterrupt):
@@ -33,7 +36,13 @@ class Terminated(KeyboardInterrupt):
 
 @contextmanager
 def terminate_like_ctrl_c():
-    """While the block runs, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread.
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread
+    (SIGHUP not under ``nohup``, which starts the process with it ignored), and Ctrl-C raises
+    KeyboardInterrupt even in a process started with SIGINT ignored.
+
+    A shell script starts a command with ``&`` with SIGINT ignored (POSIX, for want of job
+    control), and Python then leaves Ctrl-C and ``kill -INT`` without effect: a report started
+    that way went on to its end and exited 0. So the block sets Python's own handler.
 
     Python runs a signal handler between any two bytecodes, also inside a finalizer (a
     ``__del__``, a weakref callback run by the garbage collector), where an exception cannot
@@ -41,7 +50,9 @@ def terminate_like_ctrl_c():
     if no signal had come. So while the block runs, an interruption (Ctrl-C too) that lands in
     a finalizer is kept without a word and raised again a moment later, once the finalizer has
     returned, or when the block ends, whichever comes first (seen under torchrun: the SIGTERM
-    that stops the other processes when one died landed in a WeakSet callback).
+    that stops the other processes when one died landed in a WeakSet callback). Either way it
+    is raised inside the block, also when the block is a script's run inside another one's (the
+    report's training): none is left for after it, and none is dropped.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
@@ -51,26 +62,26 @@ def terminate_like_ctrl_c():
         raise Terminated(signal.Signals(number).name)
 
     numbers = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    # a SIGHUP ignored from the start is nohup's doing: the run must outlive its terminal
+    numbers = [number for number in numbers if number == signal.SIGTERM
+               or signal.getsignal(number) != signal.SIG_IGN]
     previous = {number: signal.signal(number, stop) for number in numbers}
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # started by "command &"
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     later = _InterruptionRaisedLater(sys.unraisablehook)
     sys.unraisablehook = later.hook
     try:
         yield
-    finally:
-        sys.unraisablehook = later.other_hook
-        pending = later.take()
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        if pending == "SIGINT":
-            raise KeyboardInterrupt
-        if pending:
-            raise Terminated(pending)
+    except BaseException as error:
+        later.end(previous, error)
+        raise
+    later.end(previous)
 
 
 class _InterruptionRaisedLater:
     """A ``sys.unraisablehook`` that keeps an interruption raised where it could not propagate
-    (see :func:`terminate_like_ctrl_c`) and sends its signal again after ``delay_s``; anything
-    else goes to ``other_hook``."""
+    (see :func:`terminate_like_ctrl_c`) and sends its signal again to the main thread after
+    ``delay_s``; anything else goes to ``other_hook``."""
 
     def __init__(self, other_hook, delay_s=0.05):
         self.other_hook, self.delay_s = other_hook, delay_s
@@ -88,31 +99,67 @@ class _InterruptionRaisedLater:
                 self.timer.start()
 
     def _send_again(self):
-        with self.lock:
+        with self.lock:  # sent under the lock: once end() has the lock, it was sent or never is
             name, self.pending = self.pending, None
-        if name:
-            os.kill(os.getpid(), signal.Signals[name])
+            if name:
+                _signal_main_thread(signal.Signals[name])
 
-    def take(self):
-        """The signal name of an interruption not sent again yet (None if none), which will
-        not be."""
+    def end(self, previous, ending=None):
+        """Put back the hook and the signal handlers (``previous``: number -> handler) when the
+        block ends, with the exception ``ending`` if any, and raise the interruption kept or
+        already sent again, unless the block ends with an interruption of its own.
+
+        An interruption sent again just before is raised here, not at some later bytecode:
+        after the block, in the code of the script that ran this one (the report, after its
+        training), it would come too late.
+        """
+        sys.unraisablehook = self.other_hook
         with self.lock:
-            name, self.pending = self.pending, None
+            kept, self.pending = self.pending, None
         if self.timer is not None:
             self.timer.cancel()
-        return name
+        try:
+            _handle_signals_sent()
+        except KeyboardInterrupt:
+            if not isinstance(ending, KeyboardInterrupt):
+                raise
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        if kept == "SIGINT" and not isinstance(ending, KeyboardInterrupt):
+            raise KeyboardInterrupt
+        if kept and not isinstance(ending, KeyboardInterrupt):
+            raise Terminated(kept)
+
+
+def _signal_main_thread(number):
+    """Send signal ``number`` to the main thread, where it also ends a sleep or a wait."""
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident, number)
+    else:  # Windows: raised at the main thread's next bytecode
+        _thread.interrupt_main(number)
+
+
+def _handle_signals_sent():
+    """Run now, in the main thread, the handler of a signal already sent to it: a system call
+    makes the kernel deliver the signal on its return, and Python's check then runs the
+    handler (which raises the interruption here)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, [])  # blocks nothing: only the system call
+    ctypes.pythonapi.PyErr_CheckSignals()
 
 
 class Listed(Exception):
     """Raised once ``--layer list`` has printed a net's layers: the script ends with code 0."""
 
 
-def run(command, args, interrupted=None, written=None, several_processes=False):
+def run(command, args, interrupted=None, written=None, several_processes=False, notes=None):
     """Call ``command(args)`` and turn every way it can fail into one line on stderr.
 
     A script's command returns the paths of the files it wrote (figures, JSON, checkpoints),
     in order; they are appended to ``written`` when given, so that a caller such as
-    ``visualize_all.py`` learns them without reading the script's printed output.
+    ``visualize_all.py`` learns them without reading the script's printed output; likewise
+    every note the command gives (``model.runtime.notes.note``) is appended to ``notes``.
 
     Returns 0 on success; 2 after a :class:`UserError` or any other exception, printed as one
     line (with ``--debug`` the exception propagates with its traceback); 130 after Ctrl-C and
@@ -131,7 +178,8 @@ def run(command, args, interrupted=None, written=None, several_processes=False):
         if getattr(args, "arch", None) == "list":  # --arch list: the names, nothing run
             print("\n".join(architecture_list()))
             return 0
-        with terminate_like_ctrl_c(), _process_group(args, several_processes):
+        with (terminate_like_ctrl_c(), _process_group(args, several_processes),
+              collecting(notes)):
             paths = command(args)
         if written is not None:
             written.extend(paths or [])

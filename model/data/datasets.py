@@ -38,6 +38,25 @@ PHOTO_DATASETS = ("cifar10", "imagefolder")  # natural photos, unlike shapes and
 FOLDER_IMAGE_SIZE = 224  # --dataset imagefolder's default --image-size
 
 
+SMALL_IMAGE_SIDE = 64  # the 28 and 32 px datasets are small; 224 px photos are not
+
+
+def small_images(image_size):
+    """Whether images of ``image_size`` px are small: up to 64 px every method runs at its
+    finest settings (occlusion at every position, the report's full counts), above it the
+    settings scale with the image and the report plans its work on a CPU."""
+    return image_size <= SMALL_IMAGE_SIDE
+
+
+def dataset_title(name, data_dir):
+    """How pages and figures name a dataset: its own name, or for ``imagefolder`` the name of
+    the user's folder (``mobilenet_v2 on imagenette``, not ``on imagefolder``)."""
+    if name != "imagefolder" or not data_dir:
+        return name
+    folder = Path(data_dir).resolve()
+    return folder.parent.name if folder.name in ("train", "val", "test") else folder.name
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a model needs to know about its data: classes, input shape and normalization."""

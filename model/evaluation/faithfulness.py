@@ -243,7 +243,8 @@ RANDOMIZATION_POINTS = 10
 def evaluated_stages(count, points=RANDOMIZATION_POINTS):
     """Which of ``count`` cascading-randomization stages get their maps computed: every one
     up to ``points`` stages, else ``points`` of them spread evenly from the first (the top
-    layer random) to the last (every layer random)."""
+    layer random) to the last (every layer random); never fewer than those two."""
+    points = max(points, 2)
     if count <= points:
         return list(range(count))
     return sorted({round(index * (count - 1) / (points - 1)) for index in range(points)})

@@ -51,17 +51,25 @@ def neighbour_sum(values):
     return total.mul_(1 / 12).add_(values, alpha=-4 / 12)
 
 
-# Images from this side up are solved from the imputation at half their resolution
-# (:func:`coarse_guess`); below it conjugate gradients start from zero.
-COARSE_FROM_SIDE = 32
-# The coarse imputations are only a starting point: solved to this relative residual (the
-# final one is the caller's). Measured on two 224 px images with 9 MoRF (then LeRF) masks
-# each ("AMD EPYC" Zen 5, 2 threads): from zero 4.1 and 4.7 s, from the coarse start 2.7 and
-# 3.1 s (full-size steps 14,751 -> 9,269 and 16,663 -> 9,965).
-COARSE_TOLERANCE = 1e-3
+# The multigrid preconditioner of :func:`linear_imputation`: Jacobi steps before and after
+# each coarse correction (as many after as before, so the V-cycle is symmetric), and the side
+# at which the grid stops halving. One step each way was the fastest (224 px photos, CAM-like
+# holes, 9 MoRF or 9 LeRF masks: 10-12 conjugate-gradient steps; two each way: 8-9 steps,
+# each dearer, no faster in all).
+SMOOTHING_STEPS = 1
+COARSEST_SIDE = 2
+# Conjugate-gradient steps at most: tolerance 1e-5 takes 8-12 at any size, 1e-13 about 19.
+MAX_ITERATIONS = 100
 
 
-def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=None):
+def imputation_matrix_times(x, mask, degree):
+    """The imputation's matrix times ``x`` (zero outside the removed pixels), per system:
+    d_i x_i - sum_j w_ij x_j on the removed pixels i, zero elsewhere. (1, S, H, W) -> same;
+    ``mask`` (1, S, H, W) is 1 where removed, ``degree`` (1, 1, H, W) the d_i."""
+    return neighbour_sum(x).mul_(-1).addcmul_(degree, x).mul_(mask)
+
+
+def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=MAX_ITERATIONS):
     """Fill the removed pixels by the weighted mean of their neighbours (ROAD's linear
     imputation, Rong et al. 2022, without the noise).
 
@@ -69,18 +77,22 @@ def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=None):
     where j runs over its removed neighbours (unknowns too), k over its kept ones (values v),
     w = 1/6 (direct) or 1/12 (diagonal) and d_i the sum of the weights of the neighbours that
     exist: at the border the weights are renormalized, as in the authors'
-    ``setup_sparse_system``. The matrix (a principal block of the 8-neighbour graph Laplacian)
-    is symmetric and positive definite when a pixel is kept, so each image and channel is
-    solved by conjugate gradients, all at once: a system stops when its residual falls below
-    ``tolerance`` times its right-hand side, and leaves the batch (``tests/
-    test_trust_metrics.py`` measures the distance to a dense solve).
+    ``setup_sparse_system``. The matrix A (a principal block of the 8-neighbour graph
+    Laplacian) is symmetric and positive definite when a pixel is kept, so each image and
+    channel is solved by preconditioned conjugate gradients, all at once: a system stops when
+    its residual ||b - A x|| falls below ``tolerance`` times ||b||, and leaves the batch
+    (``tests/test_trust_metrics.py`` compares with a dense solve).
 
-    From zero, one hole over most of the image takes about 3 H steps (224 px: ~600), since
-    each step carries information one pixel further. So images of ``COARSE_FROM_SIDE`` px and
-    more start from the same imputation at half the resolution, brought back up
-    (:func:`coarse_guess`, recursively: cascadic multigrid, Bornemann & Deuflhard 1996): the
-    smooth part of the answer is there from the start. The answer is the same (the same
-    equations, the same stopping rule); only the path to it is shorter.
+    Plain conjugate gradients carry information one pixel further per step, so a hole over
+    most of a 224 px image took hundreds of steps. The preconditioner is one multigrid V-cycle
+    (:func:`v_cycle`; multigrid-preconditioned conjugate gradients, Tatebe 1993, "The
+    multigrid preconditioned conjugate gradient method"; the V-cycle as in Briggs, Henson and
+    McCormick 2000, "A Multigrid Tutorial", ch. 3): Jacobi smoothing, bilinear interpolation
+    and its transpose, and on each coarser grid the same equations rediscretized, a coarse
+    pixel (2 x 2 fine ones) unknown when all four are removed. The V-cycle is symmetric and
+    positive definite, so conjugate gradients still minimize the error in A's norm; the steps
+    then hardly grow with the image (8-12 from 40 to 224 px at tolerance 1e-5). The answer is
+    the same: the same equations and the same stopping rule, on the fine system.
 
     The imputation is linear and each row's weights sum to 1, so it commutes with a per-channel
     affine normalization: normalized inputs give the normalized imputation of the pixels.
@@ -89,8 +101,7 @@ def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=None):
         inputs: (N, C, H, W) images.
         removed: (N, H, W) bool, True where a pixel is removed; each image keeps one at least.
         tolerance: relative residual at which a system counts as solved.
-        max_iterations: cap on the conjugate-gradient steps (default: 4 (H + W), more than
-            one hole across the whole image needs).
+        max_iterations: cap on the conjugate-gradient steps.
 
     Returns:
         (N, C, H, W): the inputs, the removed pixels replaced by the solution.
@@ -98,20 +109,14 @@ def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=None):
     count, channels, height, width = inputs.shape
     if removed.flatten(1).all(1).any():
         raise ValueError("linear imputation needs one kept pixel per image at least")
-    max_iterations = max_iterations or 4 * (height + width)
-    guess = (coarse_guess(inputs, removed, tolerance)
-             if min(height, width) >= COARSE_FROM_SIDE else None)
     # One system per image and channel, each a channel of one image: (1, S, H, W), S = N * C,
     # stored channels-last: the shifts and the sums over pixels then run over contiguous
     # systems (several times faster on the CPU than one image per system).
     mask = removed.to(inputs.dtype).repeat_interleave(channels, 0)[None]
     mask = mask.contiguous(memory_format=torch.channels_last)
     values = inputs.reshape(1, -1, height, width).contiguous(memory_format=torch.channels_last)
-    degree = neighbour_sum(torch.ones_like(values[:, :1]))  # (1, 1, H, W): renormalized border
-    right = mask * neighbour_sum((1 - mask) * values)  # the kept neighbours' weighted sum
-
-    def apply(x):  # the matrix times x, x zero outside the removed pixels
-        return neighbour_sum(x).mul_(-1).addcmul_(degree, x).mul_(mask_left)
+    right = mask * neighbour_sum((1 - mask) * values)  # b: the kept neighbours' weighted sum
+    levels = multigrid_levels(mask)
 
     def dot(a, b):
         return (a * b).sum((-2, -1), keepdim=True)  # (1, S, 1, 1)
@@ -121,53 +126,134 @@ def linear_imputation(inputs, removed, tolerance=1e-5, max_iterations=None):
 
     solution = torch.zeros_like(values)
     left = torch.arange(values.shape[1], device=inputs.device)  # the systems not yet solved
-    mask_left = mask
-    if guess is None:
-        x, residual = torch.zeros_like(values), right.clone()
-    else:
-        x = (guess.reshape(1, -1, height, width) * mask).contiguous(
-            memory_format=torch.channels_last)
-        residual = right - apply(x)
-    direction = residual.clone()
+    x, residual, direction = torch.zeros_like(values), right.clone(), torch.zeros_like(values)
     squared = dot(residual, residual)
-    enough = tolerance ** 2 * dot(right, right)
-    for step in range(max_iterations):
-        active = squared > enough  # a solved system takes no further step, in any batch
-        if step % 8 == 0:  # drop the solved systems: the rest run on a smaller batch
-            done = ~active.flatten()
+    enough = tolerance ** 2 * squared
+    rz = torch.ones_like(squared)  # r.z (z = B r) of the step before; any, as direction = 0
+    for step in range(max_iterations + 1):
+        done = (squared <= enough).flatten()
+        if done.any():  # solved systems leave (a sync on a GPU): the rest run on fewer
             solution[:, left[done]] = x[:, done]
             left, unsolved = left[~done], ~done
-            mask_left, x, residual, direction, squared, enough, active = (
-                keep(t, unsolved) for t in (mask_left, x, residual, direction, squared, enough,
-                                            active))
-            if not len(left):
-                break
-        product = apply(direction)
-        length = torch.where(active, squared / dot(direction, product), 0.0)
+            x, residual, direction, squared, enough, rz = (
+                keep(t, unsolved) for t in (x, residual, direction, squared, enough, rz))
+            levels = [(keep(level_mask, unsolved), degree) for level_mask, degree in levels]
+        if not len(left) or step == max_iterations:
+            break
+        preconditioned = v_cycle(levels, residual)  # z = B r
+        new_rz = dot(residual, preconditioned)
+        direction = preconditioned.addcmul_(new_rz / rz, direction)
+        rz = new_rz
+        product = imputation_matrix_times(direction, *levels[0])
+        length = rz / dot(direction, product)
         x.addcmul_(length, direction)
         residual.addcmul_(length, product, value=-1)
-        new_squared = dot(residual, residual)
-        direction.mul_(torch.where(active, new_squared / squared, 0.0)).add_(residual)
-        squared = torch.where(active, new_squared, squared)
+        squared = dot(residual, residual)
     solution[:, left] = x
     return torch.where(mask.bool(), solution, values).reshape(count, channels, height, width)
 
 
-def coarse_guess(inputs, removed, tolerance):
-    """The imputation at half the resolution, brought back up to ``inputs``'s size: where
-    :func:`linear_imputation` starts on large images.
+def multigrid_levels(mask):
+    """The grids of :func:`v_cycle`, fine to coarse: [(mask, degree)], each side halved
+    (rounded up) until one is ``COARSEST_SIDE`` or less.
 
-    A coarse pixel (2 x 2 fine ones) is kept when any of its fine pixels is, with their mean
-    value; it is removed when all four are. Its imputation (recursively from a coarser one
-    still, each to the looser of ``tolerance`` and ``COARSE_TOLERANCE``) is upsampled
-    bilinearly. Only a starting point: the fine solve's stopping rule decides the answer.
+    A coarse pixel stands for 2 x 2 fine ones (fewer at an odd border) and is removed, an
+    unknown, when all of them are; one with a kept fine pixel is kept, its correction zero,
+    as the kept pixels' is on the fine grid. ``degree`` (1, 1, h, w) renormalizes the border
+    on each grid as on the fine one.
     """
-    kept = (~removed)[:, None].to(inputs.dtype)  # (N, 1, H, W)
-    weight = F.avg_pool2d(kept, 2, ceil_mode=True)  # the share of kept fine pixels
-    coarse_inputs = F.avg_pool2d(inputs * kept, 2, ceil_mode=True) / weight.clamp_min(1e-12)
-    coarse = linear_imputation(coarse_inputs, weight[:, 0] == 0,
-                               max(tolerance, COARSE_TOLERANCE))
-    return F.interpolate(coarse, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+    levels = []
+    while True:
+        levels.append((mask, neighbour_sum(torch.ones_like(mask[:, :1]))))
+        if min(mask.shape[-2:]) <= COARSEST_SIDE:
+            return levels
+        mask = -F.max_pool2d(-mask, 2, ceil_mode=True)  # (1, S, ceil(h / 2), ceil(w / 2))
+
+
+def v_cycle(levels, residual, depth=0):
+    """One multigrid V-cycle for A e = ``residual`` from e = 0: the preconditioner of
+    :func:`linear_imputation`, (1, S, h, w) -> same, zero outside the removed pixels.
+
+    ``SMOOTHING_STEPS`` Jacobi steps (:func:`jacobi_step`; weight 1, which damps the 9-point
+    stencil's high frequencies, where D^-1 A lies in [2/3, 4/3], by 3 at least), the residual
+    restricted to the next grid (:func:`restrict`, the transpose of :func:`interpolate`), its
+    V-cycle there, interpolated back and added, then as many Jacobi steps again. The coarse
+    equations are the same stencil on the coarse grid, unscaled: restriction's weights add up
+    to 4 per coarse pixel, and the stencil on a grid twice as coarse is 4 times the fine one
+    for smooth errors (A ~ -Delta / 3 in pixel units). With as many steps after as before,
+    restriction the transpose of interpolation and each grid's Jacobi steps convergent (the
+    eigenvalues of D^-1 A below 2 when a pixel is kept), the cycle is a symmetric positive
+    definite matrix, as conjugate gradients need (Tatebe 1993).
+    """
+    mask, degree = levels[depth]
+    x = residual / degree  # the first Jacobi step, from zero
+    for _ in range(SMOOTHING_STEPS - 1):
+        x = jacobi_step(x, residual, mask, degree)
+    if depth + 1 < len(levels):
+        coarse = restrict(residual - imputation_matrix_times(x, mask, degree))
+        correction = v_cycle(levels, coarse.mul_(levels[depth + 1][0]), depth + 1)
+        x.addcmul_(interpolate(correction, mask.shape[-2:]), mask)
+    for _ in range(SMOOTHING_STEPS):
+        x = jacobi_step(x, residual, mask, degree)
+    return x
+
+
+def jacobi_step(x, right, mask, degree):
+    """x_i <- (b_i + sum_j w_ij x_j) / d_i on the removed pixels i (``right`` = b, zero
+    elsewhere), zero elsewhere: (1, S, h, w) -> same."""
+    return neighbour_sum(x).mul_(mask).add_(right).div_(degree)
+
+
+def along(tensor, dim, index):
+    """``tensor[..., index, :]`` (dim -2) or ``tensor[..., index]`` (dim -1): a view."""
+    return tensor[(Ellipsis, index) + (slice(None),) * (-1 - dim)]
+
+
+def interpolate(coarse, size):
+    """Bilinear interpolation from a grid of pixels 2 x 2 as large (pixel centres, values
+    beyond the border those at it, as ``F.interpolate(..., align_corners=False)``):
+    (1, S, h, w) -> (1, S, *size), size = (H, W) with h = ceil(H / 2), w = ceil(W / 2). By
+    shifted adds along each axis: a fine pixel is 3/4 of its coarse pixel and 1/4 of the
+    next one on its side."""
+    for dim, length in zip((-2, -1), size):
+        steps = coarse.shape[dim]
+        even, odd = coarse * 0.75, coarse * 0.75  # fine pixels 2k and 2k + 1
+        along(even, dim, slice(1, None)).add_(along(coarse, dim, slice(0, steps - 1)),
+                                              alpha=0.25)
+        along(even, dim, slice(0, 1)).add_(along(coarse, dim, slice(0, 1)), alpha=0.25)
+        along(odd, dim, slice(0, steps - 1)).add_(along(coarse, dim, slice(1, None)),
+                                                  alpha=0.25)
+        along(odd, dim, slice(steps - 1, None)).add_(along(coarse, dim, slice(steps - 1, None)),
+                                                     alpha=0.25)
+        shape = list(coarse.shape)
+        shape[dim] = length
+        fine = torch.empty(shape, dtype=coarse.dtype, device=coarse.device,
+                           memory_format=torch.channels_last)
+        along(fine, dim, slice(0, None, 2)).copy_(even)
+        along(fine, dim, slice(1, None, 2)).copy_(along(odd, dim, slice(0, length // 2)))
+        coarse = fine
+    return coarse
+
+
+def restrict(fine):
+    """The transpose of :func:`interpolate`: each fine value handed back to the coarse
+    pixels it is interpolated from, with the same weights. (1, S, H, W) -> (1, S,
+    ceil(H / 2), ceil(W / 2))."""
+    for dim in (-2, -1):
+        even, odd = along(fine, dim, slice(0, None, 2)), along(fine, dim, slice(1, None, 2))
+        steps, odds = even.shape[dim], odd.shape[dim]  # odds = steps - 1 at an odd size
+        coarse = even * 0.75
+        along(coarse, dim, slice(0, odds)).add_(odd, alpha=0.75)
+        along(coarse, dim, slice(0, steps - 1)).add_(along(even, dim, slice(1, None)),
+                                                     alpha=0.25)
+        along(coarse, dim, slice(1, None)).add_(along(odd, dim, slice(0, steps - 1)),
+                                                alpha=0.25)
+        along(coarse, dim, slice(0, 1)).add_(along(even, dim, slice(0, 1)), alpha=0.25)
+        if odds == steps:  # the last fine pixel's share beyond the border
+            along(coarse, dim, slice(steps - 1, None)).add_(
+                along(odd, dim, slice(steps - 1, None)), alpha=0.25)
+        fine = coarse
+    return fine
 
 
 def removal_masks(maps, percentages, order, generator=None):

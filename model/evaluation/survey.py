@@ -33,6 +33,7 @@ from model.attribution.maps import normalize_maps, shrink, stored_side
 from model.attribution.occlusion import survey_options
 from model.attribution.registry import VARIANT_SEPARATOR
 from model.attribution.shared_passes import shared_passes
+from model.data.datasets import small_images
 from model.data.sampling import sample_test_images
 from model.evaluation.faithfulness import explained_probabilities
 from model.nets.layers import conv_layer_names
@@ -76,7 +77,7 @@ def to_bytes(maps):
 
 
 def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, progress=None,
-                  options=None):
+                  options=None, scorecam_channels=None):
     """Every registered method's maps of ``inputs`` for each of their targets, and the gradient
     CAM methods' counterfactual maps (``gradcam:counterfactual``).
 
@@ -87,6 +88,8 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
         progress: called with each (method, layer) before it is computed, if given.
         options: on/off options for the methods that have them (``{"aug_smooth": True}``:
             the CAM family), the others computed without.
+        scorecam_channels: where given, Faster Score-CAM on that many channels (of highest
+            variance) stands in for Score-CAM, which is left out (a plan short of time).
     Returns:
         list of (method name or variant, layer or None, (N, T, H, W) uint8 maps, (N, T)
         p(target) on each map's explanation image), in registry order.
@@ -100,6 +103,10 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
     # gradient methods read one forward and backward pass (model.attribution.shared_passes).
     with shared_passes(model, repeated, flat_targets, explorer_layers(conv_layers)):
         for name, method in METHODS.items():
+            if name == "scorecam" and scorecam_channels is not None:
+                continue  # faster-scorecam below, on scorecam_channels channels
+            stand_in = ({"max_channels": scorecam_channels}
+                        if name == "faster-scorecam" and scorecam_channels is not None else {})
             layers = [None]
             if "layer" in method.needs:
                 layers = [layer for layer in explorer_layers(conv_layers)
@@ -120,7 +127,8 @@ def explorer_maps(model, inputs, targets, conv_layers, info, batch_size=256, pro
                     asked = ((inputs, targets) if method.shares_passes
                              else (repeated, flat_targets))
                     maps = method(model, *asked, layer=layer, info=info,
-                                  batch_size=batch_size, **geometry, **switched_on).detach()
+                                  batch_size=batch_size, **geometry, **stand_in,
+                                  **switched_on).detach()
                     maps = maps.reshape(-1, *maps.shape[-2:])  # (N * T, H, W), image-major
                     explained = explained_probabilities(model, repeated, flat_targets, maps,
                                                         info, batch_size)
@@ -157,11 +165,11 @@ def default_image_counts(image_size):
     On 2 CPU cores each 224-px photo costs the ImageNet MobileNetV2's evaluation about 45 s of
     maps and metrics, beside its randomization check (16 photos, about 37 minutes): 32 photos
     take about an hour (docs/report.md)."""
-    return (16, 100) if image_size <= 64 else (4, 32)
+    return (16, 100) if small_images(image_size) else (4, 32)
 
 
 def survey_gallery(model, info, test_set, predictions, device, *, count=None, seed=0,
-                   progress=None, options=None):
+                   progress=None, options=None, scorecam_channels=None):
     """Every method's maps of ``count`` seeded test images (right and wrong decisions, as the
     report's gallery; default: :func:`default_image_counts`), for each image's
     :func:`explorer_targets`.
@@ -171,6 +179,8 @@ def survey_gallery(model, info, test_set, predictions, device, *, count=None, se
             (``model.data.sampling.test_predictions``).
         progress: called with each (method, layer) before it is computed, if given.
         options: on/off options of the CAM methods (:func:`explorer_maps`).
+        scorecam_channels: Faster Score-CAM's channels in Score-CAM's place, or None
+            (:func:`explorer_maps`).
     Returns:
         a :class:`GallerySurvey`.
     """
@@ -184,6 +194,7 @@ def survey_gallery(model, info, test_set, predictions, device, *, count=None, se
     labels = test_set.labels[indices]
     targets = explorer_targets(labels, probabilities)
     maps = explorer_maps(model, inputs, targets, conv_layer_names(model), info,
-                         progress=progress, options=options)
+                         progress=progress, options=options,
+                         scorecam_channels=scorecam_channels)
     return GallerySurvey(images, labels, probabilities, targets, maps,
                          [f"test_{index}" for index in indices.tolist()])

@@ -66,18 +66,23 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 __all__ = ["Figure", "Patch", "Rectangle", "matplotlib"]
 
 
-def write_figure(figure, path):
+def write_figure(figure, path, tight=True):
     """Save a figure (see :func:`save_figure`), tell the user where it went, return ``path``."""
-    print(f"wrote {save_figure(figure, path)}")
+    print(f"wrote {save_figure(figure, path, tight=tight)}")
     return path
 
 
-def save_figure(figure, path, dpi=120):
+def save_figure(figure, path, dpi=120, tight=True):
     """Write a ``matplotlib.figure.Figure`` to a PNG atomically.
 
     The project builds figures as plain ``Figure`` objects, not through pyplot, so no GUI
     backend is touched and nothing needs closing. Returns ``path``.
+
+    Args:
+        tight: crop the page to what is drawn on it, plus 0.1 in. matplotlib finds that box by
+            drawing the figure once more, every label and image included; a figure laid out
+            to its edges in inches (the feature maps) is saved as it is, in one draw.
     """
     with atomic_open(path) as file:
-        figure.savefig(file, format="png", dpi=dpi, bbox_inches="tight")
+        figure.savefig(file, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     return path

@@ -144,12 +144,15 @@ class _Reached(Exception):
     pass is skipped (the autograd graph built so far stays valid)."""
 
 
-def layer_outputs(model, names, inputs, before=False):
+def layer_outputs(model, names, inputs, before=False, reduce=None):
     """The outputs of the layers ``names`` for ``inputs``, running the model only as far as
     the last of them: name -> tensor (part of the autograd graph when gradients are on).
 
     Args:
         before: return each layer's input instead (a ReLU's input is the pre-activation).
+        reduce: ``reduce(name, output)`` is called in the pass as soon as the layer has made
+            its output, and kept instead of it: a pass over many layers then holds no output
+            longer than the net itself needs it.
 
     Raises:
         UserError: an unknown name, or a layer the forward pass never reached.
@@ -158,7 +161,8 @@ def layer_outputs(model, names, inputs, before=False):
 
     def keep(name):
         def hook(module, args, output):
-            record[name] = args[0] if before else output
+            value = args[0] if before else output
+            record[name] = value if reduce is None else reduce(name, value)
             if len(record) == len(wanted):
                 raise _Reached
         return hook
@@ -208,3 +212,15 @@ def layer_activations(model, inputs, layers):
     """
     outputs = layer_outputs(model, layers, inputs)
     return {name: as_feature_maps(outputs[name], model, name) for name in layers}
+
+
+def layer_statistics(model, inputs, layers, statistic):
+    """One forward pass, as far as the last of ``layers``: name -> ``statistic`` of its
+    (N, K, h, w) feature maps (as :func:`layer_activations` gives them), taken in the pass, so
+    that no layer's maps outlive the layer after it.
+
+    Raises:
+        UserError: a layer whose output is no stack of feature maps (Flatten, Linear).
+    """
+    return layer_outputs(model, layers, inputs, reduce=lambda name, output: statistic(
+        as_feature_maps(output, model, name)))

@@ -11,6 +11,7 @@ import html
 import json
 
 from model.attribution.registry import BASELINE, METHODS
+from model.report.plans import plan_html
 from model.report.tables import column_readings, format_value, metric_cost_text, table_rows
 
 STYLE = """
@@ -111,7 +112,8 @@ def render_html(summary, sections, results, evaluation):
     """The report page: a sticky contents bar, a summary, then one folding section per
     method (the first open); relative links only, readable offline."""
     escape = html.escape
-    title = f"cnn-viz report: {escape(summary['arch'])} on {escape(summary['dataset'])}"
+    dataset = summary.get("dataset_title") or summary["dataset"]  # an older summary.json
+    title = f"cnn-viz report: {escape(summary['arch'])} on {escape(dataset)}"
     links = [("#summary", "Summary")] + [(f"#{s.name}", s.title) for s in sections]
     links.append(("#reproduce", "Reproduce"))
     if summary.get("explorer"):
@@ -123,7 +125,8 @@ def render_html(summary, sections, results, evaluation):
              contents_bar(links), "<main>",
              f"<section id='summary'><h1>{title}</h1>", model_paragraph(summary),
              summary_table(evaluation, summary.get("explorer"), [s.name for s in sections]),
-             "</section>"]
+             plan_html(summary["plan"], summary["plan"].get("measured", {}))
+             if summary.get("plan") else "", "</section>"]
     if summary.get("interrupted_during"):
         parts.append(f"<p class='failed'><b>This run was interrupted</b> (Ctrl-C or a signal) "
                      f"during the section {escape(summary['interrupted_during'])}: it and the "

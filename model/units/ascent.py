@@ -49,6 +49,8 @@ NO_REGULARIZATION = Regularizers(l2=0.0, jitter=0, blur_every=0, tv=0.0, clip=Tr
 
 INIT_STD = {"zero": 0.0, "noise": 0.01, "random": 0.5}  # in normalized input units
 
+MAX_DEFAULT_CLASSES = 10  # class images gradient_ascent.py draws when --classes is not given
+
 
 def _random_start(shape, init, generator):
     """The start tensor; "zero" draws nothing, so later draws (jitter) do not depend on N."""
