@@ -75,8 +75,11 @@ class UnitCosts:
     measuring: float = 0.0  # what measuring all this took
 
 
+KINDS = ("scans", "metrics", "steps")  # the kinds of work only some sections have
+
+
 def measure_unit_costs(model, info, test_set, device, layers, model_load_seconds,
-                       scan_seconds, clock=time.perf_counter):
+                       scan_seconds, clock=time.perf_counter, kinds=KINDS):
     """Measure every kind of work once, on one photo (and a batch where the work is batched).
 
     Args:
@@ -84,6 +87,8 @@ def measure_unit_costs(model, info, test_set, device, layers, model_load_seconds
             default layer of the CAM methods.
         model_load_seconds: what loading the net took (each script loads it again).
         scan_seconds: the accuracy pass's seconds per test image (decoded and passed forward).
+        kinds: of :data:`KINDS`, those the chosen sections do (the others are not measured and
+            cost 0: the top-activation scan, the evaluation's metrics, class-model steps).
         clock: the time source (a fake one in tests).
     Returns:
         a :class:`UnitCosts`.
@@ -100,12 +105,14 @@ def measure_unit_costs(model, info, test_set, device, layers, model_load_seconds
     side = info.image_size
     # the top-activation scan per image: the accuracy pass's (which warmed the net up) times
     # the ratio of the two scans' times on the same two batches of test images
-    part = test_set.subset(2 * images_per_batch(SCAN_BATCH, side, side))
-    with torch.no_grad():
-        logits = timed(lambda: [out for out, _ in test_logits(model, part, device)])
-    activations = timed(lambda: search_top_activations(model, part, layers[-1], k=1,
-                                                       device=device))
-    activation_scan = scan_seconds * min(max(activations / max(logits, 1e-9), 0.5), 10.0)
+    activation_scan = road = step = 0.0
+    if "scans" in kinds:
+        part = test_set.subset(2 * images_per_batch(SCAN_BATCH, side, side))
+        with torch.no_grad():
+            logits = timed(lambda: [out for out, _ in test_logits(model, part, device)])
+        activations = timed(lambda: search_top_activations(model, part, layers[-1], k=1,
+                                                           device=device))
+        activation_scan = scan_seconds * min(max(activations / max(logits, 1e-9), 0.5), 10.0)
     # what a script repeats before its work: its own copy of the net and the traced pass
     start = timed(lambda: conv_layer_names(copy.deepcopy(model)))
     # the maps of several small images at once, as the evaluation computes them; one photo
@@ -137,34 +144,42 @@ def measure_unit_costs(model, info, test_set, device, layers, model_load_seconds
     with torch.no_grad():
         channels = {name: as_feature_maps(layer_output(model, name, one), model, name).shape[1]
                     for name in explorer_layers(layers)}
-    # the metrics of a map with large smooth holes, as the CAM family's (the slowest for ROAD)
-    # on two photos at least: ROAD's batches of variants then fill up as the evaluation's do
+    if "metrics" in kinds:
+        road = _metric_seconds(model, info, test_set, device, layer, photos, timed)
+    if "steps" in kinds:  # a step's own cost, without the set-up: two ascents' difference
+        classes = torch.arange(min(MAX_DEFAULT_CLASSES, len(info.classes)))  # as the section
+        rules = Regularizers(jitter=max(1, side // 16), scale=0.1, rotate=10)
+        param = "pixel" if small_images(side) else "fft"
+        ascent = [timed(lambda: gradient_ascent(model, info, classes, param=param,
+                                                steps=steps, regularizers=rules))
+                  for steps in STEP_PROBES]
+        step = max(0.0, ascent[1] - ascent[0]) / ((STEP_PROBES[1] - STEP_PROBES[0])
+                                                   * len(classes))
+    images = info.denormalize(one).cpu().expand(2, -1, -1, -1)
+    heat = torch.rand(1, side, side)
+    figure = timed(lambda: _draw_one(images, heat))
+    return UnitCosts(scan_seconds, activation_scan, forward, backward, maps, road, step, figure,
+                     model_load_seconds + start, channels, measuring=clock() - started)
+
+
+def _metric_seconds(model, info, test_set, device, layer, photos, timed):
+    """Seconds per photo of one map's ROAD, deletion / insertion and Average Drop curves, on
+    two photos at least (ROAD's batches of variants then fill up as the evaluation's do), one
+    with a Grad-CAM map (smooth blobs: ROAD's large holes), one with a saliency map (specks):
+    the evaluation's maps are half of each kind."""
     pair = info.normalize(test_set.images[:max(2, photos)].to(device))
     with torch.no_grad():
         paired = model(pair).argmax(1)
-    # the evaluation's maps are half the CAM family's smooth blobs, half gradients' specks
     heat = torch.cat([normalize_maps(get_method(name)(model, pair[i::2], paired[i::2],
                                                       layer=layer).detach())
                       for i, name in enumerate(("gradcam", "saliency"))])
     pair, paired = torch.cat([pair[0::2], pair[1::2]]), torch.cat([paired[0::2], paired[1::2]])
-    road = timed(lambda: [road_curves(model, pair, paired, heat, order, pixel_std=info.std,
+    return timed(lambda: [road_curves(model, pair, paired, heat, order, pixel_std=info.std,
                                       generator=torch.Generator().manual_seed(0))
                           for order in ORDERS]
                  + [deletion_insertion_curves(model, pair, paired, heat, mode, DELETION_STEPS)
                     for mode in ("deletion", "insertion")]
                  + [explanation_map_probabilities(model, pair, paired, heat, info)], len(pair))
-    # a step's own cost, without the set-up: the difference of two lengths of ascent
-    classes = torch.arange(min(MAX_DEFAULT_CLASSES, len(info.classes)))  # as the section
-    rules = Regularizers(jitter=max(1, side // 16), scale=0.1, rotate=10)
-    param = "pixel" if small_images(side) else "fft"
-    ascent = [timed(lambda: gradient_ascent(model, info, classes, param=param, steps=steps,
-                                            regularizers=rules))
-              for steps in STEP_PROBES]
-    step = max(0.0, ascent[1] - ascent[0]) / ((STEP_PROBES[1] - STEP_PROBES[0]) * len(classes))
-    images = info.denormalize(one).cpu().expand(2, -1, -1, -1)
-    figure = timed(lambda: _draw_one(images, heat[:1].cpu()))
-    return UnitCosts(scan_seconds, activation_scan, forward, backward, maps, road, step, figure,
-                     model_load_seconds + start, channels, measuring=clock() - started)
 
 
 @torch.no_grad()

@@ -24,6 +24,10 @@ from model.units.firing import statistics_images
 
 DEFAULT_BUDGET_MINUTES = 5.0  # above 64 px on a CPU, when no --budget is given
 UNPLANNED_SHARE = 0.9  # of the budget the sections are fitted into
+# The sections that do the kinds of work only some do (model.pipeline.estimate.KINDS): the
+# others are not measured when none of their sections runs.
+KIND_USERS = {"scans": {"max_activation", "feature_maps", "gradient_ascent"},
+              "metrics": {"evaluation"}, "steps": {"gradient_ascent"}}
 CLASS_MODEL_STEPS = 256  # gradient_ascent.py's default --steps
 SANITY_IMAGES = 16  # evaluate_attributions.py's default --sanity-images
 
@@ -95,8 +99,10 @@ def plan_report(args, model, info, test_set, device, layers, model_load_seconds,
     running order), ``full_estimate`` (the full run's total), ``flags`` (section -> argv),
     ``explorer_scorecam_channels`` and ``unit_costs`` (what was measured)."""
     budget = plan_budget_seconds(args, info.image_size, device)
+    names = {section.name for section in sections}
+    kinds = [kind for kind, users in KIND_USERS.items() if names & users]
     costs = measure_unit_costs(model, info, test_set, device, layers, model_load_seconds,
-                               accuracy_seconds / len(test_set),
+                               accuracy_seconds / len(test_set), kinds=kinds,
                                **({"clock": clock} if clock else {}))
     counts = report_counts(args, info.image_size, len(test_set),
                            next(iter(costs.channels.values())))
