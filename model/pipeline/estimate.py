@@ -25,6 +25,7 @@ from model.attribution.cam import cam_layer_applies
 from model.attribution.occlusion import occlusion_geometry, survey_options
 from model.attribution.maps import normalize_maps
 from model.attribution.registry import get_method
+from model.evaluation.scoring import scorecam_stand_in
 from model.evaluation.faithfulness import deletion_insertion_curves, explanation_map_probabilities
 from model.evaluation.road import ORDERS, road_curves
 from model.evaluation.survey import TARGETS, explorer_layers
@@ -198,12 +199,13 @@ def _draw_one(images, heat):
     plot_overlay_grid(images, maps, ["a"] * len(images)).savefig(io.BytesIO(), format="png")
 
 
-def map_seconds(costs, method, stand_in=None):
-    """One photo's map by ``method``: measured; Score-CAM (exact, on every channel) and Faster
-    Score-CAM (on ``stand_in`` channels where it stands in for Score-CAM, else its registry
-    default) from faster-scorecam's measured map and one masked pass per channel more."""
+def map_seconds(costs, method, stand_in=None, layer=None):
+    """One photo's map by ``method`` at ``layer`` (default: the default layer): measured;
+    Score-CAM (exact, on every channel) and Faster Score-CAM (on ``stand_in`` channels where it
+    stands in for Score-CAM, else its registry default) from faster-scorecam's measured map and
+    one masked pass per channel more."""
     if method in ("scorecam", "faster-scorecam"):
-        full = next(iter(costs.channels.values()))
+        full = costs.channels[layer] if layer else next(iter(costs.channels.values()))
         own = METHODS["faster-scorecam"].defaults["max_channels"]
         used = full if method == "scorecam" else min(stand_in or own, full)
         return costs.maps["faster-scorecam"] + (used - PROBE_CHANNELS) * costs.forward
@@ -228,14 +230,8 @@ def section_seconds(costs, counts, context):
     def maps(methods):
         return sum(map_seconds(costs, method, channels) for method in methods)
 
-    def stand_in(methods):
-        if channels is None:
-            return list(methods)
-        return list(dict.fromkeys("faster-scorecam" if m == "scorecam" else m
-                                  for m in methods))
-
     per_photo_metrics = costs.road
-    evaluated = stand_in(context.evaluated)
+    evaluated = scorecam_stand_in(context.evaluated, channels)
     batched = EVALUATION_BATCHES if not small_images(context.image_size) else 1.0
     # the occlusion section runs the script's stride; the maps were measured at the survey's
     size = context.image_size
@@ -243,7 +239,7 @@ def section_seconds(costs, counts, context):
     passes = (survey_options(size).get("stride", script_stride) / script_stride) ** 2
     seconds = {
         "occlusion": 2 * passes * maps(["occlusion"]) + 3 * costs.figure,
-        "cam": (GALLERY * maps(stand_in(context.cam_methods))
+        "cam": (GALLERY * maps(scorecam_stand_in(context.cam_methods, channels))
                 + CLASS_MAPS * maps(context.cam_methods[:1]) + 2 * costs.figure),
         # a figure per layer: 9 channels, each projection beside its crop
         "deconvnet": (len(context.layers) * (9 * costs.backward + 2 * costs.figure)),
@@ -298,13 +294,7 @@ def explorer_photo_seconds(costs, channels):
             entries += 1 + ("counterfactual" in method.defaults)
             if not method.shares_passes:
                 continue
-            if name in ("scorecam", "faster-scorecam") and layer is not None:
-                own = METHODS["faster-scorecam"].defaults["max_channels"]
-                used = costs.channels[layer] if name == "scorecam" else min(
-                    channels or own, costs.channels[layer])
-                total += costs.maps["faster-scorecam"] + (used - PROBE_CHANNELS) * costs.forward
-            else:
-                total += costs.maps[name]
+            total += map_seconds(costs, name, channels, layer)
     return total + TARGETS * (costs.backward * len(layers) + entries * costs.forward)
 
 
