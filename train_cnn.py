@@ -230,7 +230,7 @@ def train(args):
         raise UserError(f"--batch-size {args.batch_size} is smaller than the {processes.size} "
                         "processes that share each batch")
     train_set = load_dataset(args.dataset, "train", args.data_dir, image_size=args.image_size,
-                             workers=args.workers).subset(args.max_train_images)
+                             workers=args.workers, first=args.max_train_images)
     info = train_set.info
     test_set = load_dataset(args.dataset, "test", args.data_dir, info=info,
                             workers=args.workers)

@@ -38,7 +38,7 @@ def train_recording_steps(arch, images, epochs, path):
     change the next gradient by 3e-4: the runs would be equal only to a loose tolerance.
     """
     # The images are drawn before: shapes renders them in the default dtype.
-    train_set = load_dataset("shapes", "train").subset(images)
+    train_set = load_dataset("shapes", "train", first=images)
     test_set = load_dataset("shapes", "test").spread(100)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)

@@ -43,7 +43,11 @@ def start_torchrun(args, processes=2):
     importing torch, which overlaps well."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
                str(processes), "--standalone", *map(str, args)]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # PYTHONFAULTHANDLER: a process that aborts prints every thread's Python stack. A run of
+    # tests/distributed_steps.py aborted twice in many at its end ("terminate called without
+    # an active exception", not reproduced in 20 runs alone or beside other tests).
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                   "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen(command, cwd=ROOT, env=environment, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)

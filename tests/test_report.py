@@ -96,7 +96,7 @@ def test_smoothing_reaches_the_cam_section_the_evaluation_and_the_explorer(repor
     command, the evaluation's rows (gradcam:aug-smooth:eigen-smooth; saliency as it is)."""
     checkpoint = str(report.parent / "tiny.pt")
     code = visualize_all.main(["--checkpoint", checkpoint, "--methods", "cam", "evaluation",
-                               "--num-images", "2", "--no-explorer", "--aug-smooth",
+                               "--num-images", "1", "--no-explorer", "--aug-smooth",
                                "--eigen-smooth", "--out", str(tmp_path)])
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())

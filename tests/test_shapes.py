@@ -19,6 +19,26 @@ def test_same_seed_same_arrays_other_seed_other_arrays():
     assert not torch.equal(images, other[0])
 
 
+def test_the_first_images_alone_are_those_of_the_whole_split():
+    """``first`` renders the first images only (a quick run's training images), the same
+    images as the whole split's: the scenes of the whole split, rendered in its chunks. Equal
+    to the bit: the same operations on the same chunk, in one process."""
+    whole = generate_shapes(2100, seed=5)  # two chunks: 2048 and 52 images
+    for first in (0, 7, 2049):
+        part = generate_shapes(2100, seed=5, first=first)
+        assert all(torch.equal(a[:first], b) for a, b in zip(whole, part)), first
+    assert all(torch.equal(a, b) for a, b in zip(whole, generate_shapes(2100, 5, first=3000)))
+
+
+def test_load_dataset_keeps_the_first_images(shapes_test_split):
+    from model.data.datasets import load_dataset
+
+    first = load_dataset("shapes", "test", first=10)
+    assert torch.equal(first.images, shapes_test_split.images[:10])
+    assert torch.equal(first.labels, shapes_test_split.labels[:10])
+    assert torch.equal(first.masks, shapes_test_split.masks[:10])
+
+
 def test_format_and_balanced_classes():
     images, labels, masks = generate_shapes(120, seed=1)
     assert images.shape == (120, 3, IMAGE_SIZE, IMAGE_SIZE) and images.dtype == torch.uint8

@@ -151,12 +151,13 @@ class ImageDataset(torch.utils.data.Dataset):
         return ImageDataset(self.info, self.images[index], self.labels[index], masks)
 
 
-@functools.lru_cache(maxsize=2)
-def _shapes_split(split):
-    """Generate a shapes split once per process (scripts and tests load it repeatedly)."""
+@functools.lru_cache(maxsize=4)
+def _shapes_split(split, first=None):
+    """Generate a shapes split (its first ``first`` images) once per process: scripts and
+    tests load it repeatedly."""
     count, seed = ((shapes.TRAIN_SIZE, shapes.TRAIN_SEED) if split == "train"
                    else (shapes.TEST_SIZE, shapes.TEST_SEED))
-    return shapes.generate_shapes(count, seed)
+    return shapes.generate_shapes(count, seed, first)
 
 
 def _torchvision_arrays(name, root, train):
@@ -301,7 +302,7 @@ def folder_info(root, image_size=None, classes=None):
 
 
 def load_dataset(name, split, data_dir="data", download=True, info=None, image_size=None,
-                 workers=0):
+                 workers=0, first=None):
     """Load one split of a dataset into memory (``imagefolder``: its file list).
 
     Args:
@@ -312,6 +313,9 @@ def load_dataset(name, split, data_dir="data", download=True, info=None, image_s
         info: ``imagefolder`` only: the model's DatasetInfo (classes, size), default
             :func:`folder_info` with ``image_size``.
         workers: ``imagefolder`` only: DataLoader processes that decode its batches.
+        first: only the first ``first`` images (all when None), as ``.subset(first)`` keeps;
+            of shapes no others are rendered (its 20,000 training images take 2 s on one
+            core, a quick run with ``--max-train-images 256`` needs a tenth of them).
 
     Returns:
         :class:`ImageDataset`, or for ``imagefolder`` a ``model.folders.FolderDataset``.
@@ -327,10 +331,16 @@ def load_dataset(name, split, data_dir="data", download=True, info=None, image_s
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == "imagefolder":
         return read_folder_split(info or folder_info(data_dir, image_size), data_dir, split,
-                                 workers)
-    info = DATASET_INFO[name]
+                                 workers).subset(first)
     if name == "shapes":
-        return ImageDataset(info, *_shapes_split(split))
+        return ImageDataset(DATASET_INFO[name], *_shapes_split(split, first))
+    return _torchvision_split(name, split, data_dir, download).subset(first)
+
+
+def _torchvision_split(name, split, data_dir, download):
+    """MNIST, Fashion-MNIST or CIFAR-10 from torchvision's files or class folders (see
+    :func:`load_dataset`)."""
+    info = DATASET_INFO[name]
     train = split == "train"
     folders = image_folder_split(name, data_dir, split)
     if folders is not None and not expected_files(name, data_dir)[0].is_dir():

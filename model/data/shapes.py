@@ -149,17 +149,25 @@ def render_scenes(scenes, with_objects=True):
     return (image * 255.0).round().to(torch.uint8), masks
 
 
-def generate_shapes(num_images, seed):
-    """Generate ``num_images`` images of the shapes dataset from ``seed``.
+def generate_shapes(num_images, seed, first=None):
+    """Generate ``num_images`` images of the shapes dataset from ``seed``; with ``first``,
+    only the first ``first`` of them.
+
+    Every scene is sampled, so that the first images are those of the whole split, and they
+    are rendered in the whole split's chunks of ``_CHUNK`` (the last one cut), so that each is
+    computed exactly as there, by the same operations on the same shapes.
 
     Returns:
-        images (N, 3, 32, 32) uint8, labels (N,) int64, masks (N, 32, 32) bool.
+        images (N, 3, 32, 32) uint8, labels (N,) int64, masks (N, 32, 32) bool; N is
+        ``num_images``, or ``first`` when it is smaller.
     """
     scenes = sample_scenes(num_images, seed)
-    images, masks = [], []
-    for start in range(0, num_images, _CHUNK):
+    count = num_images if first is None else max(0, min(first, num_images))
+    images = [torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)]
+    masks = [torch.zeros(0, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)]
+    for start in range(0, count, _CHUNK):
         chunk = {key: value[start:start + _CHUNK] for key, value in scenes.items()}
         chunk_images, chunk_masks = render_scenes(chunk)
         images.append(chunk_images)
         masks.append(chunk_masks)
-    return torch.cat(images), scenes["labels"], torch.cat(masks)
+    return torch.cat(images)[:count], scenes["labels"][:count], torch.cat(masks)[:count]
