@@ -68,6 +68,19 @@ def test_the_small_stem_is_the_usual_cifar_one():
     # the general rule: a strided stem's pool goes, also after a deep stem's three convs
     assert isinstance(build_model("timm:resnet10t", 3, 10, 32).maxpool, nn.Identity)
     assert isinstance(build_model("densenet121", 3, 10, 32).features.pool0, nn.Identity)
+    # RepVGG's stem adds a 3x3 and a 1x1 conv of the image: both at stride 1, or their maps
+    # (32 and 16 px) cannot be added; at 64 px the stem stays ImageNet's
+    repvgg = build_model("timm:repvgg_a0", 3, 10, 32).eval()
+    assert repvgg.stem.conv_kxk.conv.stride == repvgg.stem.conv_1x1.conv.stride == (1, 1)
+    assert build_model("timm:repvgg_a0", 3, 10, 64).stem.conv_1x1.conv.stride == (2, 2)
+    # byobnet's first pools are its shortcuts' average pools: kept, or a block's two maps
+    # (16 and 8 px) cannot be added
+    byobnet = build_model("timm:test_byobnet", 3, 10, 32).eval()
+    assert not any(isinstance(module, nn.Identity) for name, module in byobnet.named_modules()
+                   if name.endswith("shortcut.pool"))
+    with torch.no_grad():
+        for net in (repvgg, byobnet):
+            assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     imagenet = build_model("resnet18", 3, 1000, 224, small_stem=False)
     reference = torchvision.models.resnet18()
     assert [k for k in imagenet.state_dict()] == [k for k in reference.state_dict()]

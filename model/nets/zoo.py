@@ -11,7 +11,8 @@ layers are tokens, not (C, H, W) feature maps, so none of the methods here appli
 Images smaller than 64 px (the 28 and 32 px datasets) get a small-image stem instead of
 ImageNet's, whose 4x to 32x downsampling would leave too little of a 32 px image: the first
 conv at stride 1 (a kernel larger than 3 cut to 3x3, as He et al. 2016, sec. 4.2, do for
-CIFAR-10) and, where that conv was strided, the first pool removed (the stem's max pool);
+CIFAR-10; in a multi-branch stem, every conv of the image at stride 1) and, where that conv
+was strided, the first pool removed (the stem's max pool);
 then the last pools, while the traced pass would shrink a map to nothing (VGG's fifth at
 28 px). The rule reads the net, not its
 name (:func:`small_image_stem`). Every activation is made out-of-place: hooks that record a
@@ -141,6 +142,10 @@ def prepare_imported(model, in_channels, image_size, small_stem, stem_pools=None
 
     name, conv = first_conv_module(model)
     strided_stem = conv.stride[0] > 1
+    if small_stem:  # a multi-branch stem's other convs of the image take its stride too
+        for other in image_readers(model, conv.in_channels):
+            if other != name:
+                model.get_submodule(other).stride = (1, 1)
     if small_stem or conv.in_channels != in_channels:
         kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
         if small_stem:
@@ -161,6 +166,38 @@ def prepare_imported(model, in_channels, image_size, small_stem, stem_pools=None
     return model
 
 
+def image_readers(model, channels):
+    """Names of the ``nn.Conv2d`` layers that read the input image itself: the stem's conv,
+    and beside it the other branches of a multi-branch stem (RepVGG's 3x3 and 1x1 convs,
+    summed: at stride 1 in one and 2 in the other their maps would not add up). Found by one
+    pass of a blank 64-px image in eval mode (no BatchNorm statistic changes); a net that
+    needs more (Inception v3: 75 px) fails deeper in, after its stem has read the image."""
+    import torch
+
+    image = torch.zeros(1, channels, SMALL_IMAGE, SMALL_IMAGE)
+    readers = []
+
+    def record(name):
+        def hook(module, args):
+            if args and args[0] is image:
+                readers.append(name)
+        return hook
+
+    handles = [module.register_forward_pre_hook(record(name))
+               for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(image)
+    except RuntimeError:  # a map shrunk to nothing, past the stem: its readers are known
+        pass
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return readers
+
+
 def first_conv_module(model):
     """(name, module) of the first ``nn.Conv2d`` (in registration order: the stem)."""
     return next((name, module) for name, module in model.named_modules()
@@ -171,21 +208,40 @@ def small_image_stem(model, strided_stem, image_size):
     """Where the stem downsampled by a strided conv (``strided_stem``), remove the first pool
     that runs (ResNet's, DenseNet's, AlexNet's: the strided conv and then a max pool, with a
     deep stem's convs between them in ResNet-D); then, from the last, each pool that would
-    shrink a map to nothing at ``image_size``. The traced passes run the net itself on one
-    blank image at 64 px and at ``image_size``: a fraction of a second for the largest net."""
+    shrink a map to nothing at ``image_size``. A pool the net cannot run without is never
+    removed: a residual shortcut's average pool (ResNet-D's downsampling, timm's byobnet),
+    whose map would no longer add up with its block's. The traced passes run the net itself on
+    one blank image at 64 px and at ``image_size``: a fraction of a second for the largest
+    net."""
     from model.nets.anatomy import trace
 
     channels = first_conv_module(model)[1].in_channels
     body = trace(model, (channels, SMALL_IMAGE, SMALL_IMAGE))
     pools = [name for name, layer in body.layers.items() if layer.kind == "pool"]
-    if strided_stem and pools:
-        replace_module(model, pools.pop(0), nn.Identity())
+    if strided_stem:
+        removed = next((name for name in pools if _remove_pool(model, name, channels)), None)
+        pools = [name for name in pools if name != removed]
     while pools:
         try:
             trace(model, (channels, image_size, image_size))
             return
         except RuntimeError:  # a pool's output would be empty: drop the last pool left
-            replace_module(model, pools.pop(), nn.Identity())
+            _remove_pool(model, pools.pop(), channels)
+
+
+def _remove_pool(model, name, channels):
+    """Put an ``nn.Identity`` in place of the pool ``name`` if the net still runs at 64 px
+    without it (else leave it); whether it was removed."""
+    from model.nets.anatomy import trace
+
+    pool = model.get_submodule(name)
+    replace_module(model, name, nn.Identity())
+    try:
+        trace(model, (channels, SMALL_IMAGE, SMALL_IMAGE))
+    except RuntimeError:
+        replace_module(model, name, pool)
+        return False
+    return True
 
 
 def replace_module(model, name, module):
