@@ -37,6 +37,9 @@ import distributed_steps  # noqa: E402 -- tests/ on the path
 TIMINGS = ("seconds", "ms_per_image", "peak_memory_mib")
 
 
+ABORT_AT_EXIT = "terminate called without an active exception"
+
+
 def start_torchrun(args, processes=2):
     """Start ``torchrun --standalone --nproc_per_node N args`` on localhost, one thread per
     process, its output piped. Tests start their runs together: most of a short run is
@@ -187,6 +190,14 @@ def test_ddp_training_keeps_the_processes_equal_and_equals_one_process(tmp_path)
     for other CPUs' kernels. With BatchNorm each process normalizes its own half (there is no
     SyncBatchNorm on the CPU), so the vgg run differs from one process, by design."""
     code, _, errors = torchrun([ROOT / "tests" / "distributed_steps.py", tmp_path])
+    names = [f"rank{rank}_{arch}_{images}.pt" for arch, images, _ in distributed_steps.RUNS
+             for rank in (0, 1)]
+    if code != 0 and ABORT_AT_EXIT in errors and all((tmp_path / n).is_file() for n in names):
+        # Twice in many runs, beside other tests, a process aborted after every step was
+        # saved, as it left (never reproduced alone in 20 runs; the launcher's output, with
+        # every thread's Python stack, is in the assertion below if it comes back): a rerun
+        # tells that apart from a run that fails.
+        code, _, errors = torchrun([ROOT / "tests" / "distributed_steps.py", tmp_path])
     assert code == 0, errors[-3000:]
     for arch, images, epochs in distributed_steps.RUNS:
         name = f"{arch}_{images}.pt"
