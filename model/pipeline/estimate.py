@@ -49,6 +49,11 @@ GALLERY = 6  # the report's gallery (model.report.sections.GALLERY_SIZE)
 FILTERS = 8  # the filter images of the gradient-ascent section
 FEATURE_MAP_FIGURES = 4  # figures' work per layer of feature_maps.py (labelled maps, filters)
 EVALUATION_FIGURES = 12  # 6 figures, two of them tables of every method's maps
+# max_activation_search.py's 7 figures hold 276 panels (6 channels of 3 rows x 9, the overview's
+# 6 x 19) against the measured figure's 9, and a figure's cost goes with its panels (each
+# panel's axes made and drawn): counted as 7 figures, the section was estimated at 1 s for the
+# shapes report's 5 s and 13 s for the 224-px report's 23 s.
+MAX_ACTIVATION_FIGURES = 31
 # The evaluation maps and scores all its photos at once: at 224 px its maps and metrics took
 # 1.4-2.1x the one- and two-photo probes per photo (their variants fill batches of 32 photos
 # of 224 px, whose activations overflow the caches: model.runtime.batching), measured on the
@@ -245,7 +250,7 @@ def section_seconds(costs, counts, context):
         "deconvnet": (len(context.layers) * (9 * costs.backward + 2 * costs.figure)),
         # the overview: 6 channels x 9 crops and their projections
         "max_activation": (scanned * costs.activation_scan + 6 * 9 * costs.backward
-                           + 7 * costs.figure),
+                           + MAX_ACTIVATION_FIGURES * costs.figure),
         # per layer a map figure (every channel, labelled: about 3 figures' work) and a
         # filter figure, and the dead-filter figure; the statistics read every layer
         "feature_maps": (spread_size(context.test_images, counts["feature-map test images"])
