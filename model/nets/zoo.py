@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from model.errors import UserError, one_line
@@ -170,11 +171,9 @@ def image_readers(model, channels):
     """Names of the ``nn.Conv2d`` layers that read the input image itself: the stem's conv,
     and beside it the other branches of a multi-branch stem (RepVGG's 3x3 and 1x1 convs,
     summed: at stride 1 in one and 2 in the other their maps would not add up). Found by one
-    pass of a blank 64-px image in eval mode (no BatchNorm statistic changes); a net that
-    needs more (Inception v3: 75 px) fails deeper in, after its stem has read the image."""
-    import torch
-
-    image = torch.zeros(1, channels, SMALL_IMAGE, SMALL_IMAGE)
+    pass of a blank 64-px image; a net that needs more (Inception v3: 75 px) fails deeper in,
+    after its stem has read the image."""
+    image = _blank_image(channels)
     readers = []
 
     def record(name):
@@ -185,17 +184,31 @@ def image_readers(model, channels):
 
     handles = [module.register_forward_pre_hook(record(name))
                for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    try:
+        _runs_on(model, image)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return readers
+
+
+def _blank_image(channels):
+    return torch.zeros(1, channels, SMALL_IMAGE, SMALL_IMAGE)
+
+
+def _runs_on(model, image):
+    """Whether ``model`` runs on ``image`` to the end: one pass without gradients in eval mode
+    (no BatchNorm statistic changes; its mode restored). False where a map would shrink to
+    nothing, or two maps to be added no longer match."""
     training = model.training
     try:
         with torch.no_grad():
             model.eval()(image)
-    except RuntimeError:  # a map shrunk to nothing, past the stem: its readers are known
-        pass
+    except RuntimeError:
+        return False
     finally:
         model.train(training)
-        for handle in handles:
-            handle.remove()
-    return readers
+    return True
 
 
 def first_conv_module(model):
@@ -232,16 +245,12 @@ def small_image_stem(model, strided_stem, image_size):
 def _remove_pool(model, name, channels):
     """Put an ``nn.Identity`` in place of the pool ``name`` if the net still runs at 64 px
     without it (else leave it); whether it was removed."""
-    from model.nets.anatomy import trace
-
     pool = model.get_submodule(name)
     replace_module(model, name, nn.Identity())
-    try:
-        trace(model, (channels, SMALL_IMAGE, SMALL_IMAGE))
-    except RuntimeError:
-        replace_module(model, name, pool)
-        return False
-    return True
+    if _runs_on(model, _blank_image(channels)):
+        return True
+    replace_module(model, name, pool)
+    return False
 
 
 def replace_module(model, name, module):
